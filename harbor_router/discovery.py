@@ -1,0 +1,162 @@
+"""Discovery of Harbor's proxy-cache projects (DESIGN §3), refreshed every DISCOVERY_INTERVAL.
+
+A proxy-cache project is one whose ``registry_id`` is above 0; its registry type (``docker-hub``,
+``github-ghcr``, ...) comes from the project summary. A refresh that fails keeps the previous list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+
+from .auth import Credentials
+from .projects import Project, ProjectSet
+
+log = logging.getLogger("harbor_router.discovery")
+
+PAGE_SIZE = 100
+MAX_PAGES = 1000
+SUMMARY_CONCURRENCY = 8
+_NEXT_RE = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+
+
+class DiscoveryError(Exception):
+    pass
+
+
+class Discovery:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        harbor_url: str,
+        credentials: Credentials,
+        *,
+        proxy_project: str,
+        interval: float,
+        timeout: float,
+        priority: Sequence[str] = (),
+    ) -> None:
+        self._session = session
+        self._harbor_url = harbor_url
+        self._credentials = credentials
+        self._proxy_project = proxy_project
+        self._interval = interval
+        self._timeout = timeout
+        self._priority = tuple(priority)
+        self._types: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.projects = ProjectSet()
+        self.last_error: str | None = None
+        self.refreshed = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._interval)
+
+    async def refresh(self) -> bool:
+        """One discovery pass; on failure the previous list stays. True when it succeeded."""
+        self._credentials.refresh()
+        try:
+            async with asyncio.timeout(self._timeout * 3):
+                found = await self._discover()
+        except (DiscoveryError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            message = str(exc) or type(exc).__name__
+            if message != self.last_error:
+                log.warning("project discovery failed, keeping %d projects: %s",
+                            len(self.projects), message)
+            self.last_error = message
+            return False
+        finally:
+            self.refreshed.set()
+        before = self.projects.names()
+        self.projects = ProjectSet(found, self._priority)
+        self.last_error = None
+        if self.projects.names() != before:
+            log.info("proxy-cache projects: %s",
+                     ", ".join(f"{p.name} ({p.registry_type or '?'})" for p in self.projects.ordered)
+                     or "none")
+        return True
+
+    def _headers(self) -> dict[str, str]:
+        header = self._credentials.header
+        return {"Authorization": header.decode("ascii")} if header else {}
+
+    async def _get_json(self, url: str) -> tuple[Any, aiohttp.ClientResponse]:
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        async with self._session.get(url, headers=self._headers(), timeout=timeout,
+                                     allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise DiscoveryError(f"GET {url.removeprefix(self._harbor_url)}: HTTP {resp.status}")
+            return await resp.json(content_type=None), resp
+
+    async def _discover(self) -> list[Project]:
+        names: list[str] = []
+        url: str | None = f"{self._harbor_url}/api/v2.0/projects?page=1&page_size={PAGE_SIZE}"
+        for _ in range(MAX_PAGES):
+            if url is None:
+                break
+            page, resp = await self._get_json(url)
+            if not isinstance(page, list):
+                raise DiscoveryError("the projects API did not answer a JSON list")
+            for item in page:
+                if not isinstance(item, dict):
+                    continue
+                name = item.get("name")
+                registry_id = item.get("registry_id") or 0
+                if (
+                    isinstance(name, str)
+                    and isinstance(registry_id, int)
+                    and registry_id > 0
+                    and name != self._proxy_project
+                ):
+                    names.append(name)
+            url = self._next_url(resp)
+        await self._fill_types(names)
+        return [Project(n, self._types.get(n, ""), proxy_project=self._proxy_project) for n in names]
+
+    def _next_url(self, resp: aiohttp.ClientResponse) -> str | None:
+        for link in resp.headers.getall("Link", []):
+            match = _NEXT_RE.search(link)
+            if match:
+                return urljoin(self._harbor_url + "/", match.group(1))
+        return None
+
+    async def _fill_types(self, names: list[str]) -> None:
+        missing = [n for n in names if n not in self._types]
+        if not missing:
+            return
+        semaphore = asyncio.Semaphore(SUMMARY_CONCURRENCY)
+
+        async def one(name: str) -> None:
+            async with semaphore:
+                try:
+                    summary, _ = await self._get_json(
+                        f"{self._harbor_url}/api/v2.0/projects/{name}/summary"
+                    )
+                except (DiscoveryError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    log.warning("no registry type for project %s: %s", name, exc)
+                    return
+                registry = summary.get("registry") if isinstance(summary, dict) else None
+                if isinstance(registry, dict) and isinstance(registry.get("type"), str):
+                    self._types[name] = registry["type"]
+
+        await asyncio.gather(*(one(n) for n in missing))

@@ -1,0 +1,321 @@
+"""The client side of the data plane: one asyncio Protocol per connection, httptools parser.
+
+Theory of operation: parser callbacks only record what arrived; a complete request goes on a
+queue, and one task per connection answers the queue in order, so pipelined requests get their
+responses in the order they were sent. Reading pauses while too many requests wait (pipelining
+backpressure) and while a response is being relayed and the client reads slower than Harbor
+sends (write backpressure: ``pause_writing`` pauses the upstream connection of the relay). All
+registry errors become responses in :meth:`HttpProtocol._answer`, the one boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import httptools
+
+from . import errors, responses
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger("harbor_router.protocol")
+
+MAX_PIPELINED = 16
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+
+class Request:
+    """What the client sent: method, raw target split, lowercased header names with values."""
+
+    __slots__ = ("client_ip", "error", "headers", "http11", "keep_alive", "method", "path", "query")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        http11: bool,
+        keep_alive: bool,
+        client_ip: str,
+        error: errors.RegistryError | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.client_ip = client_ip
+        self.error = error
+
+    def header(self, lower_name: bytes) -> bytes | None:
+        for name, value in self.headers:
+            if name == lower_name:
+                return value
+        return None
+
+
+Handler = Callable[[Request, "HttpProtocol"], Awaitable[None]]
+
+
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_broken",
+        "_client_ip",
+        "_drain",
+        "_handler",
+        "_head_bytes",
+        "_headers",
+        "_in_headers",
+        "_max_header_bytes",
+        "_paused_reading",
+        "_paused_writing",
+        "_queue",
+        "_relay",
+        "_task",
+        "_url",
+        "closing",
+        "http11",
+        "keep_alive",
+        "parser",
+        "transport",
+    )
+
+    def __init__(self, handler: Handler, max_header_bytes: int) -> None:
+        self._handler = handler
+        self._max_header_bytes = max_header_bytes
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._relay: Relay | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self._paused_writing = False
+        self._client_ip = ""
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._in_headers = False
+        self._broken = False
+        self.closing = False
+        self.http11 = True
+        self.keep_alive = True
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        peer = transport.get_extra_info("peername")
+        self._client_ip = peer[0] if isinstance(peer, tuple) else ""
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self._broken:
+            return
+        if self._in_headers:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_header_bytes:
+                self._refuse(errors.HeadersTooLarge("request line and headers are too large"))
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(errors.BadRequestClose("protocol upgrades are not supported"))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, errors.RegistryError):
+                self._refuse(cause)
+            else:
+                self._refuse(errors.BadRequestClose("malformed HTTP request"))
+        except httptools.HttpParserError as exc:
+            self._refuse(errors.BadRequestClose("malformed HTTP request", str(exc)[:200]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._queue.clear()
+        relay = self._relay
+        if relay is not None:
+            self._relay = None
+            relay.abort()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(ConnectionResetError("client closed the connection"))
+        if self._task is not None and relay is None:
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+        if self._relay is not None:
+            self._relay.pause()
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self._relay is not None:
+            self._relay.resume()
+        drain = self._drain
+        if drain is not None:
+            self._drain = None
+            if not drain.done():
+                drain.set_result(None)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._in_headers = True
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._max_header_bytes:
+            raise errors.HeadersTooLarge("request line and headers are too large")
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+
+    def on_message_complete(self) -> None:
+        request = self._make_request()
+        if self.closing:
+            return
+        queue = self._queue
+        queue.append(request)
+        if len(queue) >= MAX_PIPELINED and not self._paused_reading and self.transport:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _make_request(self) -> Request:
+        parser = self.parser
+        method = parser.get_method().decode("ascii", "replace")
+        http11 = parser.get_http_version() == "1.1"
+        keep_alive = bool(parser.should_keep_alive())
+        error: errors.RegistryError | None = None
+        headers = self._headers
+        path = query = ""
+        try:
+            url = httptools.parse_url(self._url)
+            path = (url.path or b"").decode("latin-1")
+            query = (url.query or b"").decode("latin-1")
+        except httptools.HttpParserInvalidURLError:
+            error = errors.BadRequest("malformed request target")
+        lengths = [v for n, v in headers if n == b"content-length"]
+        chunked = any(n == b"transfer-encoding" for n, _ in headers)
+        if chunked and lengths:
+            error = errors.BadRequestClose("both Content-Length and Transfer-Encoding were sent")
+        elif chunked or any(v.strip() not in (b"0", b"") for v in lengths):
+            # Bodies are refused and the connection closed: nothing the client sent after
+            # such a request is trusted to start at a message boundary.
+            error = errors.BadRequestClose("request bodies are not accepted", {"method": method})
+        return Request(
+            method,
+            path,
+            query,
+            headers,
+            http11=http11,
+            keep_alive=keep_alive,
+            client_ip=self._client_ip,
+            error=error,
+        )
+
+    # answering
+    async def _run(self) -> None:
+        queue = self._queue
+        try:
+            while queue and not self.closing:
+                request = queue.popleft()
+                if self._paused_reading and len(queue) < MAX_PIPELINED // 2 and self.transport:
+                    self._paused_reading = False
+                    self.transport.resume_reading()
+                await self._answer(request)
+        finally:
+            self._task = None
+
+    async def _answer(self, request: Request) -> None:
+        self.http11 = request.http11
+        self.keep_alive = request.keep_alive
+        try:
+            if request.error is not None:
+                raise request.error
+            await self._handler(request, self)
+            return
+        except errors.RegistryError as exc:
+            if self.closing:
+                return
+            head_only = request.method == "HEAD"
+            close = exc.close or not self.keep_alive
+            self.write(responses.for_error(exc, head_only=head_only, close=close))
+            if exc.close:
+                self.keep_alive = False
+        except errors.ResponseAborted:
+            self.keep_alive = False  # the client has part of a response: only closing is left
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self.closing:
+                return
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            error = errors.RegistryError("internal error")
+            head_only = request.method == "HEAD"
+            self.write(responses.for_error(error, head_only=head_only, close=True))
+            self.keep_alive = False
+        finally:
+            if not self.keep_alive and not self.closing:
+                self.close()
+
+    # used by handlers and relays
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if not self._paused_writing or self.closing:
+            return
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+        await self._drain
+
+    def begin_response(self, relay: Relay) -> None:
+        self._relay = relay
+        if self._paused_writing:
+            relay.pause()
+
+    def end_response(self, relay: Relay) -> None:
+        if self._relay is relay:
+            self._relay = None
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def _refuse(self, error: errors.RegistryError) -> None:
+        """Answer unparseable input after the responses already owed, then close."""
+        if self.closing:
+            return
+        self._broken = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self._task is None and not self._queue:
+            self.write(responses.for_error(error, close=True))
+            self.close()
+            return
+        request = Request("", "", "", [], http11=True, keep_alive=False, client_ip="", error=error)
+        self._queue.append(request)

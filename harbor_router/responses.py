@@ -1,0 +1,76 @@
+"""Response heads and registry error bodies, built from precomputed byte strings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Final
+
+from .errors import RegistryError
+
+API_VERSION_HEADER: Final = b"Docker-Distribution-API-Version: registry/2.0\r\n"
+JSON_TYPE: Final = b"Content-Type: application/json\r\n"
+
+STATUS_LINES: Final[dict[int, bytes]] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus
+}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d Unknown\r\n" % status
+    return line
+
+
+def error_body(code: str, message: str, detail: object = None) -> bytes:
+    entry: dict[str, object] = {"code": code, "message": message}
+    if detail is not None:
+        entry["detail"] = detail
+    return json.dumps({"errors": [entry]}, separators=(",", ":")).encode()
+
+
+def head(
+    status: int,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    content_length: int | None = None,
+    close: bool = False,
+    extra: bytes = b"",
+) -> bytes:
+    """One joined response head: status line, headers, framing, blank line."""
+    parts = [status_line(status)]
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(extra)
+    if content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % content_length)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def simple(
+    status: int,
+    body: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    head_only: bool = False,
+    close: bool = False,
+) -> bytes:
+    """A whole JSON response with a body (the body is left out for HEAD, its length is not)."""
+    data = head(
+        status,
+        headers,
+        content_length=len(body),
+        close=close,
+        extra=JSON_TYPE + API_VERSION_HEADER,
+    )
+    return data if head_only else data + body
+
+
+def for_error(error: RegistryError, *, head_only: bool = False, close: bool = False) -> bytes:
+    body = error_body(error.code, error.message, error.detail)
+    return simple(error.status, body, error.headers, head_only=head_only, close=close or error.close)

@@ -1,0 +1,141 @@
+"""Route parsing and validation of the request target: pure, no I/O (DESIGN §2).
+
+A request target is turned into a :class:`Route` or a :class:`~.errors.RegistryError`. Everything
+the router forwards to Harbor has passed through here, so Harbor never sees a name, tag or digest
+the router could have judged itself.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from . import errors
+
+# Route kinds.
+BASE: Final = 0
+MANIFEST: Final = 1
+BLOB: Final = 2
+TAGS: Final = 3
+REFERRERS: Final = 4
+HEALTHZ: Final = 5
+READYZ: Final = 6
+
+KIND_NAMES: Final = ("base", "manifest", "blob", "tags", "referrers", "healthz", "readyz")
+
+MAX_NAME_LENGTH: Final = 255
+
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+NAME_RE: Final = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_RE: Final = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+DIGEST_RE: Final = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
+# Query strings forwarded for tags/list and referrers: n, last and artifactType only.
+_QUERY_VALUE_RE: Final = re.compile(r"[A-Za-z0-9._~%+-]*")
+_QUERY_KEYS: Final = {TAGS: frozenset({"n", "last"}), REFERRERS: frozenset({"artifactType"})}
+
+# "/{section}/{reference}" endings of a route under the prefix, by the segment before the last.
+_REFERENCE_SECTIONS: Final = {"manifests": MANIFEST, "blobs": BLOB, "referrers": REFERRERS}
+
+PULL_METHODS: Final = frozenset({"GET", "HEAD"})
+ALLOW_HEADER: Final = ((b"Allow", b"GET, HEAD"),)
+
+
+class Route:
+    """One parsed request target. ``name`` is the repository as the client asked for it."""
+
+    __slots__ = ("kind", "name", "query", "reference")
+
+    def __init__(self, kind: int, name: str = "", reference: str = "", query: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        self.reference = reference
+        self.query = query
+
+    def __repr__(self) -> str:
+        return f"Route({KIND_NAMES[self.kind]}, {self.name!r}, {self.reference!r}, {self.query!r})"
+
+
+class Router:
+    """Parses request targets for one ``PROXY_PROJECT`` prefix."""
+
+    __slots__ = ("_base_paths", "_prefix", "_prefix_len", "_special")
+
+    def __init__(self, proxy_project: str) -> None:
+        self._prefix = f"/v2/{proxy_project}/"
+        self._prefix_len = len(self._prefix)
+        self._base_paths = frozenset({"/v2/", "/v2"})
+        self._special = {"/healthz": Route(HEALTHZ), "/readyz": Route(READYZ)}
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def parse(self, method: str, path: str, query: str) -> Route:
+        """Return the route of ``path`` or raise the registry error the client should see."""
+        if path.startswith(self._prefix):
+            if method not in PULL_METHODS:
+                raise errors.MethodNotAllowed(
+                    "harbor-router serves pulls only", {"method": method}, headers=ALLOW_HEADER
+                )
+            return self._parse_repository(path[self._prefix_len :], query)
+        if path in self._base_paths:
+            if method not in PULL_METHODS:
+                raise errors.MethodNotAllowed(
+                    "harbor-router serves pulls only", {"method": method}, headers=ALLOW_HEADER
+                )
+            return Route(BASE)
+        special = self._special.get(path)
+        if special is not None and method in PULL_METHODS:
+            return special
+        if path.startswith("/v2/") and path[4:] == self._prefix[4:-1]:
+            raise errors.NameInvalid("repository name is missing", {"path": path})
+        raise errors.NameUnknown("no route for this path", {"path": path})
+
+    def _parse_repository(self, rest: str, query: str) -> Route:
+        segments = rest.split("/")
+        if len(segments) >= 3 and segments[-1] == "list" and segments[-2] == "tags":
+            name = "/".join(segments[:-2])
+            self._check_name(name)
+            return Route(TAGS, name, "", self._check_query(TAGS, query))
+        if len(segments) >= 3:
+            kind = _REFERENCE_SECTIONS.get(segments[-2])
+            if kind is not None:
+                name = "/".join(segments[:-2])
+                self._check_name(name)
+                reference = segments[-1]
+                if kind == MANIFEST and ":" not in reference:
+                    if TAG_RE.fullmatch(reference) is None:
+                        raise errors.TagInvalid("invalid tag", {"tag": reference[:256]})
+                elif DIGEST_RE.fullmatch(reference) is None:
+                    raise errors.DigestInvalid(
+                        "invalid digest: sha256 or sha512 in lowercase hex expected",
+                        {"digest": reference[:256]},
+                    )
+                q = self._check_query(REFERRERS, query) if kind == REFERRERS else ""
+                return Route(kind, name, reference, q)
+        self._check_name(rest)  # a bad name is reported as such even on an unknown route
+        raise errors.NameUnknown("unknown route under the proxy prefix", {"path": rest[:256]})
+
+    def _check_name(self, name: str) -> None:
+        if (
+            NAME_RE.fullmatch(name) is None
+            or len(name) + self._prefix_len - 4 > MAX_NAME_LENGTH
+        ):
+            raise errors.NameInvalid("invalid repository name", {"name": name[:256]})
+
+    @staticmethod
+    def _check_query(kind: int, query: str) -> str:
+        if not query:
+            return ""
+        allowed = _QUERY_KEYS[kind]
+        kept = []
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if key not in allowed:
+                continue
+            if key == "n" and not (value.isdigit() and len(value) <= 9):
+                raise errors.PaginationNumberInvalid("invalid number of results requested")
+            if _QUERY_VALUE_RE.fullmatch(value) is None:
+                raise errors.BadRequest("invalid query parameter", {"parameter": key})
+            kept.append(part)
+        return "&".join(kept)

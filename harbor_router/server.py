@@ -1,0 +1,227 @@
+"""Wiring: builds the services from a :class:`~.config.Config`, serves, shuts down.
+
+Everything is created in :meth:`App.start` and passed down explicitly; nothing happens at import.
+With ``WORKERS`` > 1 the parent forks that many processes, each serving the same port with
+``SO_REUSEPORT`` and keeping its own L1 cache (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from . import __version__, _cache, logs, routes
+from .auth import NONE, ChallengeCache, Credentials
+from .config import Config
+from .discovery import Discovery
+from .handler import RequestHandler
+from .mapping import MappingCache
+from .protocol import HttpProtocol
+from .resolver import Resolver
+from .upstream import UpstreamPool
+
+log = logging.getLogger("harbor_router.server")
+
+CONNECT_TIMEOUT = 5.0
+SHUTDOWN_GRACE = 10.0
+
+
+def upstream_ssl_context(config: Config) -> ssl.SSLContext | None:
+    if urlsplit(config.harbor_url).scheme != "https":
+        return None
+    context = ssl.create_default_context(cafile=config.upstream_ca_file)
+    if not config.upstream_tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class App:
+    """The router's services for one process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._server: asyncio.Server | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.discovery: Discovery | None = None
+        self.pool: UpstreamPool | None = None
+        self.mapping: MappingCache | None = None
+
+    async def start(self, *, reuse_port: bool = False) -> None:
+        config = self.config
+        url = urlsplit(config.harbor_url)
+        tls = upstream_ssl_context(config)
+        host = url.hostname or "localhost"
+        port = url.port or (443 if url.scheme == "https" else 80)
+        default_port = port == (443 if url.scheme == "https" else 80)
+        host_header = (f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}")
+
+        credentials = Credentials.from_config(config)
+        connector = aiohttp.TCPConnector(limit=0, ssl=tls if tls is not None else True,
+                                         keepalive_timeout=config.idle_conn_timeout)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+        self.discovery = Discovery(
+            self._session,
+            config.harbor_url,
+            credentials,
+            proxy_project=config.proxy_project,
+            interval=config.discovery_interval,
+            timeout=config.resolver_timeout,
+            priority=config.project_priority,
+        )
+        self.pool = UpstreamPool(
+            host,
+            port,
+            ssl_context=tls,
+            max_idle=config.max_idle_conns_per_host,
+            idle_timeout=config.idle_conn_timeout,
+            connect_timeout=min(CONNECT_TIMEOUT, config.resolver_timeout),
+        )
+        self.mapping = MappingCache(config.cache_max_entries, config.cache_ttl)
+        resolver = Resolver(
+            self._session,
+            config.harbor_url,
+            credentials,
+            timeout=config.resolver_timeout,
+            max_body=config.manifest_max_bytes,
+        )
+        challenges = (
+            None if config.auth_mode == NONE else ChallengeCache(self._session, config.harbor_url)
+        )
+        handler = RequestHandler(
+            router=routes.Router(config.proxy_project),
+            proxy_project=config.proxy_project,
+            mapping=self.mapping,
+            discovery=self.discovery,
+            pool=self.pool,
+            resolver=resolver,
+            credentials=credentials,
+            challenges=challenges,
+            auth_mode=config.auth_mode,
+            upstream_host=host_header,
+            base_path=url.path.rstrip("/"),
+            timeout=config.resolver_timeout,
+            max_fanout=config.max_fanout_projects,
+            max_body=config.manifest_max_bytes,
+        )
+        max_header = config.max_header_bytes
+        self.pool.start()
+        self.discovery.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(handler, max_header),
+            config.listen_addr.host or None,
+            config.listen_addr.port,
+            reuse_port=reuse_port or None,
+            backlog=2048,
+        )
+        log.info(
+            "harbor-router %s listening on %s, prefix /v2/%s/, Harbor %s, cache %s, auth %s",
+            __version__,
+            ", ".join(self.addresses()),
+            config.proxy_project,
+            config.harbor_url,
+            _cache.IMPLEMENTATION,
+            config.auth_mode,
+        )
+
+    def addresses(self) -> list[str]:
+        if self._server is None:
+            return []
+        out = []
+        for sock in self._server.sockets:
+            addr = sock.getsockname()
+            out.append(f"[{addr[0]}]:{addr[1]}" if sock.family == socket.AF_INET6 else
+                       f"{addr[0]}:{addr[1]}")
+        return out
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self.discovery is not None:
+            await self.discovery.close()
+        if self.pool is not None:
+            self.pool.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+async def serve(config: Config, *, reuse_port: bool = False) -> None:
+    app = App(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start(reuse_port=reuse_port)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await app.close()
+
+
+def _run_one(config: Config, reuse_port: bool) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
+        asyncio.run(serve(config, reuse_port=reuse_port))
+    else:
+        uvloop.run(serve(config, reuse_port=reuse_port))
+
+
+def run(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT; the console script's main loop."""
+    logs.configure(config.log_level, config.log_format)
+    if config.workers <= 1:
+        try:
+            _run_one(config, reuse_port=False)
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", config.listen_addr, exc.strerror or exc)
+            return 1
+        return 0
+    children: list[int] = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                _run_one(config, reuse_port=True)
+            except OSError as exc:
+                log.error("cannot listen on %s: %s", config.listen_addr, exc.strerror or exc)
+                code = 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return 1 if status else 0

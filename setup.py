@@ -1,0 +1,61 @@
+"""Build the optional compiled speedups from ``_speedups/``.
+
+Every ``_speedups/_<name>_c.pyx`` becomes ``harbor_router._<name>_c``. A failed build is not an
+error unless ``HARBOR_ROUTER_REQUIRE_EXTENSIONS=1``; ``HARBOR_ROUTER_NO_EXTENSIONS=1`` skips them.
+"""
+
+import os
+import pathlib
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+HERE = pathlib.Path(__file__).parent
+NO_EXTENSIONS = os.environ.get("HARBOR_ROUTER_NO_EXTENSIONS", "") not in ("", "0")
+REQUIRE_EXTENSIONS = os.environ.get("HARBOR_ROUTER_REQUIRE_EXTENSIONS", "") not in ("", "0")
+
+
+def extensions():  # type: ignore[no-untyped-def]
+    if NO_EXTENSIONS or sys.implementation.name != "cpython":
+        if REQUIRE_EXTENSIONS:
+            raise SystemExit("HARBOR_ROUTER_REQUIRE_EXTENSIONS=1 but extensions are disabled")
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if REQUIRE_EXTENSIONS:
+            raise
+        print("Cython is not installed: building pure-Python only", file=sys.stderr)
+        return []
+    sources = sorted(str(p.relative_to(HERE)) for p in (HERE / "_speedups").glob("_*_c.pyx"))
+    from setuptools import Extension
+
+    exts = [
+        Extension(f"harbor_router.{pathlib.Path(src).stem}", [src], extra_compile_args=["-O2"])
+        for src in sources
+    ]
+    return cythonize(exts, language_level=3, compiler_directives={"embedsignature": True})
+
+
+class OptionalBuildExt(build_ext):
+    """Keep ``pip install`` working on machines without a compiler."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:
+            if REQUIRE_EXTENSIONS:
+                raise
+            print(f"building extensions failed, using pure Python: {exc}", file=sys.stderr)
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            if REQUIRE_EXTENSIONS:
+                raise
+            print(f"building {ext.name} failed, using pure Python: {exc}", file=sys.stderr)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

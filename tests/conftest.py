@@ -1,0 +1,137 @@
+"""Session fixtures: a real distribution registry, seeded images, and the Harbor emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from distribution import DistributionRegistry
+from harbor_emulator import HarborEmulator, default_projects
+from oci_images import build_image, push
+from router_runner import RunningRouter, router_config
+from support_tools import free_port, require_tool
+
+RANDOM_LAYER_BYTES = 200 * 1024
+
+# (project, repository as the client asks for it, tag, Docker schema2?, random bytes in layer)
+SEED_TABLE: tuple[tuple[str, str, str, bool, int], ...] = (
+    ("dockerhub", "library/alpine", "3.19", False, 0),
+    ("dockerhub", "library/nginx", "1.25", True, RANDOM_LAYER_BYTES),
+    ("ghcr", "acme/tool", "v1", False, 0),
+    ("quay", "coreos/etcd", "v3.5", False, 0),
+    ("ghcr", "shared/app", "1", False, 0),
+    ("quay", "shared/app", "1", False, 0),
+)
+
+
+@dataclass(frozen=True)
+class SeedImage:
+    project: str
+    repo: str  # as the client asks for it, e.g. "library/alpine"
+    tag: str
+    digest: str  # manifest digest, sha256:...
+    media_type: str  # manifest media type
+    manifest: bytes
+    config: str  # config blob digest
+    layers: tuple[str, ...]
+    blob_sizes: dict[str, int]
+
+    @property
+    def blobs(self) -> tuple[str, ...]:
+        """Every blob digest of the image: config first, then layers."""
+        return (self.config, *self.layers)
+
+    @property
+    def stored_repo(self) -> str:
+        """The repository in the registry behind Harbor: ``{project}/{repo}``."""
+        return f"{self.project}/{self.repo}"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    images: tuple[SeedImage, ...]
+
+    def get(self, project: str, repo: str) -> SeedImage:
+        for image in self.images:
+            if image.project == project and image.repo == repo:
+                return image
+        raise KeyError(f"{project}/{repo} is not seeded")
+
+    def by_repo(self, repo: str) -> list[SeedImage]:
+        return [image for image in self.images if image.repo == repo]
+
+
+@pytest.fixture(scope="session")
+def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionRegistry]:
+    binary = require_tool("docker-registry")
+    with DistributionRegistry(tmp_path_factory.mktemp("distribution"), binary) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def seeded(distribution: DistributionRegistry, tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    skopeo = require_tool("skopeo")
+    root = tmp_path_factory.mktemp("images")
+    images = []
+    for project, repo, tag, docker_schema2, random_bytes in SEED_TABLE:
+        stored = f"{project}/{repo}"
+        layout = root / stored.replace("/", "_") / tag
+        built = build_image(
+            layout, stored, tag, docker_schema2=docker_schema2, random_bytes=random_bytes
+        )
+        digest = push(layout, tag, distribution.url, stored, workdir=root / "skopeo", skopeo=skopeo)
+        images.append(
+            SeedImage(
+                project=project,
+                repo=repo,
+                tag=tag,
+                digest=digest,
+                media_type=built.media_type,
+                manifest=built.manifest,
+                config=built.config_digest,
+                layers=built.layer_digests,
+                blob_sizes=built.blob_sizes,
+            )
+        )
+    return Seeded(tuple(images))
+
+
+@pytest.fixture(scope="session")
+def harbor_server(distribution: DistributionRegistry, seeded: Seeded) -> Iterator[HarborEmulator]:
+    with HarborEmulator(distribution.url, default_projects()) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def harbor(harbor_server: HarborEmulator) -> Iterator[HarborEmulator]:
+    """The session emulator, reset for this test: listening, no faults, empty log, no blob
+    cached."""
+    harbor_server.start_listening()
+    harbor_server.clear_faults()
+    harbor_server.clear_log()
+    harbor_server.forget_cached_blobs()
+    yield harbor_server
+    harbor_server.clear_faults()
+    harbor_server.start_listening()
+
+
+@pytest.fixture
+def make_router(harbor: HarborEmulator) -> Iterator[Callable[..., RunningRouter]]:
+    """Start routers in-process against the emulator; ``env`` overrides configuration."""
+    started: list[RunningRouter] = []
+
+    def factory(*, wait_ready: bool = True, **env: str) -> RunningRouter:
+        config = router_config(harbor.url, harbor.username, harbor.password, free_port(), **env)
+        router = RunningRouter(config)
+        started.append(router)
+        return router.start(wait_ready=wait_ready)
+
+    yield factory
+    for router in started:
+        router.close()
+
+
+@pytest.fixture
+def router(make_router: Callable[..., RunningRouter]) -> RunningRouter:
+    return make_router()
