@@ -108,7 +108,11 @@ class ChallengeCache:
     MAX_ENTRIES = 1024
 
     def __init__(
-        self, session: aiohttp.ClientSession, harbor_url: str, ttl: float = 60.0, timeout: float = 5.0
+        self,
+        session: aiohttp.ClientSession,
+        harbor_url: str,
+        ttl: float = 60.0,
+        timeout: float = 5.0,
     ) -> None:
         self._session = session
         self._url = harbor_url + "/v2/"

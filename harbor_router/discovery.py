@@ -7,6 +7,7 @@ A proxy-cache project is one whose ``registry_id`` is above 0; its registry type
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Sequence
@@ -61,10 +62,8 @@ class Discovery:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     async def _loop(self) -> None:
@@ -81,8 +80,9 @@ class Discovery:
         except (DiscoveryError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             message = str(exc) or type(exc).__name__
             if message != self.last_error:
-                log.warning("project discovery failed, keeping %d projects: %s",
-                            len(self.projects), message)
+                log.warning(
+                    "project discovery failed, keeping %d projects: %s", len(self.projects), message
+                )
             self.last_error = message
             return False
         finally:
@@ -91,9 +91,11 @@ class Discovery:
         self.projects = ProjectSet(found, self._priority)
         self.last_error = None
         if self.projects.names() != before:
-            log.info("proxy-cache projects: %s",
-                     ", ".join(f"{p.name} ({p.registry_type or '?'})" for p in self.projects.ordered)
-                     or "none")
+            log.info(
+                "proxy-cache projects: %s",
+                ", ".join(f"{p.name} ({p.registry_type or '?'})" for p in self.projects.ordered)
+                or "none",
+            )
         return True
 
     def _headers(self) -> dict[str, str]:
@@ -102,10 +104,13 @@ class Discovery:
 
     async def _get_json(self, url: str) -> tuple[Any, aiohttp.ClientResponse]:
         timeout = aiohttp.ClientTimeout(total=self._timeout)
-        async with self._session.get(url, headers=self._headers(), timeout=timeout,
-                                     allow_redirects=False) as resp:
+        async with self._session.get(
+            url, headers=self._headers(), timeout=timeout, allow_redirects=False
+        ) as resp:
             if resp.status != 200:
-                raise DiscoveryError(f"GET {url.removeprefix(self._harbor_url)}: HTTP {resp.status}")
+                raise DiscoveryError(
+                    f"GET {url.removeprefix(self._harbor_url)}: HTTP {resp.status}"
+                )
             return await resp.json(content_type=None), resp
 
     async def _discover(self) -> list[Project]:
@@ -131,13 +136,15 @@ class Discovery:
                     names.append(name)
             url = self._next_url(resp)
         await self._fill_types(names)
-        return [Project(n, self._types.get(n, ""), proxy_project=self._proxy_project) for n in names]
+        return [
+            Project(n, self._types.get(n, ""), proxy_project=self._proxy_project) for n in names
+        ]
 
     def _next_url(self, resp: aiohttp.ClientResponse) -> str | None:
         for link in resp.headers.getall("Link", []):
             match = _NEXT_RE.search(link)
             if match:
-                return urljoin(self._harbor_url + "/", match.group(1))
+                return urljoin(self._harbor_url + "/", str(match.group(1)))
         return None
 
     async def _fill_types(self, names: list[str]) -> None:

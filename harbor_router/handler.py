@@ -86,8 +86,15 @@ class RequestHandler:
                 if kind == routes.TAGS:
                     relay = await self._forward(request, client, route, project, _capture_all)
                     if relay.status == 200:
-                        self._write_tags(request, client, route, project, relay.status,
-                                         relay.headers, bytes(relay.body))
+                        self._write_tags(
+                            request,
+                            client,
+                            route,
+                            project,
+                            relay.status,
+                            relay.headers,
+                            bytes(relay.body),
+                        )
                         return
                 else:
                     relay = await self._forward(request, client, route, project)
@@ -106,8 +113,9 @@ class RequestHandler:
         )
         self._mapping.set(route.name, winner.project.name)
         if kind == routes.TAGS:
-            self._write_tags(request, client, route, winner.project, winner.status,
-                             winner.headers, winner.body)
+            self._write_tags(
+                request, client, route, winner.project, winner.status, winner.headers, winner.body
+            )
         else:
             self._write_winner(request, client, winner)
 
@@ -153,8 +161,14 @@ class RequestHandler:
                 conn = await self._pool.acquire()
             except UpstreamError as exc:
                 raise errors.BadGateway(str(exc), {project.name: "connection failed"}) from None
-            relay = Relay(client, conn, project.rewriter, head_only=head_only,
-                          relay_status=relay_status, capture_limit=self._max_body)
+            relay = Relay(
+                client,
+                conn,
+                project.rewriter,
+                head_only=head_only,
+                relay_status=relay_status,
+                capture_limit=self._max_body,
+            )
             conn.send(head, relay, head_only)
             try:
                 done, _ = await asyncio.wait((relay.done,), timeout=self._timeout)
@@ -201,7 +215,10 @@ class RequestHandler:
 
     # miss path
     async def _blob_miss(
-        self, request: Request, client: HttpProtocol, route: routes.Route,
+        self,
+        request: Request,
+        client: HttpProtocol,
+        route: routes.Route,
         candidates: Sequence[Project],
     ) -> None:
         forward = self._forward_headers(request)
@@ -228,16 +245,16 @@ class RequestHandler:
     async def _stream_winner(self, request: Request, client: HttpProtocol, winner: Winner) -> None:
         response = winner.response
         assert response is not None
-        headers = winner.project.rewriter.end_to_end(winner.headers)
+        headers, has_length = winner.project.rewriter.end_to_end(winner.headers)
         head_only = request.method == "HEAD"
-        has_length = any(n.lower() == b"content-length" for n, _ in headers)
         chunked = not head_only and not has_length and winner.status not in (204, 304)
         if chunked and not client.http11:
             client.keep_alive = False
             chunked = False
         extra = b"Transfer-Encoding: chunked\r\n" if chunked else b""
-        client.write(responses.head(winner.status, headers, close=not client.keep_alive,
-                                    extra=extra))
+        client.write(
+            responses.head(winner.status, headers, close=not client.keep_alive, extra=extra)
+        )
         if head_only:
             return
         try:
@@ -250,20 +267,27 @@ class RequestHandler:
             raise errors.ResponseAborted(str(exc)) from exc
 
     def _write_winner(self, request: Request, client: HttpProtocol, winner: Winner) -> None:
-        headers = winner.project.rewriter.end_to_end(winner.headers)
+        headers, _ = winner.project.rewriter.end_to_end(winner.headers)
         if request.method == "HEAD":
             client.write(responses.head(winner.status, headers, close=not client.keep_alive))
             return
         headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
         client.write(
-            responses.head(winner.status, headers, content_length=len(winner.body),
-                           close=not client.keep_alive)
+            responses.head(
+                winner.status, headers, content_length=len(winner.body), close=not client.keep_alive
+            )
             + winner.body
         )
 
     def _write_tags(
-        self, request: Request, client: HttpProtocol, route: routes.Route, project: Project,
-        status: int, upstream_headers: list[tuple[bytes, bytes]], body: bytes,
+        self,
+        request: Request,
+        client: HttpProtocol,
+        route: routes.Route,
+        project: Project,
+        status: int,
+        upstream_headers: list[tuple[bytes, bytes]],
+        body: bytes,
     ) -> None:
         try:
             data = json.loads(body)
@@ -273,11 +297,13 @@ class RequestHandler:
             data["name"] = f"{self._proxy_project}/{route.name}"
         new_body = json.dumps(data, separators=(",", ":")).encode()
         headers = [
-            (n, v) for n, v in project.rewriter.end_to_end(upstream_headers)
+            (n, v)
+            for n, v in project.rewriter.end_to_end(upstream_headers)[0]
             if n.lower() != b"content-length"
         ]
-        out = responses.head(status, headers, content_length=len(new_body),
-                             close=not client.keep_alive)
+        out = responses.head(
+            status, headers, content_length=len(new_body), close=not client.keep_alive
+        )
         client.write(out if request.method == "HEAD" else out + new_body)
 
     @staticmethod
@@ -310,5 +336,8 @@ class RequestHandler:
         body = json.dumps(
             {"status": "ok" if count else "no proxy-cache project known", "projects": count}
         ).encode()
-        client.write(responses.simple(status, body, head_only=request.method == "HEAD",
-                                      close=not client.keep_alive))
+        client.write(
+            responses.simple(
+                status, body, head_only=request.method == "HEAD", close=not client.keep_alive
+            )
+        )

@@ -53,20 +53,30 @@ class Rewriter:
         self._needle = f"/v2/{project}/".encode()
         self._replacement = f"/v2/{proxy_project}/".encode()
 
-    def end_to_end(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """Upstream response headers to send on, in order, multi-valued ones intact."""
-        drop = HOP_BY_HOP
+    def end_to_end(
+        self, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """Upstream response headers to send on, in order, multi-valued ones intact; and
+        whether ``Content-Length`` frames the body (present, and no ``Transfer-Encoding``)."""
         out = []
         extra: frozenset[bytes] | None = None
+        has_length = False
+        chunked = False
         for name, value in headers:
             lower = name.lower()
-            if lower in drop:
+            if lower in HOP_BY_HOP:
                 if lower == b"connection":
                     extra = connection_tokens(headers)
+                elif lower == b"transfer-encoding":
+                    chunked = True
                 continue
-            if lower in REWRITTEN and self._needle in value:
+            if lower == b"content-length":
+                has_length = True
+            elif lower in REWRITTEN and self._needle in value:
                 value = value.replace(self._needle, self._replacement)
             out.append((name, value))
         if extra:
             out = [(n, v) for n, v in out if n.lower() not in extra]
-        return out
+        if chunked and has_length:
+            out = [(n, v) for n, v in out if n.lower() != b"content-length"]
+        return out, has_length and not chunked

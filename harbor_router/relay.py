@@ -79,13 +79,9 @@ class Relay:
         if not self._relay_status(status) or client.closing:
             self.headers = headers
             return
-        out = self._rewriter.end_to_end(headers)
+        out, length_known = self._rewriter.end_to_end(headers)
         framing = b""
-        if self.head_only or status in (204, 304):
-            self.mode = RAW
-        elif any(name.lower() == b"content-length" for name, _ in out) and not any(
-            name.lower() == b"transfer-encoding" for name, _ in headers
-        ):
+        if length_known or self.head_only or status in (204, 304):
             self.mode = RAW
         else:  # chunked or close-delimited upstream: the router frames the body itself
             out = [(n, v) for n, v in out if n.lower() != b"content-length"]
@@ -121,7 +117,9 @@ class Relay:
             self._client.end_response(self)
         if not self.done.done():
             reason = f": {exc}" if exc else ""
-            self.done.set_exception(UpstreamError(f"Harbor closed the connection{reason}", received_any))
+            self.done.set_exception(
+                UpstreamError(f"Harbor closed the connection{reason}", received_any)
+            )
 
     # flow control, called by the client protocol
     def pause(self) -> None:

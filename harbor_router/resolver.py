@@ -171,8 +171,10 @@ class Resolver:
                     task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for result in results:  # close the losers' open responses
-                if isinstance(result, Outcome) and result.winner not in (None, chosen):
-                    result.winner.release()
+                if isinstance(result, Outcome):
+                    loser = result.winner
+                    if loser is not None and loser is not chosen:
+                        loser.release()
         if empty is not None:
             return empty
         raise self._failure(route, outcomes)
@@ -180,13 +182,17 @@ class Resolver:
     @staticmethod
     def _win_rule(route: routes.Route, stream: bool) -> Callable[[int, bytes], str]:
         if route.kind == routes.TAGS:
+
             def tags(status: int, body: bytes) -> str:
                 if status != 200:
                     return ""
                 return "found" if _tags_non_empty(body) else "empty"
+
             return tags
         if stream:
-            return lambda status, _: "found" if 200 <= status < 300 or status in (302, 303, 307) else ""
+            return lambda status, _: (
+                "found" if 200 <= status < 300 or status in (302, 303, 307) else ""
+            )
         return lambda status, _: "found" if 200 <= status < 300 else ""
 
     async def _probe(
@@ -220,7 +226,9 @@ class Resolver:
                 else:
                     body = await resp.content.read(self._max_body + 1)
                     if len(body) > self._max_body:
-                        return Outcome(name, "error", f"response larger than {self._max_body} bytes")
+                        return Outcome(
+                            name, "error", f"response larger than {self._max_body} bytes"
+                        )
                     verdict = wins(resp.status, body)
                     if verdict:
                         winner = Winner(project, resp.status, raw, body=body)
@@ -246,8 +254,10 @@ class Resolver:
         if kinds == {"not_found"}:
             return _NOT_FOUND[route.kind](_UNKNOWN_MESSAGES[route.kind], {"name": route.name})
         if kinds == {"rate_limited"}:
-            retry = max((int(o.retry_after) for o in outcomes
-                         if o.retry_after and o.retry_after.isdigit()), default=60)
+            retry = max(
+                (int(o.retry_after) for o in outcomes if o.retry_after and o.retry_after.isdigit()),
+                default=60,
+            )
             return errors.TooManyRequests(
                 "every proxy-cache project is rate limited upstream",
                 detail,

@@ -73,4 +73,6 @@ def simple(
 
 def for_error(error: RegistryError, *, head_only: bool = False, close: bool = False) -> bytes:
     body = error_body(error.code, error.message, error.detail)
-    return simple(error.status, body, error.headers, head_only=head_only, close=close or error.close)
+    return simple(
+        error.status, body, error.headers, head_only=head_only, close=close or error.close
+    )

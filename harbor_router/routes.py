@@ -87,8 +87,6 @@ class Router:
         special = self._special.get(path)
         if special is not None and method in PULL_METHODS:
             return special
-        if path.startswith("/v2/") and path[4:] == self._prefix[4:-1]:
-            raise errors.NameInvalid("repository name is missing", {"path": path})
         raise errors.NameUnknown("no route for this path", {"path": path})
 
     def _parse_repository(self, rest: str, query: str) -> Route:
@@ -113,14 +111,10 @@ class Router:
                     )
                 q = self._check_query(REFERRERS, query) if kind == REFERRERS else ""
                 return Route(kind, name, reference, q)
-        self._check_name(rest)  # a bad name is reported as such even on an unknown route
         raise errors.NameUnknown("unknown route under the proxy prefix", {"path": rest[:256]})
 
     def _check_name(self, name: str) -> None:
-        if (
-            NAME_RE.fullmatch(name) is None
-            or len(name) + self._prefix_len - 4 > MAX_NAME_LENGTH
-        ):
+        if NAME_RE.fullmatch(name) is None or len(name) + self._prefix_len - 4 > MAX_NAME_LENGTH:
             raise errors.NameInvalid("invalid repository name", {"name": name[:256]})
 
     @staticmethod

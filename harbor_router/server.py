@@ -8,6 +8,7 @@ With ``WORKERS`` > 1 the parent forks that many processes, each serving the same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -65,8 +66,11 @@ class App:
         host_header = (f"[{host}]" if ":" in host else host) + ("" if default_port else f":{port}")
 
         credentials = Credentials.from_config(config)
-        connector = aiohttp.TCPConnector(limit=0, ssl=tls if tls is not None else True,
-                                         keepalive_timeout=config.idle_conn_timeout)
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            ssl=tls if tls is not None else True,
+            keepalive_timeout=config.idle_conn_timeout,
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -143,8 +147,11 @@ class App:
         out = []
         for sock in self._server.sockets:
             addr = sock.getsockname()
-            out.append(f"[{addr[0]}]:{addr[1]}" if sock.family == socket.AF_INET6 else
-                       f"{addr[0]}:{addr[1]}")
+            out.append(
+                f"[{addr[0]}]:{addr[1]}"
+                if sock.family == socket.AF_INET6
+                else f"{addr[0]}:{addr[1]}"
+            )
         return out
 
     @property
@@ -213,10 +220,8 @@ def run(config: Config) -> int:
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -99,7 +99,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
 
     def data_received(self, data: bytes) -> None:
@@ -228,7 +228,9 @@ class UpstreamPool:
                     server_hostname=self.host if self._ssl is not None else None,
                 )
         except TimeoutError:
-            raise UpstreamError(f"connecting to Harbor timed out after {self._connect_timeout:g}s")
+            raise UpstreamError(
+                f"connecting to Harbor timed out after {self._connect_timeout:g}s"
+            ) from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to Harbor: {exc.strerror or exc}") from None
         conn.reused = False

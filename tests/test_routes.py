@@ -1,0 +1,112 @@
+"""Route parsing and validation (DESIGN §2): pure, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+from harbor_router import errors, routes
+
+R = routes.Router("proxy")
+D256 = "sha256:" + "a" * 64
+D512 = "sha512:" + "0" * 128
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "kind", "name", "reference", "kept_query"),
+    [
+        ("/v2/", "", routes.BASE, "", "", ""),
+        ("/v2", "", routes.BASE, "", "", ""),
+        ("/v2/proxy/nginx/manifests/1.25", "", routes.MANIFEST, "nginx", "1.25", ""),
+        ("/v2/proxy/library/nginx/manifests/latest", "", routes.MANIFEST, "library/nginx",
+         "latest", ""),
+        (f"/v2/proxy/a/b/c/manifests/{D256}", "", routes.MANIFEST, "a/b/c", D256, ""),
+        (f"/v2/proxy/a/blobs/{D512}", "", routes.BLOB, "a", D512, ""),
+        ("/v2/proxy/a-b__c.d/tags/list", "n=10&last=v1", routes.TAGS, "a-b__c.d", "",
+         "n=10&last=v1"),
+        ("/v2/proxy/a/tags/list", "x=1&n=2", routes.TAGS, "a", "", "n=2"),
+        (f"/v2/proxy/a/referrers/{D256}", "artifactType=application%2Fvnd.x", routes.REFERRERS,
+         "a", D256, "artifactType=application%2Fvnd.x"),
+        ("/v2/proxy/a/manifests/b/manifests/x", "", routes.MANIFEST, "a/manifests/b", "x", ""),
+        ("/v2/proxy/x/manifests/v1", "ns=docker.io", routes.MANIFEST, "x", "v1", ""),
+        ("/healthz", "", routes.HEALTHZ, "", "", ""),
+        ("/readyz", "", routes.READYZ, "", "", ""),
+    ],
+)
+def test_valid_routes(
+    path: str, query: str, kind: int, name: str, reference: str, kept_query: str
+) -> None:
+    route = R.parse("GET", path, query)
+    assert (route.kind, route.name, route.reference, route.query) == (
+        kind, name, reference, kept_query,
+    )
+    assert R.parse("HEAD", path, query).kind == kind
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "error"),
+    [
+        ("/v2/proxy/Library/nginx/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/../etc/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/a/../b/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/a%2fb/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/%2e%2e/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/a//b/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/a-/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/_a/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/a___b/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/" + "a" * 250 + "/manifests/1", "", errors.NameInvalid),
+        ("/v2/proxy/manifests/1", "", errors.NameUnknown),
+        ("/v2/proxy/", "", errors.NameUnknown),
+        ("/v2/proxy", "", errors.NameUnknown),
+        ("/v2/proxy/a/manifests/" + "t" * 129, "", errors.TagInvalid),
+        ("/v2/proxy/a/manifests/-x", "", errors.TagInvalid),
+        ("/v2/proxy/a/manifests/.x", "", errors.TagInvalid),
+        ("/v2/proxy/a/manifests/a+b", "", errors.TagInvalid),
+        ("/v2/proxy/a/manifests/a%20b", "", errors.TagInvalid),
+        ("/v2/proxy/a/manifests/", "", errors.TagInvalid),
+        ("/v2/proxy/a/manifests/sha256:abc", "", errors.DigestInvalid),
+        ("/v2/proxy/a/manifests/sha256:" + "A" * 64, "", errors.DigestInvalid),
+        ("/v2/proxy/a/manifests/md5:" + "a" * 32, "", errors.DigestInvalid),
+        ("/v2/proxy/a/blobs/sha512:" + "a" * 64, "", errors.DigestInvalid),
+        ("/v2/proxy/a/blobs/latest", "", errors.DigestInvalid),
+        ("/v2/proxy/a/referrers/latest", "", errors.DigestInvalid),
+        ("/v2/proxy/a/tags/list", "n=abc", errors.PaginationNumberInvalid),
+        ("/v2/proxy/a/tags/list", "n=-1", errors.PaginationNumberInvalid),
+        ("/v2/proxy/a/tags/list", "last=a%0d%0a%zz<", errors.BadRequest),
+        ("/v2/proxy/library/nginx", "", errors.NameUnknown),
+        ("/v2/proxy/a/blobs/uploads/", "", errors.NameUnknown),
+        ("/v2/proxy/a/tags/list/", "", errors.NameUnknown),
+        ("/v2/_catalog", "", errors.NameUnknown),
+        ("/v2/other/nginx/manifests/1", "", errors.NameUnknown),
+        ("/", "", errors.NameUnknown),
+        ("/metrics", "", errors.NameUnknown),
+    ],
+)
+def test_invalid_routes(path: str, query: str, error: type[errors.RegistryError]) -> None:
+    with pytest.raises(error) as info:
+        R.parse("GET", path, query)
+    assert type(info.value) is error
+    assert info.value.status in (400, 404)
+
+
+def test_name_length_counts_the_prefix() -> None:
+    name = "a" * (255 - len("proxy/"))
+    assert R.parse("GET", f"/v2/proxy/{name}/manifests/1", "").name == name
+    with pytest.raises(errors.NameInvalid):
+        R.parse("GET", f"/v2/proxy/{name}a/manifests/1", "")
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST", "DELETE", "PATCH", "OPTIONS", "CONNECT"])
+@pytest.mark.parametrize("path", ["/v2/proxy/a/manifests/1", "/v2/proxy/a/blobs/uploads/", "/v2/"])
+def test_write_methods_are_refused(method: str, path: str) -> None:
+    with pytest.raises(errors.MethodNotAllowed) as info:
+        R.parse(method, path, "")
+    assert info.value.status == 405
+    assert info.value.code == "UNSUPPORTED"
+    assert (b"Allow", b"GET, HEAD") in info.value.headers
+
+
+def test_other_prefix_is_configurable() -> None:
+    router = routes.Router("mirror")
+    assert router.parse("GET", "/v2/mirror/a/manifests/1", "").name == "a"
+    with pytest.raises(errors.NameUnknown):
+        router.parse("GET", "/v2/proxy/a/manifests/1", "")
