@@ -7,7 +7,6 @@ written back here; the mapping is recorded so the next request for the repositor
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -19,7 +18,7 @@ from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES
 from .mapping import MappingCache
 from .projects import Project
 from .protocol import HttpProtocol, Request
-from .relay import Relay, default_relay_status
+from .relay import HeadTimeout, Relay, default_relay_status
 from .resolver import SECTIONS, Resolver, Winner
 from .upstream import UpstreamError, UpstreamPool
 
@@ -170,17 +169,15 @@ class RequestHandler:
                 capture_limit=self._max_body,
             )
             conn.send(head, relay, head_only)
+            relay.arm_timeout(self._timeout)
             try:
-                done, _ = await asyncio.wait((relay.done,), timeout=self._timeout)
-                if not done and relay.status == 0:
-                    conn.close()
-                    relay.done.cancel()
-                    raise errors.BadGateway(
-                        f"project {project.name} did not answer within {self._timeout:g}s",
-                        {project.name: "timeout"},
-                    )
                 await relay.done
                 return relay
+            except HeadTimeout:
+                raise errors.BadGateway(
+                    f"project {project.name} did not answer within {self._timeout:g}s",
+                    {project.name: "timeout"},
+                ) from None
             except UpstreamError as exc:
                 if client.closing:
                     raise errors.ResponseAborted() from None

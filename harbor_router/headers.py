@@ -35,13 +35,18 @@ HOP_BY_HOP: Final = frozenset(
 REWRITTEN: Final = frozenset({b"location", b"link"})
 
 
-def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names listed in ``Connection`` (also hop-by-hop for this message)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+_PLAIN_CONNECTION: Final = {
+    b"keep-alive": frozenset({b"keep-alive"}),
+    b"close": frozenset({b"close"}),
+}
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """Header names listed in one ``Connection`` value (hop-by-hop for this message too)."""
+    plain = _PLAIN_CONNECTION.get(value.lower())
+    if plain is not None:
+        return plain
+    return frozenset(t.strip().lower() for t in value.split(b","))
 
 
 class Rewriter:
@@ -66,7 +71,8 @@ class Rewriter:
             lower = name.lower()
             if lower in HOP_BY_HOP:
                 if lower == b"connection":
-                    extra = connection_tokens(headers)
+                    tokens = connection_tokens(value)
+                    extra = tokens if extra is None else extra | tokens
                 elif lower == b"transfer-encoding":
                     chunked = True
                 continue
@@ -75,7 +81,7 @@ class Rewriter:
             elif lower in REWRITTEN and self._needle in value:
                 value = value.replace(self._needle, self._replacement)
             out.append((name, value))
-        if extra:
+        if extra and not extra <= HOP_BY_HOP:
             out = [(n, v) for n, v in out if n.lower() not in extra]
         if chunked and has_length:
             out = [(n, v) for n, v in out if n.lower() != b"content-length"]

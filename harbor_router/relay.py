@@ -33,12 +33,17 @@ def default_relay_status(status: int) -> bool:
     return status < 400 or status in (412, 416)
 
 
+class HeadTimeout(Exception):
+    """No response head within the deadline; the upstream connection was closed."""
+
+
 class Relay:
     __slots__ = (
         "_capture_limit",
         "_client",
         "_relay_status",
         "_rewriter",
+        "_timer",
         "body",
         "conn",
         "done",
@@ -71,9 +76,23 @@ class Relay:
         self.body = bytearray()
         self.mode = CAPTURE
         self.started = False  # the client has seen the response head
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm_timeout(self, seconds: float) -> None:
+        """Fail with :class:`HeadTimeout` unless the response head arrives in time."""
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.status == 0 and not self.done.done():
+            self.done.set_exception(HeadTimeout())
+            self.conn.abandon()
 
     # Sink
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.status = status
         client = self._client
         if not self._relay_status(status) or client.closing:
@@ -113,6 +132,9 @@ class Relay:
             self.done.set_result(None)
 
     def on_lost(self, exc: BaseException | None, received_any: bool) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.started:
             self._client.end_response(self)
         if not self.done.done():

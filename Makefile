@@ -1,0 +1,43 @@
+# The few targets people expect; each is a one-liner over the real commands.
+# Under CI=true the compiled speedups are required: a missing or broken extension is an error.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+REQUIRE_EXT := $(if $(filter true,$(CI)),HARBOR_ROUTER_REQUIRE_EXTENSIONS=1,)
+STAMP := $(VENV)/.installed
+
+# Prerequisites run in the order written (system packages before the build).
+.NOTPARALLEL:
+.PHONY: install system-deps test lint demo run bench bench-wrk clean
+
+install: $(STAMP)
+
+# Editable install; setuptools builds the extensions in place (harbor_router/_*_c*.so).
+$(STAMP): pyproject.toml setup.py $(wildcard _speedups/*.pyx)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) && $(REQUIRE_EXT) $(PY) -m pip install -q -e '.[test]' && touch $@
+
+system-deps:
+	bash tests/system-deps.sh
+
+test: system-deps install
+	$(REQUIRE_EXT) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+demo: system-deps install
+	$(PY) tests/demo.py
+
+run: install
+	$(PY) -m harbor_router
+
+bench: install
+	$(PY) -m pytest -p no:cacheprovider benchmarks/ $(PYTEST_ARGS)
+
+bench-wrk: system-deps install
+	$(PY) benchmarks/wrk_cache_hit.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks .demo $(STAMP) && find . -path ./$(VENV) -prune -o \( -name '__pycache__' -o -name '*.so' -o -path './_speedups/*.c' -o -path './_speedups/*.html' \) -print0 | xargs -0 rm -rf

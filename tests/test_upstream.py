@@ -1,0 +1,193 @@
+"""The raw keep-alive pool to Harbor, against a scripted HTTP/1.1 server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from harbor_router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+
+Script = Callable[[bytes], bytes | None]  # request head -> raw response (None: close at once)
+
+
+class Server:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head)
+                answer = self.script(head)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if b"Connection: close" in answer:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status, self.headers = status, headers
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+
+    def on_complete(self) -> None:
+        self.done.set_result("complete")
+
+    def on_lost(self, exc: BaseException | None, received_any: bool) -> None:
+        self.done.set_result(f"lost received_any={received_any}")
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (len(body), extra, body)
+
+
+@pytest.fixture
+async def pool_for() -> AsyncIterator[Callable[..., asyncio.Future[tuple[UpstreamPool, Server]]]]:
+    made: list[tuple[UpstreamPool, Server]] = []
+
+    async def make(script: Script, **kwargs: float) -> tuple[UpstreamPool, Server]:
+        server = Server(script)
+        port = await server.start()
+        options = {"max_idle": 4, "idle_timeout": 30.0, "connect_timeout": 2.0, **kwargs}
+        pool = UpstreamPool("127.0.0.1", port, ssl_context=None, **options)  # type: ignore[arg-type]
+        pool.start()
+        made.append((pool, server))
+        return pool, server
+
+    yield make  # type: ignore[misc]
+    for pool, server in made:
+        pool.close()
+        await server.close()
+
+
+async def exchange(
+    conn: UpstreamConnection, head: bytes = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
+    *, head_only: bool = False,
+) -> Recorder:
+    recorder = Recorder()
+    conn.send(head, recorder, head_only)
+    await asyncio.wait_for(recorder.done, 5)
+    return recorder
+
+
+async def test_get_is_relayed_and_connection_reused(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, server = await pool_for(lambda head: ok(b"hello"))
+    for _ in range(3):
+        conn = await pool.acquire()
+        rec = await exchange(conn)
+        assert (rec.status, rec.body, rec.done.result()) == (200, b"hello", "complete")
+    assert server.connections == 1
+    assert pool.idle_count == 1 and pool.active_count == 0
+
+
+async def test_head_response_ends_at_headers(pool_for) -> None:  # type: ignore[no-untyped-def]
+    def script(head: bytes) -> bytes:
+        if head.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+        return ok(b"after-head")
+
+    pool, server = await pool_for(script)
+    conn = await pool.acquire()
+    rec = await exchange(conn, b"HEAD /x HTTP/1.1\r\nHost: h\r\n\r\n", head_only=True)
+    assert rec.status == 200 and rec.body == b""
+    assert (b"Content-Length", b"1000") in rec.headers
+    conn2 = await pool.acquire()
+    assert conn2 is conn  # a HEAD response leaves the connection reusable
+    rec2 = await exchange(conn2)
+    assert rec2.body == b"after-head"
+    assert server.connections == 1
+
+
+async def test_chunked_body_is_dechunked(pool_for) -> None:  # type: ignore[no-untyped-def]
+    response = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    pool, _ = await pool_for(lambda head: response)
+    rec = await exchange(await pool.acquire())
+    assert rec.body == b"hello world"
+    assert pool.idle_count == 1
+
+
+async def test_connection_close_is_not_pooled(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, server = await pool_for(lambda head: ok(b"x", b"Connection: close\r\n"))
+    await exchange(await pool.acquire())
+    await exchange(await pool.acquire())
+    assert pool.idle_count == 0
+    assert server.connections == 2
+
+
+async def test_lost_mid_body_reports_received(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, _ = await pool_for(
+        lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\npartial"
+    )
+    rec = await exchange(await pool.acquire())
+    assert rec.done.result() == "lost received_any=True"
+    assert rec.body == b"partial"
+    assert pool.idle_count == 0
+
+
+async def test_closed_before_answer_reports_nothing_received(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, _ = await pool_for(lambda head: None)
+    rec = await exchange(await pool.acquire())
+    assert rec.done.result() == "lost received_any=False"
+
+
+async def test_idle_connections_expire(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, server = await pool_for(lambda head: ok(b"x"), idle_timeout=0.05)
+    await exchange(await pool.acquire())
+    assert pool.idle_count == 1
+    await asyncio.sleep(0.1)
+    conn = await pool.acquire()
+    assert not conn.reused
+    await exchange(conn)
+    assert server.connections == 2
+
+
+async def test_idle_connections_are_capped(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, _ = await pool_for(lambda head: ok(b"x"), max_idle=2)
+    conns = [await pool.acquire() for _ in range(4)]
+    for conn in conns:
+        await exchange(conn)
+    assert pool.idle_count == 2
+
+
+async def test_connect_failure_is_an_upstream_error() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    pool = UpstreamPool("127.0.0.1", port, ssl_context=None, max_idle=1, idle_timeout=1,
+                        connect_timeout=1)
+    with pytest.raises(UpstreamError, match="cannot connect"):
+        await pool.acquire()
+    pool.close()
