@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from harbor_router import _cache, _cache_py, errors
 from harbor_router.routes import Router
 

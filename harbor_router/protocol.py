@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from . import errors, responses
+from .routes import ALLOW_HEADER, PULL_METHODS
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("harbor_router.protocol")
 
 MAX_PIPELINED = 16
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
@@ -188,9 +190,42 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        error = None
+        for name, _ in self._headers:
+            if name in _BODY_HEADERS:
+                error = self._body_error()
+                break
+        if error is not None:
+            # The body is not read: answer (in order) and close. Nothing after such a request
+            # can be trusted to start at a message boundary, and a push is not worth receiving.
+            self._enqueue(self._make_request(error))
+            self._broken = True
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        request = self._make_request()
+        if not self._broken:
+            self._enqueue(self._make_request())
+
+    def _body_error(self) -> errors.RegistryError | None:
+        headers = self._headers
+        lengths = [v for n, v in headers if n == b"content-length"]
+        chunked = any(n == b"transfer-encoding" for n, _ in headers)
+        if chunked and lengths:
+            return errors.BadRequestClose("both Content-Length and Transfer-Encoding were sent")
+        if not chunked and all(v.strip() == b"0" for v in lengths):
+            return None
+        method = self.parser.get_method().decode("ascii", "replace")
+        if method not in PULL_METHODS:
+            error: errors.RegistryError = errors.MethodNotAllowed(
+                "harbor-router serves pulls only", {"method": method}, headers=ALLOW_HEADER
+            )
+        else:
+            error = errors.BadRequest("request bodies are not accepted", {"method": method})
+        error.close = True
+        return error
+
+    def _enqueue(self, request: Request) -> None:
         if self.closing:
             return
         queue = self._queue
@@ -201,12 +236,11 @@ class HttpProtocol(asyncio.Protocol):
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def _make_request(self) -> Request:
+    def _make_request(self, error: errors.RegistryError | None = None) -> Request:
         parser = self.parser
         method = parser.get_method().decode("ascii", "replace")
         http11 = parser.get_http_version() == "1.1"
         keep_alive = bool(parser.should_keep_alive())
-        error: errors.RegistryError | None = None
         headers = self._headers
         path = query = ""
         try:
@@ -214,15 +248,7 @@ class HttpProtocol(asyncio.Protocol):
             path = (url.path or b"").decode("latin-1")
             query = (url.query or b"").decode("latin-1")
         except httptools.HttpParserInvalidURLError:
-            error = errors.BadRequest("malformed request target")
-        lengths = [v for n, v in headers if n == b"content-length"]
-        chunked = any(n == b"transfer-encoding" for n, _ in headers)
-        if chunked and lengths:
-            error = errors.BadRequestClose("both Content-Length and Transfer-Encoding were sent")
-        elif chunked or any(v.strip() not in (b"0", b"") for v in lengths):
-            # Bodies are refused and the connection closed: nothing the client sent after
-            # such a request is trusted to start at a message boundary.
-            error = errors.BadRequestClose("request bodies are not accepted", {"method": method})
+            error = error or errors.BadRequest("malformed request target")
         return Request(
             method,
             path,

@@ -14,7 +14,6 @@ Work files and logs are under ``.demo/`` (removed at the next run).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from email.message import Message
 from pathlib import Path
 
 from distribution import DistributionRegistry
@@ -93,7 +93,9 @@ def pick_port(variable: str, default: int) -> str:
     return f"127.0.0.1:{port}"
 
 
-def http_get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple:
+def http_get(
+    url: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, Message, bytes]:
     request = urllib.request.Request(url, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=5.0) as resp:
@@ -131,9 +133,7 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> str:
     last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DemoError(
-                f"the router exited with status {proc.returncode}:\n{tail(log_path)}"
-            )
+            raise DemoError(f"the router exited with status {proc.returncode}:\n{tail(log_path)}")
         try:
             status, _, body = http_get(url + "/readyz")
             if status == 200:
@@ -177,7 +177,9 @@ def pull(skopeo: str, router_address: str, repo: str, tag: str, dest: Path) -> s
         f"docker://{router_address}/proxy/{repo}:{tag}",
         f"dir:{dest}",
     ]
-    say(f"  $ skopeo copy docker://{router_address}/proxy/{repo}:{tag} dir:{dest.relative_to(ROOT)}")
+    say(
+        f"  $ skopeo copy docker://{router_address}/proxy/{repo}:{tag} dir:{dest.relative_to(ROOT)}"
+    )
     started = time.monotonic()
     try:
         result = subprocess.run(
@@ -202,8 +204,10 @@ def pull(skopeo: str, router_address: str, repo: str, tag: str, dest: Path) -> s
         raise DemoError(f"skopeo reported {reported}, the copied manifest is {digest}")
     blobs = [p for p in dest.iterdir() if p.name not in ("manifest.json", "version")]
     size = sum(p.stat().st_size for p in blobs)
-    say(f"    pulled in {time.monotonic() - started:.2f}s: manifest + {len(blobs)} blobs, "
-        f"{size} bytes")
+    say(
+        f"    pulled in {time.monotonic() - started:.2f}s: manifest + {len(blobs)} blobs, "
+        f"{size} bytes"
+    )
     return digest
 
 
@@ -234,8 +238,9 @@ def serving_project(harbor: HarborEmulator, repo: str, tag: str) -> tuple[str, l
     if len(found) != 1:
         raise DemoError(f"expected one project to hold {repo}:{tag}, found {found or 'none'}")
     if blob_projects != {found[0]}:
-        raise DemoError(f"blobs of {repo} were fetched from {sorted(blob_projects)}, "
-                        f"expected only {found[0]}")
+        raise DemoError(
+            f"blobs of {repo} were fetched from {sorted(blob_projects)}, expected only {found[0]}"
+        )
     return found[0], asked
 
 
@@ -272,7 +277,9 @@ def demo() -> None:
             stored = f"{project}/{repo}"
             layout = WORKDIR / "images" / stored.replace("/", "_") / tag
             build_image(layout, stored, tag, docker_schema2=schema2, random_bytes=random_bytes)
-            digest = push(layout, tag, registry.url, stored, workdir=WORKDIR / "skopeo", skopeo=skopeo)
+            digest = push(
+                layout, tag, registry.url, stored, workdir=WORKDIR / "skopeo", skopeo=skopeo
+            )
             pushed[(project, repo)] = digest
             say(f"   pushed {stored}:{tag} {digest}")
         say(f"   at {registry.url}")
@@ -304,8 +311,10 @@ def demo() -> None:
         for line in log_path.read_text(errors="replace").splitlines():
             if "listening on" in line:
                 say(f"   log: {line.split(': ', 1)[-1]}")
-        say(f"   AUTH_MODE=header (the default): skopeo sends a token ({TOKEN!r}); the router "
-            "talks to Harbor as its robot")
+        say(
+            f"   AUTH_MODE=header (the default): skopeo sends a token ({TOKEN!r}); the router "
+            "talks to Harbor as its robot"
+        )
 
         say("4. pulls through the router")
         results = []
@@ -317,9 +326,7 @@ def demo() -> None:
             if served_by != project:
                 raise DemoError(f"{repo}:{tag} was served by {served_by}, it lives in {project}")
             if digest != in_registry or digest != pushed[(project, repo)]:
-                raise DemoError(
-                    f"{repo}:{tag}: pulled {digest}, the registry holds {in_registry}"
-                )
+                raise DemoError(f"{repo}:{tag}: pulled {digest}, the registry holds {in_registry}")
             results.append((f"proxy/{repo}:{tag}", served_by, digest))
             say(f"    image:    proxy/{repo}:{tag}")
             say(f"    asked:    {', '.join(asked)}")
@@ -336,7 +343,9 @@ def demo() -> None:
     say()
     for image, project, digest in results:
         say(f"OK  {image:<28} served by {project:<10} {digest}")
-    say(f"demo finished in {time.monotonic() - started:.1f}s (logs in {WORKDIR.relative_to(ROOT)}/)")
+    say(
+        f"demo finished in {time.monotonic() - started:.1f}s (logs in {WORKDIR.relative_to(ROOT)}/)"
+    )
 
 
 def main() -> int:

@@ -89,6 +89,8 @@ class RunningRouter:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            if not self._thread.is_alive():
+                self._loop.close()
 
 
 def router_config(harbor_url: str, username: str, password: str, port: int, **env: str) -> Config:

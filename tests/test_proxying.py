@@ -10,11 +10,10 @@ import hashlib
 import http.client
 import json
 import socket
-import time
 from collections.abc import Sequence
 
 import pytest
-from conftest import SeedImage, Seeded
+from conftest import Seeded, SeedImage
 from harbor_emulator import HarborEmulator
 from router_runner import RunningRouter
 
@@ -154,7 +153,7 @@ def recorded(harbor: HarborEmulator, path_contains: str) -> list[dict[str, str]]
 
 
 def fetch_blob(router: RunningRouter, image: SeedImage, digest: str) -> bytes:
-    status, headers, body = router.request("GET", blob_path(image, digest))
+    status, _, body = router.request("GET", blob_path(image, digest))
     assert status == 200, body[:300]
     assert sha256(body) == digest
     return body
@@ -217,8 +216,7 @@ def test_pipelined_requests_are_answered_in_order(
         (blob_path(tool, tool.layers[0]), tool.layers[0]),
     ]
     data = b"".join(
-        request_bytes("GET", path, [("Accept", ACCEPT_ALL)])
-        for path, _ in wanted[:-1]
+        request_bytes("GET", path, [("Accept", ACCEPT_ALL)]) for path, _ in wanted[:-1]
     ) + request_bytes("GET", wanted[-1][0], [("Connection", "close")])
 
     with RawClient(router) as client:
@@ -438,16 +436,21 @@ def test_blob_before_any_manifest_streams_and_maps(
 def test_blob_head_before_any_manifest(
     router: RunningRouter, seeded: Seeded, harbor: HarborEmulator
 ) -> None:
-    """HEAD on an uncached blob is 404 in Harbor; the router still answers it with headers
-    (racing GETs) or a definite miss, never a corrupt connection."""
+    """HEAD on an uncached blob is 404 in Harbor (DESIGN §3): the HEAD fan-out finds nothing,
+    GETs race, and the client gets the winner's headers without a body."""
     image = seeded.get("quay", "coreos/etcd")
+    layer = image.layers[0]
+    harbor.clear_log()
     with RawClient(router) as client:
-        client.send(request_bytes("HEAD", blob_path(image, image.layers[0])))
+        client.send(request_bytes("HEAD", blob_path(image, layer)))
         head = client.read_response(head_only=True)
-        assert head.status in (200, 404)
-        if head.status == 200:
-            assert head.get("Content-Length") == str(image.blob_sizes[image.layers[0]])
-            assert head.get("Docker-Content-Digest") == image.layers[0]
+        assert head.status == 200
+        assert head.get("Content-Length") == str(image.blob_sizes[layer])
+        assert head.get("Docker-Content-Digest") == layer
+        assert harbor.count("quay", f"/blobs/{layer}") >= 1
+        assert router.app.mapping is not None
+        assert router.app.mapping.get(image.repo) == "quay"
+
         client.send(request_bytes("GET", manifest_path(image), [("Accept", image.media_type)]))
         got = client.read_response()
         assert got.status == 200
@@ -478,6 +481,4 @@ def test_http_1_0_gets_a_complete_response_and_close(
             assert sha256(response.body) == digest
         else:
             assert json.loads(response.body) == {}
-        started = time.monotonic()
         assert client.closed_by_peer(), "HTTP/1.0 without keep-alive: the router closes"
-        assert time.monotonic() - started < 5.0

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import SeedImage, Seeded
+from conftest import Seeded, SeedImage
 from harbor_emulator import HarborEmulator
 from oci_images import skopeo_env
 from router_runner import RunningRouter
@@ -82,9 +82,7 @@ def assert_copied(dest: Path, image: SeedImage) -> None:
         assert blob.is_file(), f"blob {digest} was not copied"
         assert blob.stat().st_size == image.blob_sizes[digest]
         assert sha256_file(blob) == digest
-    blob_files = {
-        p.name for p in dest.iterdir() if p.name not in ("manifest.json", "version")
-    }
+    blob_files = {p.name for p in dest.iterdir() if p.name not in ("manifest.json", "version")}
     assert blob_files == {d.removeprefix("sha256:") for d in image.blobs}
 
 

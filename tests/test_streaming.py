@@ -1,0 +1,134 @@
+"""Blob streaming with back-pressure: a stalled client stalls Harbor, nothing piles up.
+
+The upstream here is a scripted HTTP/1.1 server (not the emulator) so the test can count how
+many body bytes the router has taken from it while the client reads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from router_runner import RunningRouter, router_config
+from support_tools import free_port
+
+BLOB_SIZE = 48 * 1024 * 1024
+CHUNK = 64 * 1024
+DIGEST = "sha256:" + "b" * 64
+
+
+class BigBlobHarbor:
+    """Serves one proxy project and one large blob; counts body bytes handed to the socket."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+        self.chunk = bytes(range(256)) * (CHUNK // 256)
+
+    def start(self) -> BigBlobHarbor:
+        self.thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(), self.loop)
+        self.port = fut.result(5)
+        return self
+
+    async def _start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, target = head.split(b" ", 2)[:2]
+                if target.startswith(b"/api/v2.0/projects?"):
+                    body = json.dumps([{"project_id": 1, "name": "hub", "registry_id": 1}])
+                    self._json(writer, body.encode())
+                elif target.endswith(b"/summary"):
+                    self._json(writer, b'{"registry": {"type": "docker-hub"}}')
+                elif b"/blobs/" in target:
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                        b"Content-Length: %d\r\n\r\n" % BLOB_SIZE
+                    )
+                    if method == b"GET":
+                        for _ in range(BLOB_SIZE // CHUNK):
+                            writer.write(self.chunk)
+                            await writer.drain()
+                            self.sent += CHUNK
+                else:
+                    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    def _json(writer: asyncio.StreamWriter, body: bytes) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(body), body)
+        )
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+    async def _close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.fixture
+def big_harbor() -> Iterator[BigBlobHarbor]:
+    harbor = BigBlobHarbor().start()
+    yield harbor
+    harbor.close()
+
+
+def test_stalled_client_stalls_upstream_then_gets_every_byte(big_harbor: BigBlobHarbor) -> None:
+    config = router_config(f"http://127.0.0.1:{big_harbor.port}", "robot$x", "pw", free_port())
+    router = RunningRouter(config).start()
+    try:
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+            sock.sendall(f"GET /v2/proxy/big/blobs/{DIGEST} HTTP/1.1\r\nHost: r\r\n\r\n".encode())
+            # Read nothing while the router relays: the upstream must stop being drained.
+            deadline = time.monotonic() + 3
+            previous = -1
+            while time.monotonic() < deadline and big_harbor.sent != previous:
+                previous = big_harbor.sent
+                time.sleep(0.3)
+            stalled_at = big_harbor.sent
+            assert stalled_at < BLOB_SIZE // 3, f"router buffered {stalled_at} bytes"
+            digest = hashlib.sha256()
+            received = 0
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(65536)
+            head, _, rest = head.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"Content-Length: %d" % BLOB_SIZE in head
+            digest.update(rest)
+            received += len(rest)
+            while received < BLOB_SIZE:
+                data = sock.recv(1 << 20)
+                assert data, "connection closed early"
+                digest.update(data)
+                received += len(data)
+        expected = hashlib.sha256(big_harbor.chunk * (BLOB_SIZE // CHUNK)).hexdigest()
+        assert received == BLOB_SIZE
+        assert digest.hexdigest() == expected
+        assert big_harbor.sent == BLOB_SIZE
+    finally:
+        router.close()
