@@ -89,7 +89,7 @@ def pick_port(variable: str, default: int) -> str:
     if port_is_free(default):
         return f":{default}"
     port = free_port()
-    say(f"  port {default} (default {variable}) is taken: using {variable}=127.0.0.1:{port}")
+    say(f"   port {default} (default {variable}) is taken: using {variable}=127.0.0.1:{port}")
     return f"127.0.0.1:{port}"
 
 
