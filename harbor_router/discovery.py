@@ -67,9 +67,15 @@ class Discovery:
             self._task = None
 
     async def _loop(self) -> None:
+        retry = 1.0
         while True:
-            await self.refresh()
-            await asyncio.sleep(self._interval)
+            ok = await self.refresh()
+            if ok or self.projects:
+                retry = 1.0
+                await asyncio.sleep(self._interval)
+            else:  # nothing known yet: the router is not ready, so try again soon
+                await asyncio.sleep(min(retry, self._interval))
+                retry = min(retry * 2, 30.0)
 
     async def refresh(self) -> bool:
         """One discovery pass; on failure the previous list stays. True when it succeeded."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -104,3 +105,17 @@ async def test_credentials_files_are_reread(session, harbor, tmp_path: Path) -> 
     os.utime(pass_file, (1, 1))  # a new mtime, as a rotated Secret gets
     assert await discovery.refresh()
     assert discovery.projects.names() == ["dockerhub", "ghcr", "quay"]
+
+
+async def test_first_discovery_retries_soon_after_a_failure(session, harbor) -> None:  # type: ignore[no-untyped-def]
+    harbor.set_api_fault(status=503, times=1)
+    discovery = make(session, harbor, interval=3600)
+    discovery.start()
+    try:
+        for _ in range(100):  # bounded poll: 5 s at most
+            if discovery.projects:
+                break
+            await asyncio.sleep(0.05)
+        assert discovery.projects.names() == ["dockerhub", "ghcr", "quay"]
+    finally:
+        await discovery.close()
