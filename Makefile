@@ -37,7 +37,7 @@ bench: install
 	$(PY) -m pytest -p no:cacheprovider benchmarks/ $(PYTEST_ARGS)
 
 bench-wrk: system-deps install
-	$(PY) benchmarks/wrk_cache_hit.py
+	$(PY) benchmarks/wrk_cache_hit.py && $(PY) benchmarks/wrk_static_upstream.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks .demo $(STAMP) && find . -path ./$(VENV) -prune -o \( -name '__pycache__' -o -name '*.so' -o -path './_speedups/*.c' -o -path './_speedups/*.html' \) -print0 | xargs -0 rm -rf

@@ -11,6 +11,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 import uvloop
+
 from harbor_router.config import Config, load_config
 from harbor_router.server import App
 

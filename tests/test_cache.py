@@ -7,6 +7,7 @@ import os
 from types import ModuleType
 
 import pytest
+
 from harbor_router import _cache, _cache_py
 from harbor_router.mapping import MappingCache
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from harbor_emulator import HarborEmulator
+
 from harbor_router.auth import Credentials
 from harbor_router.discovery import Discovery
 
@@ -23,7 +24,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def make(
-    session: aiohttp.ClientSession, harbor: HarborEmulator, credentials: Credentials | None = None,
+    session: aiohttp.ClientSession,
+    harbor: HarborEmulator,
+    credentials: Credentials | None = None,
     **kwargs: object,
 ) -> Discovery:
     credentials = credentials or Credentials(harbor.username, harbor.password)

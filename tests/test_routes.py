@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from harbor_router import errors, routes
 
 R = routes.Router("proxy")
@@ -16,15 +17,33 @@ D512 = "sha512:" + "0" * 128
         ("/v2/", "", routes.BASE, "", "", ""),
         ("/v2", "", routes.BASE, "", "", ""),
         ("/v2/proxy/nginx/manifests/1.25", "", routes.MANIFEST, "nginx", "1.25", ""),
-        ("/v2/proxy/library/nginx/manifests/latest", "", routes.MANIFEST, "library/nginx",
-         "latest", ""),
+        (
+            "/v2/proxy/library/nginx/manifests/latest",
+            "",
+            routes.MANIFEST,
+            "library/nginx",
+            "latest",
+            "",
+        ),
         (f"/v2/proxy/a/b/c/manifests/{D256}", "", routes.MANIFEST, "a/b/c", D256, ""),
         (f"/v2/proxy/a/blobs/{D512}", "", routes.BLOB, "a", D512, ""),
-        ("/v2/proxy/a-b__c.d/tags/list", "n=10&last=v1", routes.TAGS, "a-b__c.d", "",
-         "n=10&last=v1"),
+        (
+            "/v2/proxy/a-b__c.d/tags/list",
+            "n=10&last=v1",
+            routes.TAGS,
+            "a-b__c.d",
+            "",
+            "n=10&last=v1",
+        ),
         ("/v2/proxy/a/tags/list", "x=1&n=2", routes.TAGS, "a", "", "n=2"),
-        (f"/v2/proxy/a/referrers/{D256}", "artifactType=application%2Fvnd.x", routes.REFERRERS,
-         "a", D256, "artifactType=application%2Fvnd.x"),
+        (
+            f"/v2/proxy/a/referrers/{D256}",
+            "artifactType=application%2Fvnd.x",
+            routes.REFERRERS,
+            "a",
+            D256,
+            "artifactType=application%2Fvnd.x",
+        ),
         ("/v2/proxy/a/manifests/b/manifests/x", "", routes.MANIFEST, "a/manifests/b", "x", ""),
         ("/v2/proxy/x/manifests/v1", "ns=docker.io", routes.MANIFEST, "x", "v1", ""),
         ("/healthz", "", routes.HEALTHZ, "", "", ""),
@@ -36,7 +55,10 @@ def test_valid_routes(
 ) -> None:
     route = R.parse("GET", path, query)
     assert (route.kind, route.name, route.reference, route.query) == (
-        kind, name, reference, kept_query,
+        kind,
+        name,
+        reference,
+        kept_query,
     )
     assert R.parse("HEAD", path, query).kind == kind
 

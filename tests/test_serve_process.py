@@ -54,7 +54,9 @@ def test_process_serves_and_stops_on_sigterm(harbor: HarborEmulator, seeded, wor
         "LOG_FORMAT": "json",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harbor_router"], env=env, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "harbor_router"],
+        env=env,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
@@ -88,10 +90,13 @@ def test_listen_failure_exits_non_zero(harbor: HarborEmulator) -> None:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HARBOR_URL": harbor.url,
-            "LISTEN_ADDR": "127.0.0.1:%d" % taken.getsockname()[1],  # in use: bind fails
+            "LISTEN_ADDR": f"127.0.0.1:{taken.getsockname()[1]}",  # in use: bind fails
         }
         proc = subprocess.run(
-            [sys.executable, "-m", "harbor_router"], env=env, capture_output=True, timeout=20,
+            [sys.executable, "-m", "harbor_router"],
+            env=env,
+            capture_output=True,
+            timeout=20,
         )
     assert proc.returncode == 1
     assert b"cannot listen" in proc.stderr

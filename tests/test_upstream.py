@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+
 from harbor_router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 Script = Callable[[bytes], bytes | None]  # request head -> raw response (None: close at once)
@@ -90,8 +91,10 @@ async def pool_for() -> AsyncIterator[Callable[..., asyncio.Future[tuple[Upstrea
 
 
 async def exchange(
-    conn: UpstreamConnection, head: bytes = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
-    *, head_only: bool = False,
+    conn: UpstreamConnection,
+    head: bytes = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
+    *,
+    head_only: bool = False,
 ) -> Recorder:
     recorder = Recorder()
     conn.send(head, recorder, head_only)
@@ -186,8 +189,9 @@ async def test_connect_failure_is_an_upstream_error() -> None:
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    pool = UpstreamPool("127.0.0.1", port, ssl_context=None, max_idle=1, idle_timeout=1,
-                        connect_timeout=1)
+    pool = UpstreamPool(
+        "127.0.0.1", port, ssl_context=None, max_idle=1, idle_timeout=1, connect_timeout=1
+    )
     with pytest.raises(UpstreamError, match="cannot connect"):
         await pool.acquire()
     pool.close()
