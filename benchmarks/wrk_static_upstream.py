@@ -71,7 +71,10 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     root {root}/www;
-    location = /api/v2.0/projects {{ default_type application/json; try_files /projects.json =404; }}
+    location = /api/v2.0/projects {{
+      default_type application/json;
+      try_files /projects.json =404;
+    }}
     location /api/ {{ default_type application/json; }}
     location /v2/ {{ default_type application/vnd.oci.image.manifest.v1+json; }}
   }}
@@ -81,9 +84,20 @@ http {{
 
 def wrk(url: str, duration: str, connections: int) -> tuple[float, str]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--latency",
-         "-H", "Accept: application/vnd.oci.image.manifest.v1+json", url],
-        capture_output=True, text=True, timeout=600, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}",
+            "--latency",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     ).stdout
     if "Non-2xx" in out:
         raise SystemExit(f"wrk saw errors from {url}:\n{out}")
@@ -129,7 +143,8 @@ def main() -> int:
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{router_port}/readyz", timeout=2):
+                    ready = f"http://127.0.0.1:{router_port}/readyz"
+                    with urllib.request.urlopen(ready, timeout=2):
                         break
                 except OSError:
                     if time.monotonic() > deadline or router.poll() is not None:
@@ -137,8 +152,11 @@ def main() -> int:
                     time.sleep(0.1)
             with urllib.request.urlopen(router_url, timeout=5) as resp:  # warm the mapping
                 assert resp.read() == MANIFEST.encode()
-            direct = wrk(f"http://127.0.0.1:{nginx_port}/v2/hub/library/alpine/manifests/3.19",
-                         args.duration, args.connections)
+            direct = wrk(
+                f"http://127.0.0.1:{nginx_port}/v2/hub/library/alpine/manifests/3.19",
+                args.duration,
+                args.connections,
+            )
             routed = wrk(router_url, args.duration, args.connections)
         finally:
             router.send_signal(signal.SIGTERM)
