@@ -265,7 +265,7 @@ class RequestHandler:
 
     def _write_winner(self, request: Request, client: HttpProtocol, winner: Winner) -> None:
         headers, _ = winner.project.rewriter.end_to_end(winner.headers)
-        if request.method == "HEAD":
+        if request.method == "HEAD" or winner.status in (204, 304):
             client.write(responses.head(winner.status, headers, close=not client.keep_alive))
             return
         headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]

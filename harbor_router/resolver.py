@@ -193,7 +193,8 @@ class Resolver:
             return lambda status, _: (
                 "found" if 200 <= status < 300 or status in (302, 303, 307) else ""
             )
-        return lambda status, _: "found" if 200 <= status < 300 else ""
+        # 304: the client's If-None-Match matched, which also proves the project has it
+        return lambda status, _: "found" if 200 <= status < 300 or status == 304 else ""
 
     async def _probe(
         self,
