@@ -662,6 +662,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("UPSTREAM_CA_FILE", Kind(_ca_file, _show_optional),
              "CA bundle (PEM) to verify an https HARBOR_URL"),
     Variable("UPSTREAM_TLS_VERIFY", _BOOL, "verify Harbor's TLS certificate"),
+    Variable("FANOUT_GRACE", _DURATION_0,
+             "how long a fan-out waits for a better answer after the first good one"),
+    Variable("PASSTHROUGH_UNMATCHED", _BOOL,
+             "forward /v2/ requests outside the prefix to Harbor unchanged"),
 )  # fmt: skip
 
 
@@ -706,6 +710,8 @@ class Config:
     max_header_bytes: int = 16 * 1024
     upstream_ca_file: str | None = None
     upstream_tls_verify: bool = True
+    fanout_grace: float = 0.05
+    passthrough_unmatched: bool = False
 
     def describe(self) -> list[tuple[str, str]]:
         """``(VARIABLE, shown value)`` for every variable, in table order, secrets masked."""
