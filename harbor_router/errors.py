@@ -13,6 +13,8 @@ class RegistryError(Exception):
     status = 500
     code = "UNKNOWN"
     close = False
+    # A 404 that every project confirmed: it may be remembered in the negative cache.
+    definite = False
 
     def __init__(
         self,

@@ -1,10 +1,18 @@
-"""Fan-out on a cache miss: ask every candidate project at once, keep the first good answer.
+"""Fan-out on a cache miss: ask every candidate project at once, keep the best good answer.
 
-Runs on aiohttp (control plane): a miss costs one request per project, so convenience wins over
-the raw pool here. What counts as a good answer depends on the route (``_WINS``); when nothing
-wins, the outcomes of all projects decide the client's error (DESIGN §3.2): a 404 only when every
-project said a definite 404, 429 only when every project was rate limited, else 502 naming each
-project's outcome. Concurrent identical misses share one fan-out (singleflight).
+Theory of operation: a miss costs one request per project, so this runs on aiohttp (control
+plane), never on the hit path. Every candidate whose breaker allows it is asked at once, each
+bounded by ``RESOLVER_TIMEOUT``. The first good answer (``_WIN_RULES``) opens a short grace
+window (``FANOUT_GRACE``) in which a *better* answer may still arrive: one whose Content-Type
+matches the client's Accept (a non-matching 2xx is only a fallback), or one from a project
+earlier in priority order — so every pod maps an image to the same project. The window closes
+early as soon as no pending project could do better; then the rest are cancelled.
+
+When nothing wins, the outcomes of all candidates decide the client's error (DESIGN §3.2,
+``_failure``): 404 only when every candidate said a definite 404 (a project skipped by its
+breaker is not a 404), 429 only when every candidate was rate limited, 503 when no project could
+be asked at all, otherwise 502 naming each project's outcome. Identical concurrent misses share
+one fan-out (singleflight); followers wait at most ``RESOLVER_TIMEOUT`` + a margin.
 """
 
 from __future__ import annotations
@@ -13,31 +21,41 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import aiohttp
 from multidict import CIMultiDict
 
 from . import errors, routes
 from .auth import Credentials
+from .breaker import Breakers, is_failure
 from .projects import Project
 
-SECTIONS = {
+SECTIONS: Final = {
     routes.MANIFEST: "manifests",
     routes.BLOB: "blobs",
     routes.REFERRERS: "referrers",
 }
-_NOT_FOUND = {
+NOT_FOUND_ERRORS: Final[dict[int, type[errors.RegistryError]]] = {
     routes.MANIFEST: errors.ManifestUnknown,
     routes.REFERRERS: errors.ManifestUnknown,
     routes.BLOB: errors.BlobUnknown,
     routes.TAGS: errors.NameUnknown,
 }
-_UNKNOWN_MESSAGES = {
+_UNKNOWN_MESSAGES: Final = {
     routes.MANIFEST: "manifest unknown to every proxy-cache project",
     routes.REFERRERS: "manifest unknown to every proxy-cache project",
     routes.BLOB: "blob unknown to every proxy-cache project",
     routes.TAGS: "repository unknown to every proxy-cache project",
 }
+FOLLOWER_MARGIN: Final = 1.0
+# Request headers that change the answer: misses share a fan-out only when these are equal.
+_KEY_HEADERS: Final = frozenset({"Accept", "Range", "If-None-Match", "If-Range"})
+
+# Outcome kinds.
+FOUND, EMPTY, NOT_FOUND, RATE_LIMITED, TIMEOUT, ERROR, STATUS, BREAKER_OPEN = (
+    "found", "empty", "not_found", "rate_limited", "timeout", "error", "status", "breaker_open",
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -53,14 +71,50 @@ class Winner:
             self.response.release()
             self.response = None
 
+    @property
+    def content_type(self) -> bytes:
+        for name, value in self.headers:
+            if name.lower() == b"content-type":
+                return value
+        return b""
+
 
 @dataclass(slots=True)
 class Outcome:
     project: str
-    kind: str  # found | empty | not_found | rate_limited | timeout | error | status
+    kind: str
     text: str
     retry_after: str | None = None
     winner: Winner | None = None
+
+
+def _definite_not_found(kind: int, name: str) -> errors.RegistryError:
+    error = NOT_FOUND_ERRORS[kind](_UNKNOWN_MESSAGES[kind], {"name": name})
+    error.definite = True
+    return error
+
+
+def accepted_types(forward: Sequence[tuple[str, str]]) -> frozenset[str] | None:
+    """Media types the client accepts, or None when it accepts anything."""
+    types: set[str] = set()
+    for name, value in forward:
+        if name == "Accept":
+            for part in value.split(","):
+                media = part.split(";", 1)[0].strip().lower()
+                if media:
+                    types.add(media)
+    if not types or "*/*" in types:
+        return None
+    return frozenset(types)
+
+
+def _matches(content_type: bytes, accepted: frozenset[str] | None) -> bool:
+    if accepted is None:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+    if not media:
+        return True  # no Content-Type (HEAD of a blob, 304): nothing to judge
+    return media in accepted or media.split("/", 1)[0] + "/*" in accepted
 
 
 def _tags_non_empty(body: bytes) -> bool:
@@ -71,29 +125,50 @@ def _tags_non_empty(body: bytes) -> bool:
     return isinstance(data, dict) and bool(data.get("tags"))
 
 
+def _tags_rule(status: int, body: bytes) -> str:
+    if status != 200:
+        return ""
+    return FOUND if _tags_non_empty(body) else EMPTY
+
+
+def _buffered_rule(status: int, _: bytes) -> str:
+    # 304: the client's If-None-Match matched, which also proves the project has it
+    return FOUND if 200 <= status < 300 or status == 304 else ""
+
+
+def _stream_rule(status: int, _: bytes) -> str:
+    # a redirect to object storage is a blob found: the client follows it, never the router
+    return FOUND if 200 <= status < 300 or status in (302, 303, 307) else ""
+
+
 class Resolver:
     def __init__(
         self,
         session: aiohttp.ClientSession,
         harbor_url: str,
         credentials: Credentials,
+        breakers: Breakers,
         *,
         timeout: float,
         max_body: int,
+        grace: float = 0.05,
     ) -> None:
         self._session = session
         self._harbor_url = harbor_url
         self._credentials = credentials
+        self._breakers = breakers
         self._timeout = timeout
         self._max_body = max_body
+        self._grace = grace
         self._inflight: dict[tuple[object, ...], asyncio.Future[Winner]] = {}
 
     def url(self, project: Project, route: routes.Route) -> str:
         name = project.upstream_name(route.name)
         base = f"{self._harbor_url}/v2/{project.name}/{name}"
         if route.kind == routes.TAGS:
-            return f"{base}/tags/list" + (f"?{route.query}" if route.query else "")
-        url = f"{base}/{SECTIONS[route.kind]}/{route.reference}"
+            url = f"{base}/tags/list"
+        else:
+            url = f"{base}/{SECTIONS[route.kind]}/{route.reference}"
         return url + (f"?{route.query}" if route.query else "")
 
     async def resolve(
@@ -104,20 +179,26 @@ class Resolver:
         forward: list[tuple[str, str]],
     ) -> Winner:
         """Buffered fan-out (manifests, referrers, tags, blob HEAD), shared by identical misses."""
-        key = (method, route.kind, route.name, route.reference, route.query, tuple(forward))
+        key = (
+            method, route.kind, route.name, route.reference, route.query,
+            tuple(h for h in forward if h[0] in _KEY_HEADERS),
+        )  # fmt: skip
         shared = self._inflight.get(key)
         if shared is not None:
-            return await asyncio.shield(shared)
+            try:
+                async with asyncio.timeout(self._timeout + FOLLOWER_MARGIN):
+                    return await asyncio.shield(shared)
+            except TimeoutError:
+                raise errors.Unavailable("timed out waiting for a shared resolution") from None
         future: asyncio.Future[Winner] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             winner = await self._fanout(method, route, candidates, forward, stream=False)
         except BaseException as exc:
-            if not future.done():
-                if isinstance(exc, asyncio.CancelledError):
-                    exc = errors.Unavailable("the shared resolution was interrupted")
-                future.set_exception(exc)
-                future.exception()  # retrieved: followers re-raise it themselves
+            if isinstance(exc, asyncio.CancelledError):
+                exc = errors.Unavailable("the shared resolution was interrupted")
+            future.set_exception(exc)
+            future.exception()  # retrieved: followers re-raise it themselves
             raise
         else:
             future.set_result(winner)
@@ -140,61 +221,74 @@ class Resolver:
         *,
         stream: bool,
     ) -> Winner:
-        if not candidates:
-            raise errors.Unavailable("no proxy-cache project is known yet")
         headers: CIMultiDict[str] = CIMultiDict(forward)
         if self._credentials.header:
             headers["Authorization"] = self._credentials.header.decode("ascii")
-        wins = self._win_rule(route, stream)
-        tasks = {
-            asyncio.ensure_future(self._probe(method, p, route, headers, wins, stream)): p
-            for p in candidates
-        }
+        if route.kind == routes.TAGS:
+            rule: Callable[[int, bytes], str] = _tags_rule
+        else:
+            rule = _stream_rule if stream else _buffered_rule
+        accepted = None if stream else accepted_types(forward)
         outcomes: list[Outcome] = []
+        rank: dict[asyncio.Task[Outcome], int] = {}
+        loop = asyncio.get_running_loop()
+        for i, project in enumerate(candidates):
+            if self._breakers.get(project.name).allow():
+                probe = self._probe(method, project, route, headers, rule, stream)
+                rank[loop.create_task(probe)] = i
+            else:
+                outcomes.append(Outcome(project.name, BREAKER_OPEN, "circuit breaker open"))
+        best: Outcome | None = None
+        best_key = (2, 0)
         empty: Winner | None = None
-        chosen: Winner | None = None
+        deadline: float | None = None
+        pending = set(rank)
         try:
-            pending = set(tasks)
             while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break  # grace window over: the best so far wins
                 for task in done:
                     outcome = task.result()
-                    if outcome.kind == "found" and outcome.winner is not None:
-                        chosen = outcome.winner
-                        return chosen
-                    if outcome.kind == "empty" and empty is None:
+                    if outcome.kind == FOUND and outcome.winner is not None:
+                        key = (
+                            0 if _matches(outcome.winner.content_type, accepted) else 1,
+                            rank[task],
+                        )
+                        if key < best_key:
+                            best, best_key = outcome, key
+                        if deadline is None:
+                            deadline = loop.time() + (0.0 if stream else self._grace)
+                        continue
+                    if outcome.kind == EMPTY and empty is None:
                         empty = outcome.winner
                     outcomes.append(outcome)
+                if best is not None:
+                    non_matching, best_rank = best_key
+                    could_beat = bool(non_matching and pending) or any(
+                        rank[t] < best_rank for t in pending
+                    )
+                    if stream or not could_beat:
+                        break  # nothing pending could beat it
         finally:
-            for task in tasks:
-                if not task.done():
-                    task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for result in results:  # close the losers' open responses
-                if isinstance(result, Outcome):
-                    loser = result.winner
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            chosen = best.winner if best is not None else None
+            for task in rank:  # close every open response but the chosen one
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    loser = task.result().winner
                     if loser is not None and loser is not chosen:
                         loser.release()
+        if best is not None and best.winner is not None:
+            return best.winner
         if empty is not None:
             return empty
         raise self._failure(route, outcomes)
-
-    @staticmethod
-    def _win_rule(route: routes.Route, stream: bool) -> Callable[[int, bytes], str]:
-        if route.kind == routes.TAGS:
-
-            def tags(status: int, body: bytes) -> str:
-                if status != 200:
-                    return ""
-                return "found" if _tags_non_empty(body) else "empty"
-
-            return tags
-        if stream:
-            return lambda status, _: (
-                "found" if 200 <= status < 300 or status in (302, 303, 307) else ""
-            )
-        # 304: the client's If-None-Match matched, which also proves the project has it
-        return lambda status, _: "found" if 200 <= status < 300 or status == 304 else ""
 
     async def _probe(
         self,
@@ -202,7 +296,30 @@ class Resolver:
         project: Project,
         route: routes.Route,
         headers: CIMultiDict[str],
-        wins: Callable[[int, bytes], str],
+        rule: Callable[[int, bytes], str],
+        stream: bool,
+    ) -> Outcome:
+        breaker = self._breakers.get(project.name)
+        try:
+            outcome = await self._ask(method, project, route, headers, rule, stream)
+        except asyncio.CancelledError:
+            breaker.abandon()
+            raise
+        if outcome.kind in (TIMEOUT, ERROR) or (
+            outcome.kind == STATUS and is_failure(int(outcome.text))
+        ):
+            breaker.failure()
+        else:
+            breaker.success()
+        return outcome
+
+    async def _ask(
+        self,
+        method: str,
+        project: Project,
+        route: routes.Route,
+        headers: CIMultiDict[str],
+        rule: Callable[[int, bytes], str],
         stream: bool,
     ) -> Outcome:
         name = project.name
@@ -217,51 +334,60 @@ class Resolver:
                     timeout=aiohttp.ClientTimeout(total=None, sock_read=self._timeout),
                 )
                 raw = [(bytes(k), bytes(v)) for k, v in resp.raw_headers]
+                status = resp.status
                 if stream:
-                    verdict = wins(resp.status, b"")
+                    verdict = rule(status, b"")
                     if verdict:
-                        winner = Winner(project, resp.status, raw, response=resp)
+                        winner = Winner(project, status, raw, response=resp)
                         resp = None
-                        return Outcome(name, verdict, str(winner.status), winner=winner)
-                    body = b""
+                        return Outcome(name, verdict, str(status), winner=winner)
                 else:
                     body = await resp.content.read(self._max_body + 1)
                     if len(body) > self._max_body:
-                        return Outcome(
-                            name, "error", f"response larger than {self._max_body} bytes"
-                        )
-                    verdict = wins(resp.status, body)
+                        return Outcome(name, STATUS, f"{status} (larger than {self._max_body} B)")
+                    verdict = rule(status, body)
                     if verdict:
-                        winner = Winner(project, resp.status, raw, body=body)
-                        return Outcome(name, verdict, str(resp.status), winner=winner)
-                status = resp.status
+                        return Outcome(
+                            name,
+                            verdict,
+                            str(status),
+                            winner=Winner(project, status, raw, body=body),
+                        )
                 if status == 404:
-                    return Outcome(name, "not_found", "404")
+                    return Outcome(name, NOT_FOUND, "404")
                 if status == 429:
-                    return Outcome(name, "rate_limited", "429", resp.headers.get("Retry-After"))
-                return Outcome(name, "status", str(status))
+                    return Outcome(name, RATE_LIMITED, "429", resp.headers.get("Retry-After"))
+                return Outcome(name, STATUS, str(status))
         except TimeoutError:
-            return Outcome(name, "timeout", f"timeout after {self._timeout:g}s")
+            return Outcome(name, TIMEOUT, f"timeout after {self._timeout:g}s")
         except aiohttp.ClientError as exc:
-            return Outcome(name, "error", type(exc).__name__)
+            return Outcome(name, ERROR, f"connection error ({type(exc).__name__})")
         finally:
             if resp is not None:
                 resp.release()
 
     @staticmethod
     def _failure(route: routes.Route, outcomes: list[Outcome]) -> errors.RegistryError:
+        """The decision table of DESIGN §3.2 for a fan-out that nothing won."""
         kinds = {o.kind for o in outcomes}
         detail = {o.project: o.text for o in outcomes}
-        if kinds == {"not_found"}:
-            return _NOT_FOUND[route.kind](_UNKNOWN_MESSAGES[route.kind], {"name": route.name})
-        if kinds == {"rate_limited"}:
+        if not outcomes:
+            return errors.Unavailable("no proxy-cache project is known yet")
+        if kinds == {NOT_FOUND}:
+            return _definite_not_found(route.kind, route.name)
+        if kinds == {RATE_LIMITED}:
             retry = max(
-                (int(o.retry_after) for o in outcomes if o.retry_after and o.retry_after.isdigit()),
+                (int(o.retry_after) for o in outcomes
+                 if o.retry_after and o.retry_after.isdigit()),
                 default=60,
-            )
+            )  # fmt: skip
             return errors.TooManyRequests(
                 "every proxy-cache project is rate limited upstream",
                 detail,
                 headers=((b"Retry-After", str(retry).encode()),),
+            )
+        if kinds == {BREAKER_OPEN}:
+            return errors.Unavailable(
+                "every proxy-cache project is failing (breakers open)", detail
             )
         return errors.BadGateway("no proxy-cache project could answer", detail)

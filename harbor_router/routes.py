@@ -18,10 +18,13 @@ MANIFEST: Final = 1
 BLOB: Final = 2
 TAGS: Final = 3
 REFERRERS: Final = 4
-HEALTHZ: Final = 5
-READYZ: Final = 6
+PASSTHROUGH: Final = 5  # outside the prefix, forwarded unchanged (PASSTHROUGH_UNMATCHED)
+HEALTHZ: Final = 6
+READYZ: Final = 7
 
-KIND_NAMES: Final = ("base", "manifest", "blob", "tags", "referrers", "healthz", "readyz")
+KIND_NAMES: Final = (
+    "base", "manifest", "blob", "tags", "referrers", "passthrough", "healthz", "readyz",
+)  # fmt: skip
 
 MAX_NAME_LENGTH: Final = 255
 
@@ -58,9 +61,10 @@ class Route:
 class Router:
     """Parses request targets for one ``PROXY_PROJECT`` prefix."""
 
-    __slots__ = ("_base_paths", "_prefix", "_prefix_len", "_special")
+    __slots__ = ("_base_paths", "_passthrough", "_prefix", "_prefix_len", "_special")
 
-    def __init__(self, proxy_project: str) -> None:
+    def __init__(self, proxy_project: str, *, passthrough: bool = False) -> None:
+        self._passthrough = passthrough
         self._prefix = f"/v2/{proxy_project}/"
         self._prefix_len = len(self._prefix)
         self._base_paths = frozenset({"/v2/", "/v2"})
@@ -87,6 +91,12 @@ class Router:
         special = self._special.get(path)
         if special is not None and method in PULL_METHODS:
             return special
+        if self._passthrough and path.startswith("/v2/") and path != self._prefix[:-1]:
+            if method not in PULL_METHODS:
+                raise errors.MethodNotAllowed(
+                    "harbor-router serves pulls only", {"method": method}, headers=ALLOW_HEADER
+                )
+            return Route(PASSTHROUGH, path, "", query)
         raise errors.NameUnknown("no route for this path", {"path": path})
 
     def _parse_repository(self, rest: str, query: str) -> Route:

@@ -21,11 +21,14 @@ import aiohttp
 
 from . import __version__, _cache, logs, routes
 from .auth import NONE, ChallengeCache, Credentials
+from .breaker import Breakers
 from .config import Config
 from .discovery import Discovery
+from .forwarding import Forwarder
 from .handler import RequestHandler
 from .mapping import MappingCache
 from .protocol import HttpProtocol
+from .ratelimit import RateLimitGuard
 from .resolver import Resolver
 from .upstream import UpstreamPool
 
@@ -55,6 +58,8 @@ class App:
         self.discovery: Discovery | None = None
         self.pool: UpstreamPool | None = None
         self.mapping: MappingCache | None = None
+        self.breakers: Breakers | None = None
+        self.handler: RequestHandler | None = None
 
     async def start(self, *, reuse_port: bool = False) -> None:
         config = self.config
@@ -93,32 +98,45 @@ class App:
             idle_timeout=config.idle_conn_timeout,
             connect_timeout=min(CONNECT_TIMEOUT, config.resolver_timeout),
         )
-        self.mapping = MappingCache(config.cache_max_entries, config.cache_ttl)
+        self.mapping = MappingCache(
+            config.cache_max_entries,
+            config.cache_ttl,
+            stale_while_revalidate=config.stale_while_revalidate,
+            negative_ttl=config.negative_cache_ttl,
+        )
+        self.breakers = Breakers(config.circuit_breaker_threshold, config.circuit_breaker_timeout)
         resolver = Resolver(
             self._session,
             config.harbor_url,
             credentials,
+            self.breakers,
+            timeout=config.resolver_timeout,
+            max_body=config.manifest_max_bytes,
+            grace=config.fanout_grace,
+        )
+        forwarder = Forwarder(
+            self.pool,
+            credentials,
+            upstream_host=host_header,
+            base_path=url.path.rstrip("/"),
             timeout=config.resolver_timeout,
             max_body=config.manifest_max_bytes,
         )
         challenges = (
             None if config.auth_mode == NONE else ChallengeCache(self._session, config.harbor_url)
         )
-        handler = RequestHandler(
-            router=routes.Router(config.proxy_project),
+        self.handler = handler = RequestHandler(
+            router=routes.Router(config.proxy_project, passthrough=config.passthrough_unmatched),
             proxy_project=config.proxy_project,
             mapping=self.mapping,
             discovery=self.discovery,
-            pool=self.pool,
+            forwarder=forwarder,
             resolver=resolver,
-            credentials=credentials,
+            breakers=self.breakers,
             challenges=challenges,
             auth_mode=config.auth_mode,
-            upstream_host=host_header,
-            base_path=url.path.rstrip("/"),
-            timeout=config.resolver_timeout,
             max_fanout=config.max_fanout_projects,
-            max_body=config.manifest_max_bytes,
+            limiter=RateLimitGuard.from_config(config),
         )
         max_header = config.max_header_bytes
         self.pool.start()
@@ -162,6 +180,8 @@ class App:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.handler is not None:
+            await self.handler.close()
         if self.discovery is not None:
             await self.discovery.close()
         if self.pool is not None:

@@ -111,3 +111,35 @@ def test_mapping_forget_only_if_still_pointing_at_project() -> None:
     assert mapping.get("acme/tool") == "ghcr"
     mapping.forget("acme/tool", "ghcr")
     assert mapping.get("acme/tool") is None
+
+
+def test_stale_while_revalidate_window() -> None:
+    from harbor_router.mapping import FRESH, STALE
+
+    clock = Clock()
+    mapping = MappingCache(10, ttl=10, stale_while_revalidate=5, clock=clock)
+    mapping.set("acme/tool", "ghcr")
+    assert mapping.lookup("acme/tool") == ("ghcr", FRESH)
+    clock.now += 12
+    assert mapping.lookup("acme/tool") == ("ghcr", STALE)
+    clock.now += 4
+    assert mapping.lookup("acme/tool") is None
+    assert len(mapping) == 0
+
+
+def test_negative_entries_expire_and_are_per_reference() -> None:
+    clock = Clock()
+    mapping = MappingCache(10, ttl=10, negative_ttl=30, clock=clock)
+    mapping.set_negative(1, "library/nginx", "9.9")
+    assert mapping.is_negative(1, "library/nginx", "9.9")
+    assert not mapping.is_negative(1, "library/nginx", "1.25")
+    assert not mapping.is_negative(2, "library/nginx", "9.9")
+    clock.now += 31
+    assert not mapping.is_negative(1, "library/nginx", "9.9")
+    assert mapping.negative_count == 0
+
+
+def test_negative_cache_off_with_zero_ttl() -> None:
+    mapping = MappingCache(10, ttl=10, negative_ttl=0, clock=Clock())
+    mapping.set_negative(1, "a", "b")
+    assert not mapping.is_negative(1, "a", "b")

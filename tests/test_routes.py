@@ -132,3 +132,23 @@ def test_other_prefix_is_configurable() -> None:
     assert router.parse("GET", "/v2/mirror/a/manifests/1", "").name == "a"
     with pytest.raises(errors.NameUnknown):
         router.parse("GET", "/v2/proxy/a/manifests/1", "")
+
+
+def test_passthrough_routes_only_when_enabled() -> None:
+    router = routes.Router("proxy", passthrough=True)
+    route = router.parse("GET", "/v2/library/nginx/manifests/1.25", "x=1")
+    assert (route.kind, route.name, route.query) == (
+        routes.PASSTHROUGH,
+        "/v2/library/nginx/manifests/1.25",
+        "x=1",
+    )
+    assert router.parse("GET", "/v2/", "").kind == routes.BASE
+    assert router.parse("GET", "/v2/proxy/a/manifests/1", "").kind == routes.MANIFEST
+    with pytest.raises(errors.NameUnknown):
+        router.parse("GET", "/v2/proxy", "")
+    with pytest.raises(errors.NameUnknown):
+        router.parse("GET", "/other", "")
+    with pytest.raises(errors.MethodNotAllowed):
+        router.parse("PUT", "/v2/library/nginx/manifests/1.25", "")
+    with pytest.raises(errors.NameUnknown):
+        routes.Router("proxy").parse("GET", "/v2/library/nginx/manifests/1.25", "")

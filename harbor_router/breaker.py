@@ -1,0 +1,122 @@
+"""Circuit breakers, one per project (DESIGN §3.3).
+
+Theory of operation: a project that keeps failing (connection errors, timeouts, 5xx) is taken
+out of fan-outs and mapped requests fail fast, instead of every request waiting out
+``RESOLVER_TIMEOUT``. After ``CIRCUIT_BREAKER_TIMEOUT`` exactly one request is let through as a
+probe (half-open); its outcome closes or re-opens the breaker. A probe that ends without an
+outcome (cancelled as a fan-out loser) hands the probe to the next request. 2xx, 3xx, 404, 401
+and 429 are answers, not failures: a project that says "not here" or "slow down" is healthy.
+
+The transitions are a table, ``_TRANSITIONS[(state, event)]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Final
+
+CLOSED: Final = "closed"
+OPEN: Final = "open"
+HALF_OPEN: Final = "half_open"
+
+# State values as a gauge: 0 closed, 1 half-open, 2 open (the convention of the metrics).
+STATE_VALUES: Final = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+
+SUCCESS, FAILURE, TRIP, EXPIRE, ABANDON = "success", "failure", "trip", "expire", "abandon"
+
+_TRANSITIONS: Final = {
+    (CLOSED, SUCCESS): CLOSED,
+    (CLOSED, FAILURE): CLOSED,  # counted; TRIP when the count reaches the threshold
+    (CLOSED, TRIP): OPEN,
+    (OPEN, EXPIRE): HALF_OPEN,  # the caller that saw the expiry is the probe
+    (OPEN, SUCCESS): CLOSED,  # a late answer from before the trip
+    (OPEN, FAILURE): OPEN,
+    (HALF_OPEN, SUCCESS): CLOSED,
+    (HALF_OPEN, FAILURE): OPEN,
+    (HALF_OPEN, ABANDON): OPEN,  # probe ended without an outcome: the next caller probes
+}
+
+
+def is_failure(status: int) -> bool:
+    """Statuses that count against a project's breaker."""
+    return status >= 500
+
+
+class Breaker:
+    __slots__ = ("_clock", "_threshold", "_timeout", "failures", "opened_at", "state")
+
+    def __init__(
+        self, threshold: int, timeout: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._threshold = threshold
+        self._timeout = timeout
+        self._clock = clock
+        self.state: str = CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+
+    def allow(self) -> bool:
+        """May a request go to this project now? In half-open, only the one probe may."""
+        state = self.state
+        if state is CLOSED:
+            return True
+        if state is OPEN and self._clock() - self.opened_at >= self._timeout:
+            self._move(EXPIRE)
+            return True
+        return False
+
+    def retry_after(self) -> float:
+        """Seconds until the next probe may go (0 when closed)."""
+        if self.state is CLOSED:
+            return 0.0
+        return max(0.0, self.opened_at + self._timeout - self._clock())
+
+    def success(self) -> None:
+        if self.state is not CLOSED or self.failures:
+            self.failures = 0
+            self._move(SUCCESS)
+
+    def failure(self) -> None:
+        if self.state is CLOSED:
+            self.failures += 1
+            if self.failures >= self._threshold:
+                self._move(TRIP)
+        else:
+            self._move(FAILURE)
+
+    def abandon(self) -> None:
+        """A request let through ended without an outcome (cancelled)."""
+        if self.state is HALF_OPEN:
+            self._move(ABANDON)
+            self.opened_at -= self._timeout  # expired already: the next caller probes
+
+    def _move(self, event: str) -> None:
+        new = _TRANSITIONS[(self.state, event)]
+        if new is OPEN and self.state is not OPEN:
+            self.opened_at = self._clock()
+        self.state = new
+
+
+class Breakers:
+    """The breakers of all projects, created on first use."""
+
+    def __init__(
+        self, threshold: int, timeout: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._threshold = threshold
+        self._timeout = timeout
+        self._clock = clock
+        self._by_project: dict[str, Breaker] = {}
+
+    def get(self, project: str) -> Breaker:
+        breaker = self._by_project.get(project)
+        if breaker is None:
+            breaker = self._by_project[project] = Breaker(
+                self._threshold, self._timeout, self._clock
+            )
+        return breaker
+
+    def states(self, projects: Iterable[str] | None = None) -> dict[str, str]:
+        names = self._by_project if projects is None else projects
+        return {name: self.get(name).state for name in names}

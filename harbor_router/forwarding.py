@@ -1,0 +1,185 @@
+"""The hit path: one request to one known project over the raw keep-alive pool.
+
+Builds the upstream request head (only the prefix changes, DESIGN §2), sends it on a pooled
+connection, and waits for the relay to finish streaming. Breaker accounting happens here: every
+outcome of a request to a project is a success or a failure for that project's breaker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import errors, routes
+from .auth import Credentials
+from .breaker import Breaker, is_failure
+from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
+from .projects import Project
+from .protocol import HttpProtocol, Request
+from .relay import HeadTimeout, Relay, default_relay_status
+from .resolver import SECTIONS
+from .upstream import UpstreamError, UpstreamPool
+
+# Client headers never passed through unchanged, even for PASSTHROUGH_UNMATCHED.
+_PASSTHROUGH_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"content-length"}
+IDENTITY = Rewriter("", "")
+
+
+def capture_all(status: int) -> bool:
+    return False
+
+
+def relay_all(status: int) -> bool:
+    return True
+
+
+def forward_headers(request: Request) -> list[tuple[str, str]]:
+    """The client headers a fan-out sends on (aiohttp form), X-Forwarded-For appended."""
+    out = []
+    forwarded: list[str] = []
+    for name, value in request.headers:
+        canon = FORWARD_REQUEST.get(name)
+        if canon is not None:
+            out.append((canon, value.decode("latin-1")))
+        elif name == b"x-forwarded-for":
+            forwarded.append(value.decode("latin-1"))
+    forwarded.append(request.client_ip)
+    out.append(("X-Forwarded-For", ", ".join(forwarded)))
+    return out
+
+
+class Forwarder:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        credentials: Credentials,
+        *,
+        upstream_host: str,
+        base_path: str,
+        timeout: float,
+        max_body: int,
+    ) -> None:
+        self._pool = pool
+        self._credentials = credentials
+        self._host_line = b"Host: " + upstream_host.encode("idna") + b"\r\n"
+        self._base_path = base_path
+        self._timeout = timeout
+        self._max_body = max_body
+
+    def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
+        name = project.upstream_name(route.name)
+        if route.kind == routes.TAGS:
+            tail = "/tags/list"
+        else:
+            tail = f"/{SECTIONS[route.kind]}/{route.reference}"
+        path = f"{self._base_path}/v2/{project.name}/{name}{tail}"
+        if route.query:
+            path += "?" + route.query
+        parts = [request.method.encode(), b" ", path.encode(), b" HTTP/1.1\r\n", self._host_line]
+        auth = self._credentials.header
+        if auth is not None:
+            parts += (b"Authorization: ", auth, b"\r\n")
+        forwarded: bytes | None = None
+        lines = FORWARD_REQUEST_LINES
+        for hname, value in request.headers:
+            line = lines.get(hname)
+            if line is not None:
+                parts += (line, value, b"\r\n")
+            elif hname == b"x-forwarded-for":
+                forwarded = value if forwarded is None else forwarded + b", " + value
+        ip = request.client_ip.encode()
+        parts += (b"X-Forwarded-For: ", forwarded + b", " + ip if forwarded else ip, b"\r\n\r\n")
+        return b"".join(parts)
+
+    def passthrough_head(self, request: Request, route: routes.Route) -> bytes:
+        """The client's request as it came (its own Authorization included), Host and
+        X-Forwarded-For being the router's."""
+        target = self._base_path + route.name + ("?" + route.query if route.query else "")
+        parts = [request.method.encode(), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n",
+                 self._host_line]  # fmt: skip
+        forwarded: bytes | None = None
+        for hname, value in request.headers:
+            if hname not in _PASSTHROUGH_DROP:
+                parts += (hname, b": ", value, b"\r\n")
+            elif hname == b"x-forwarded-for":
+                forwarded = value if forwarded is None else forwarded + b", " + value
+        ip = request.client_ip.encode()
+        parts += (b"X-Forwarded-For: ", forwarded + b", " + ip if forwarded else ip, b"\r\n\r\n")
+        return b"".join(parts)
+
+    async def forward(
+        self,
+        client: HttpProtocol,
+        head: bytes,
+        *,
+        head_only: bool,
+        label: str,
+        rewriter: Rewriter,
+        breaker: Breaker | None,
+        relay_status: Callable[[int], bool] = default_relay_status,
+    ) -> Relay:
+        """Send ``head`` upstream; the relay streams or captures the answer per its status."""
+        for attempt in (0, 1):
+            try:
+                conn = await self._pool.acquire()
+            except UpstreamError as exc:
+                if breaker is not None:
+                    breaker.failure()
+                raise errors.BadGateway(str(exc), {label: "connection failed"}) from None
+            relay = Relay(client, conn, rewriter, head_only=head_only,
+                          relay_status=relay_status, capture_limit=self._max_body)  # fmt: skip
+            conn.send(head, relay, head_only)
+            relay.arm_timeout(self._timeout)
+            try:
+                await relay.done
+            except HeadTimeout:
+                if breaker is not None:
+                    breaker.failure()
+                raise errors.BadGateway(
+                    f"project {label} did not answer within {self._timeout:g}s",
+                    {label: "timeout"},
+                ) from None
+            except UpstreamError as exc:
+                if client.closing:  # the client left: nothing learnt about the project
+                    if breaker is not None:
+                        breaker.abandon()
+                    raise errors.ResponseAborted() from None
+                if relay.started:  # Harbor died mid-body: the client can only be cut off
+                    if breaker is not None:
+                        breaker.failure()
+                    raise errors.ResponseAborted(str(exc)) from None
+                if attempt == 0 and conn.reused and not exc.received_any:
+                    continue  # a keep-alive connection Harbor had already closed: retry once
+                if breaker is not None:
+                    breaker.failure()
+                raise errors.BadGateway(
+                    f"connection to Harbor failed while asking project {label}",
+                    {label: "connection error"},
+                ) from None
+            if breaker is not None:
+                if is_failure(relay.status):
+                    breaker.failure()
+                else:
+                    breaker.success()
+            return relay
+        raise AssertionError("unreachable")
+
+
+def translate(
+    project: Project, status: int, headers: list[tuple[bytes, bytes]]
+) -> errors.RegistryError:
+    """The client's error for a status a mapped project sent that is not relayed as it is."""
+    if status == 429:
+        retry = next((v for n, v in headers if n.lower() == b"retry-after"), b"60")
+        return errors.TooManyRequests(
+            f"project {project.name} is rate limited upstream",
+            {project.name: "429"},
+            headers=((b"Retry-After", retry),),
+        )
+    if status in (401, 403):
+        return errors.BadGateway(
+            f"Harbor refused the router's credentials for project {project.name}",
+            {project.name: str(status)},
+        )
+    return errors.BadGateway(
+        f"project {project.name} answered HTTP {status}", {project.name: str(status)}
+    )

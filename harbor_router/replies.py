@@ -1,0 +1,73 @@
+"""Writing a fan-out's winner to the client: buffered, streamed, or as a rewritten tag list."""
+
+from __future__ import annotations
+
+import json
+
+from . import errors, responses
+from .protocol import HttpProtocol, Request
+from .resolver import Winner
+
+NO_BODY = (204, 304)
+
+
+def write_winner(request: Request, client: HttpProtocol, winner: Winner) -> None:
+    headers, _ = winner.project.rewriter.end_to_end(winner.headers)
+    close = not client.keep_alive
+    if request.method == "HEAD" or winner.status in NO_BODY:
+        client.write(responses.head(winner.status, headers, close=close))
+        return
+    headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+    body = winner.body
+    client.write(
+        responses.head(winner.status, headers, content_length=len(body), close=close) + body
+    )
+
+
+async def stream_winner(request: Request, client: HttpProtocol, winner: Winner) -> None:
+    """Relay an open aiohttp response (the blob GET race) with back-pressure from the client."""
+    response = winner.response
+    assert response is not None
+    headers, has_length = winner.project.rewriter.end_to_end(winner.headers)
+    head_only = request.method == "HEAD"
+    chunked = not head_only and not has_length and winner.status not in NO_BODY
+    if chunked and not client.http11:
+        client.keep_alive = False
+        chunked = False
+    extra = b"Transfer-Encoding: chunked\r\n" if chunked else b""
+    client.write(responses.head(winner.status, headers, close=not client.keep_alive, extra=extra))
+    if head_only:
+        return
+    try:
+        async for chunk in response.content.iter_any():
+            client.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await client.drain()
+        if chunked:
+            client.write(b"0\r\n\r\n")
+    except Exception as exc:
+        raise errors.ResponseAborted(str(exc)) from exc
+
+
+def write_tags(
+    request: Request,
+    client: HttpProtocol,
+    winner: Winner,
+    client_name: str,
+) -> None:
+    """tags/list with ``name`` as the client asked for it (``{P}/{name}``), Link rewritten."""
+    try:
+        data = json.loads(winner.body)
+    except ValueError:
+        raise errors.BadGateway(f"project {winner.project.name} sent an invalid tag list") from None
+    if isinstance(data, dict):
+        data["name"] = client_name
+    body = json.dumps(data, separators=(",", ":")).encode()
+    headers = [
+        (n, v)
+        for n, v in winner.project.rewriter.end_to_end(winner.headers)[0]
+        if n.lower() != b"content-length"
+    ]
+    out = responses.head(
+        winner.status, headers, content_length=len(body), close=not client.keep_alive
+    )
+    client.write(out if request.method == "HEAD" else out + body)
