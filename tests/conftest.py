@@ -22,6 +22,13 @@ SEED_TABLE: tuple[tuple[str, str, str, bool, int], ...] = (
     ("quay", "coreos/etcd", "v3.5", False, 0),
     ("ghcr", "shared/app", "1", False, 0),
     ("quay", "shared/app", "1", False, 0),
+    # tests/test_resolution.py: one name as Docker schema2 in ghcr and as OCI in quay (the
+    # Accept-aware winner), and one repository with several tags (tags/list pagination).
+    ("ghcr", "multi/img", "1", True, 0),
+    ("quay", "multi/img", "1", False, 0),
+    ("ghcr", "acme/multi", "a", False, 0),
+    ("ghcr", "acme/multi", "b", False, 0),
+    ("ghcr", "acme/multi", "c", False, 0),
 )
 
 
