@@ -106,7 +106,7 @@ class ClientAddress:
             (int(n.network_address), int(n.netmask)) for n in networks if n.version == 6
         )
         self.enabled = bool(networks)
-        self._peers: dict[str, tuple[bool, str]] = {}
+        self._peers: dict[str, tuple[str, bool]] = {}
         self._entries: dict[bytes, _EntryInfo] = {}
 
     def is_trusted(self, address: _IPAddress) -> bool:
@@ -124,29 +124,34 @@ class ClientAddress:
         """
         if not self.enabled:
             return peer
-        info = self._peers.get(peer)
-        if info is None:
-            info = self._peer_info(peer)
-        trusted, client = info
-        if not trusted:
+        peer_info = self._peers.get(peer)
+        if peer_info is None:
+            peer_info = self._peer_info(peer)
+        client = peer_info[0]
+        if not peer_info[1] or not forwarded:
             return client
+        # Several header lines are one comma list (RFC 9110 §5.3), read right to left.
+        raws = forwarded[0].split(b",") if len(forwarded) == 1 else b",".join(forwarded).split(b",")
         entries = self._entries
-        for value in reversed(forwarded):
-            for raw in reversed(value.split(b",")):
-                address, trusted = entries.get(raw) or self._entry_info(raw)
-                if address is None:
-                    if trusted:  # an empty list element (RFC 9110 §5.6.1): not a hop
-                        continue
-                    return client  # malformed: the hop that wrote it is unknown
-                if not trusted:
-                    return address
-                client = address
-        # Every hop trusted (or no entries): the left-most trusted one, else the peer.
+        i = len(raws)
+        while i:
+            i -= 1
+            raw = raws[i]
+            info = entries.get(raw) or self._entry_info(raw)
+            address = info[0]
+            if address is None:
+                if info[1]:  # an empty list element (RFC 9110 §5.6.1): not a hop
+                    continue
+                return client  # malformed: the hop that wrote it is unknown
+            if not info[1]:
+                return address
+            client = address
+        # Every hop trusted: the left-most one is the client.
         return client
 
-    def _peer_info(self, peer: str) -> tuple[bool, str]:
+    def _peer_info(self, peer: str) -> tuple[str, bool]:
         address = parse_address(peer)
-        info = (False, peer) if address is None else (self.is_trusted(address), address.compressed)
+        info = (peer, False) if address is None else (address.compressed, self.is_trusted(address))
         if len(self._peers) >= CACHE_ENTRIES:
             self._peers.clear()
         self._peers[peer] = info
@@ -239,8 +244,15 @@ class RateLimiter:
         return 0.0
 
     def _sweep(self, now: float) -> None:
-        # Rebuilding (rather than deleting in place) gives the memory back and keeps the order.
-        self._buckets = {key: t for key, t in self._buckets.items() if t > now}
+        buckets = self._buckets
+        expired = [key for key, full_at in buckets.items() if full_at <= now]
+        if len(expired) * 2 >= len(buckets):
+            # Mostly gone: copying the few survivors is cheap and gives the memory back.
+            self._buckets = {key: t for key, t in buckets.items() if t > now}
+        else:
+            # Mostly live: copying a big dict costs ~5x the scan; delete in place.
+            for key in expired:
+                del buckets[key]
         self._next_sweep = now + self.horizon
 
     def _make_room(self, now: float) -> None:
@@ -248,7 +260,7 @@ class RateLimiter:
         buckets = self._buckets
         excess = len(buckets) - self._max_buckets
         if excess >= 0:
-            for key in list(islice(buckets, 0)):
+            for key in list(islice(buckets, excess + self._evict)):
                 del buckets[key]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from harbor_router.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, Breakers, is_failure
 
 
@@ -83,9 +84,20 @@ def test_abandoned_probe_hands_over_to_the_next_request(clock: Clock) -> None:
     assert not breaker.allow()
 
 
-@pytest.mark.parametrize(("status", "failure"), [(200, False), (206, False), (304, False),
-                                                 (401, False), (404, False), (429, False),
-                                                 (500, True), (502, True), (503, True)])
+@pytest.mark.parametrize(
+    ("status", "failure"),
+    [
+        (200, False),
+        (206, False),
+        (304, False),
+        (401, False),
+        (404, False),
+        (429, False),
+        (500, True),
+        (502, True),
+        (503, True),
+    ],
+)
 def test_which_statuses_are_failures(status: int, failure: bool) -> None:
     assert is_failure(status) is failure
 
