@@ -39,6 +39,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 START_TIMEOUT = 10.0
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=30.0)
 CHUNK = 64 * 1024
+TRUNCATE = web.RequestKey("truncate", int)
 
 # Registry types as Harbor names them (adapter "type" of a registry endpoint) and their URLs.
 REGISTRY_URLS: dict[str, str] = {
@@ -118,6 +119,7 @@ class Fault:
     body: bytes | str | Mapping[str, Any] | None = None
     headers: Mapping[str, str] | None = None
     times: int | None = None  # None: until cleared; N: the next N requests only
+    truncate: int | None = None  # answer normally, but reset after this many body bytes
 
 
 @dataclass(frozen=True)
@@ -320,12 +322,14 @@ class HarborEmulator:
         body: bytes | str | Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         times: int | None = None,
+        truncate: int | None = None,
     ) -> None:
         """Misbehave on ``/v2/{project}/...``: sleep ``delay`` s, then answer ``status`` (Harbor
         error body unless ``body``), or abort the TCP connection (``reset``), or go on normally.
-        ``times`` limits the fault to the next N requests of that project."""
+        ``truncate=N`` answers normally but resets the connection after N body bytes (a reset
+        mid-body). ``times`` limits the fault to the next N requests of that project."""
         with self._lock:
-            self._faults[project] = Fault(delay, status, reset, body, headers, times)
+            self._faults[project] = Fault(delay, status, reset, body, headers, times, truncate)
 
     def set_api_fault(
         self,
@@ -407,6 +411,8 @@ class HarborEmulator:
 
         fault = self._take_fault(project, api=path.startswith("/api/"))
         if fault is not None:
+            if fault.truncate is not None:
+                request[TRUNCATE] = fault.truncate
             response = await self._apply_fault(request, fault)
             if response is not None:
                 return response
@@ -431,15 +437,7 @@ class HarborEmulator:
         if fault.delay:
             await asyncio.sleep(fault.delay)
         if fault.reset:
-            transport = request.transport
-            if transport is not None:
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    # SO_LINGER 0: close() sends RST instead of FIN.
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                transport.abort()
-            # The handler is cancelled with the connection; never answer.
-            await asyncio.sleep(3600)
+            await self._reset(request)
         if fault.status is None:
             return None
         status = fault.status
@@ -460,6 +458,18 @@ class HarborEmulator:
         for key, value in (fault.headers or {}).items():
             response.headers[key] = value
         return response
+
+    @staticmethod
+    async def _reset(request: web.Request) -> None:
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # SO_LINGER 0: close() sends RST instead of FIN.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        # The handler is cancelled with the connection; never answer.
+        await asyncio.sleep(3600)
 
     @staticmethod
     def _error(
@@ -693,8 +703,14 @@ class HarborEmulator:
             await response.prepare(request)
             if request.method == "HEAD":
                 return response
+            truncate: int | None = request.get(TRUNCATE)
             try:
                 async for chunk in upstream.content.iter_chunked(CHUNK):
+                    if truncate is not None and len(chunk) >= truncate:
+                        await response.write(chunk[:truncate])
+                        await self._reset(request)
+                    if truncate is not None:
+                        truncate -= len(chunk)
                     await response.write(chunk)
                 await response.write_eof()
             except (ConnectionError, aiohttp.ClientError, TimeoutError):

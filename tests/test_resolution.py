@@ -718,6 +718,48 @@ def test_mapped_request_to_an_open_breaker_fails_fast(
     assert harbor.count("quay") == 2
 
 
+def _pull_blob_raw(router: RunningRouter, path: str) -> tuple[bytes, int, int]:
+    """GET on a raw socket: (head, Content-Length, body bytes received before the close)."""
+    data = router.raw(f"GET {path} HTTP/1.1\r\nHost: r\r\n\r\n".encode(), timeout=5)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head, length, len(body)
+
+
+def test_reset_mid_body_cuts_the_client_off_and_counts_against_the_breaker(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    """Harbor dies half-way through a mapped blob: the client sees a short body and a closed
+    connection (never a fake complete one), the router survives, and two such failures open
+    the project's breaker so the next mapped request fails fast."""
+    router = make_router(CIRCUIT_BREAKER_THRESHOLD="2", CIRCUIT_BREAKER_TIMEOUT="30s")
+    image = seeded.get("dockerhub", "library/nginx")
+    status, _, _ = router.request("GET", manifest_path(image.repo, image.tag), accept(image))
+    assert status == 200
+    layer = image.layers[0]
+    path = blob_path(image.repo, layer)
+    harbor.set_fault("dockerhub", truncate=70_000)
+    for _ in range(2):
+        head, length, received = _pull_blob_raw(router, path)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert length == image.blob_sizes[layer]
+        assert received < length  # cut off, not padded or completed
+    harbor.clear_faults()
+    harbor.clear_log()
+    started = time.monotonic()
+    status, _, body = router.request("GET", path)
+    assert status == 503, body[:300]
+    assert time.monotonic() - started < 0.5
+    assert harbor.count("dockerhub") == 0
+    # Other repositories of healthy projects are untouched.
+    tool = seeded.get("ghcr", "acme/tool")
+    assert router.request("GET", manifest_path(tool.repo, tool.tag), accept(tool))[0] == 200
+
+
 @pytest.mark.parametrize("probe", ["succeeds", "fails"])
 def test_half_open_breaker_lets_exactly_one_probe_through(
     probe: str, make_router: Callable[..., RunningRouter], harbor: HarborEmulator
