@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 # Prerequisites run in the order written (system packages before the build).
 .NOTPARALLEL:
-.PHONY: install system-deps test lint demo run bench bench-wrk clean
+.PHONY: install system-deps test test-py lint demo run bench bench-wrk clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ system-deps:
 
 test: system-deps install
 	$(REQUIRE_EXT) $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# The same suite on the pure-Python twins (CI runs both).
+test-py: system-deps install
+	HARBOR_ROUTER_NO_EXTENSIONS=1 $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from ._wire import HOP_BY_HOP, connection_tokens, end_to_end
+
 # Client request headers forwarded to Harbor, by lowercased name, with the name sent on.
 # Everything else stays here; X-Forwarded-For is appended to, not copied.
 FORWARD_REQUEST: Final = {
@@ -16,37 +18,9 @@ FORWARD_REQUEST: Final = {
 FORWARD_REQUEST_LINES: Final = {k: v.encode() + b": " for k, v in FORWARD_REQUEST.items()}
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) never cross the router; framing is the router's own.
-HOP_BY_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
-# Response headers whose URLs may point into /v2/{project}/ and are rewritten to /v2/{P}/.
-REWRITTEN: Final = frozenset({b"location", b"link"})
-
-
-_PLAIN_CONNECTION: Final = {
-    b"keep-alive": frozenset({b"keep-alive"}),
-    b"close": frozenset({b"close"}),
-}
-
-
-def connection_tokens(value: bytes) -> frozenset[bytes]:
-    """Header names listed in one ``Connection`` value (hop-by-hop for this message too)."""
-    plain = _PLAIN_CONNECTION.get(value.lower())
-    if plain is not None:
-        return plain
-    return frozenset(t.strip().lower() for t in value.split(b","))
+# Location and Link into /v2/{project}/ are rewritten to /v2/{P}/ (both tables live in _wire).
+__all__ = ("FORWARD_REQUEST", "FORWARD_REQUEST_LINES", "HOP_BY_HOP", "Rewriter",
+           "connection_tokens")  # fmt: skip
 
 
 class Rewriter:
@@ -63,26 +37,4 @@ class Rewriter:
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
         """Upstream response headers to send on, in order, multi-valued ones intact; and
         whether ``Content-Length`` frames the body (present, and no ``Transfer-Encoding``)."""
-        out = []
-        extra: frozenset[bytes] | None = None
-        has_length = False
-        chunked = False
-        for name, value in headers:
-            lower = name.lower()
-            if lower in HOP_BY_HOP:
-                if lower == b"connection":
-                    tokens = connection_tokens(value)
-                    extra = tokens if extra is None else extra | tokens
-                elif lower == b"transfer-encoding":
-                    chunked = True
-                continue
-            if lower == b"content-length":
-                has_length = True
-            elif lower in REWRITTEN and self._needle in value:
-                value = value.replace(self._needle, self._replacement)
-            out.append((name, value))
-        if extra and not extra <= HOP_BY_HOP:
-            out = [(n, v) for n, v in out if n.lower() not in extra]
-        if chunked and has_length:
-            out = [(n, v) for n, v in out if n.lower() != b"content-length"]
-        return out, has_length and not chunked
+        return end_to_end(headers, self._needle, self._replacement)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Final
 
+from ._wire import build_head
 from .errors import RegistryError
 
 API_VERSION_HEADER: Final = b"Docker-Distribution-API-Version: registry/2.0\r\n"
@@ -40,16 +41,9 @@ def head(
     extra: bytes = b"",
 ) -> bytes:
     """One joined response head: status line, headers, framing, blank line."""
-    parts = [status_line(status)]
-    for name, value in headers:
-        parts.append(name + b": " + value + b"\r\n")
-    parts.append(extra)
-    if content_length is not None:
-        parts.append(b"Content-Length: %d\r\n" % content_length)
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    return build_head(
+        status_line(status), headers, extra, -1 if content_length is None else content_length, close
+    )
 
 
 def simple(

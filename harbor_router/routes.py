@@ -11,6 +11,7 @@ import re
 from typing import Final
 
 from . import errors
+from ._wire import valid_digest, valid_name, valid_tag
 
 # Route kinds.
 BASE: Final = 0
@@ -28,10 +29,6 @@ KIND_NAMES: Final = (
 
 MAX_NAME_LENGTH: Final = 255
 
-_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_RE: Final = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-TAG_RE: Final = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
-DIGEST_RE: Final = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 # Query strings forwarded for tags/list and referrers: n, last and artifactType only.
 _QUERY_VALUE_RE: Final = re.compile(r"[A-Za-z0-9._~%+-]*")
 _QUERY_KEYS: Final = {TAGS: frozenset({"n", "last"}), REFERRERS: frozenset({"artifactType"})}
@@ -112,9 +109,9 @@ class Router:
                 self._check_name(name)
                 reference = segments[-1]
                 if kind == MANIFEST and ":" not in reference:
-                    if TAG_RE.fullmatch(reference) is None:
+                    if not valid_tag(reference):
                         raise errors.TagInvalid("invalid tag", {"tag": reference[:256]})
-                elif DIGEST_RE.fullmatch(reference) is None:
+                elif not valid_digest(reference):
                     raise errors.DigestInvalid(
                         "invalid digest: sha256 or sha512 in lowercase hex expected",
                         {"digest": reference[:256]},
@@ -124,7 +121,7 @@ class Router:
         raise errors.NameUnknown("unknown route under the proxy prefix", {"path": rest[:256]})
 
     def _check_name(self, name: str) -> None:
-        if NAME_RE.fullmatch(name) is None or len(name) + self._prefix_len - 4 > MAX_NAME_LENGTH:
+        if len(name) + self._prefix_len - 4 > MAX_NAME_LENGTH or not valid_name(name):
             raise errors.NameInvalid("invalid repository name", {"name": name[:256]})
 
     @staticmethod

@@ -1,0 +1,58 @@
+"""Selects the compiled per-request byte work or its pure-Python twin (DESIGN §9)."""
+
+from typing import TYPE_CHECKING
+
+from ._speedups_env import NO_EXTENSIONS, REQUIRE_EXTENSIONS
+
+IMPLEMENTATION: str
+
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from ._wire_py import (
+        HOP_BY_HOP,
+        build_head,
+        connection_tokens,
+        end_to_end,
+        valid_digest,
+        valid_name,
+        valid_tag,
+    )
+
+    IMPLEMENTATION = "py"
+else:
+    try:
+        from ._wire_c import (
+            HOP_BY_HOP,
+            build_head,
+            connection_tokens,
+            end_to_end,
+            valid_digest,
+            valid_name,
+            valid_tag,
+        )
+
+        IMPLEMENTATION = "c"
+    except ImportError:
+        if REQUIRE_EXTENSIONS:
+            raise
+        from ._wire_py import (
+            HOP_BY_HOP,
+            build_head,
+            connection_tokens,
+            end_to_end,
+            valid_digest,
+            valid_name,
+            valid_tag,
+        )
+
+        IMPLEMENTATION = "py"
+
+__all__ = (
+    "HOP_BY_HOP",
+    "IMPLEMENTATION",
+    "build_head",
+    "connection_tokens",
+    "end_to_end",
+    "valid_digest",
+    "valid_name",
+    "valid_tag",
+)
