@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import __version__, _cache, logs, routes
+from . import __version__, _cache, _wire, logs, routes
 from .auth import NONE, ChallengeCache, Credentials
 from .breaker import Breakers
 from .config import Config
@@ -36,6 +36,11 @@ log = logging.getLogger("harbor_router.server")
 
 CONNECT_TIMEOUT = 5.0
 SHUTDOWN_GRACE = 10.0
+
+
+def speedups() -> str:
+    """Which implementation each twin runs on (``c`` compiled, ``py`` pure Python)."""
+    return f"cache={_cache.IMPLEMENTATION} wire={_wire.IMPLEMENTATION}"
 
 
 def upstream_ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -150,12 +155,12 @@ class App:
             backlog=2048,
         )
         log.info(
-            "harbor-router %s listening on %s, prefix /v2/%s/, Harbor %s, cache %s, auth %s",
+            "harbor-router %s listening on %s, prefix /v2/%s/, Harbor %s, speedups %s, auth %s",
             __version__,
             ", ".join(self.addresses()),
             config.proxy_project,
             config.harbor_url,
-            _cache.IMPLEMENTATION,
+            speedups(),
             config.auth_mode,
         )
 
