@@ -641,6 +641,10 @@ VARIABLES: tuple[Variable, ...] = (
              "file holding the Redis password; wins over REDIS_PASSWORD"),
     Variable("REDIS_DB", _INT_0, "Redis database number"),
     Variable("REDIS_KEY_PREFIX", _TEXT, "prefix of every Redis key"),
+    Variable("REDIS_SENTINEL_AUTH", _BOOL, "send REDIS_PASSWORD to the Sentinels too"),
+    Variable("REDIS_TIMEOUT", _DURATION, "time limit of each Redis call (and its socket timeout)"),
+    Variable("REDIS_WARM_START_TIMEOUT", _DURATION_0,
+             "how long startup waits for Redis to seed projects and hot mappings; 0 = not at all"),
     Variable("NEGATIVE_CACHE_TTL", _DURATION_0, "how long 'in no project' is remembered; 0 = off"),
     Variable("STALE_WHILE_REVALIDATE", _DURATION_0,
              "how long past CACHE_TTL a mapping is still used while it is refreshed"),
@@ -697,13 +701,16 @@ class Config:
     redis_password_file: str | None = None
     redis_db: int = 0
     redis_key_prefix: str = "hr"
+    redis_sentinel_auth: bool = False
+    redis_timeout: float = 0.1
+    redis_warm_start_timeout: float = 0.5
     negative_cache_ttl: float = 30.0
     stale_while_revalidate: float = 60.0
     circuit_breaker_threshold: int = 5
     circuit_breaker_timeout: float = 30.0
     auth_mode: str = "header"
     workers: int = 1
-    cache_max_entries: int = 100_000
+    cache_max_entries: int = 500_000
     project_priority: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     manifest_max_bytes: int = 4 * 1024 * 1024

@@ -15,8 +15,10 @@ from .breaker import Breaker, is_failure
 from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
 from .projects import Project
 from .protocol import HttpProtocol, Request
-from .relay import HeadTimeout, Relay, default_relay_status
+from .relay import SPLICE_MIN_BYTES, HeadTimeout, Relay, default_relay_status
 from .resolver import SECTIONS
+from .splice import AVAILABLE as SPLICE_AVAILABLE
+from .splice import SpliceStats
 from .upstream import UpstreamError, UpstreamPool
 
 # Client headers never passed through unchanged, even for PASSTHROUGH_UNMATCHED.
@@ -48,6 +50,10 @@ def forward_headers(request: Request) -> list[tuple[str, str]]:
 
 
 class Forwarder:
+    """``splice_min_bytes``: bodies at least this large go by ``os.splice`` when both sockets
+    are plain TCP (None: always copy; tests and benchmarks switch it); ``splice_stats``
+    counts what was spliced."""
+
     def __init__(
         self,
         pool: UpstreamPool,
@@ -57,8 +63,11 @@ class Forwarder:
         base_path: str,
         timeout: float,
         max_body: int,
+        splice_min_bytes: int | None = SPLICE_MIN_BYTES,
     ) -> None:
         self._pool = pool
+        self.splice_min_bytes = splice_min_bytes if SPLICE_AVAILABLE else None
+        self.splice_stats = SpliceStats()
         self._credentials = credentials
         self._host_line = b"Host: " + upstream_host.encode("idna") + b"\r\n"
         self._base_path = base_path
@@ -126,7 +135,8 @@ class Forwarder:
                     breaker.failure()
                 raise errors.BadGateway(str(exc), {label: "connection failed"}) from None
             relay = Relay(client, conn, rewriter, head_only=head_only,
-                          relay_status=relay_status, capture_limit=self._max_body)  # fmt: skip
+                          relay_status=relay_status, capture_limit=self._max_body,
+                          splice_min=self.splice_min_bytes, stats=self.splice_stats)  # fmt: skip
             conn.send(head, relay, head_only)
             relay.arm_timeout(self._timeout)
             try:

@@ -2,25 +2,28 @@
 
 Positive entries are per repository: one serves every tag, digest, blob and tag list of it.
 An entry is *fresh* for ``CACHE_TTL``, then *stale* for ``STALE_WHILE_REVALIDATE`` more — still
-used, while one background refresh runs — and gone after that. Negative entries are per
-``(route kind, repository, reference)`` and only ever written when every project gave a
-definite 404.
+used, while one background refresh runs — and gone after that: the cache keeps it for
+``CACHE_TTL + STALE_WHILE_REVALIDATE`` and its stored-at time tells fresh from stale. Negative
+entries are per ``(route kind, repository, reference)``, live ``NEGATIVE_CACHE_TTL`` (0 = off)
+and are only ever written when every project gave a definite 404. They sit in a cache of their
+own, so a flood of lookups for things that do not exist cannot evict the positive mappings.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Final
 
-from ._cache import LRUCache
+from ._cache import TTLCache
 
 FRESH: Final = 1
 STALE: Final = 2
 
 
 class MappingCache:
-    __slots__ = ("_clock", "_lru", "_negative", "_negative_ttl", "_stale_until", "_ttl")
+    """Both caches hold at most ``max_entries`` each; ``clock`` (monotonic seconds) is for tests."""
+
+    __slots__ = ("_lru", "_negative", "_negative_ttl", "_ttl")
 
     def __init__(
         self,
@@ -29,43 +32,44 @@ class MappingCache:
         *,
         stale_while_revalidate: float = 0.0,
         negative_ttl: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        self._lru = LRUCache(max_entries)
-        self._negative = LRUCache(max_entries)
+        self._lru: TTLCache[str] = TTLCache(max_entries, ttl + stale_while_revalidate, clock=clock)
+        self._negative: TTLCache[bool] = TTLCache(max_entries, negative_ttl or 1.0, clock=clock)
         self._ttl = ttl
-        self._stale_until = ttl + stale_while_revalidate
         self._negative_ttl = negative_ttl
-        self._clock = clock
+
+    @property
+    def positive(self) -> TTLCache[str]:
+        """The positive cache, for its counters."""
+        return self._lru
+
+    @property
+    def negative(self) -> TTLCache[bool]:
+        """The negative cache, for its counters."""
+        return self._negative
 
     # positive entries
     def lookup(self, name: str) -> tuple[str, int] | None:
         """``(project, FRESH or STALE)``, or None when there is no usable entry."""
-        entry = self._lru.get(name)
+        lru = self._lru
+        entry = lru.get_entry(name)
         if entry is None:
             return None
         project, stored_at = entry
-        age = self._clock() - stored_at
-        if age <= self._ttl:
-            return project, FRESH
-        if age <= self._stale_until:
-            return project, STALE
-        self._lru.delete(name)
-        return None
+        return project, FRESH if lru.now() - stored_at <= self._ttl else STALE
 
     def get(self, name: str) -> str | None:
         found = self.lookup(name)
         return None if found is None else found[0]
 
     def set(self, name: str, project: str) -> None:
-        self._lru.set(name, project, self._clock())
+        self._lru.set(name, project)
 
     def forget(self, name: str, project: str | None = None) -> None:
         """Drop the mapping (only if it still points at ``project``, when one is given)."""
-        if project is not None:
-            entry = self._lru.get(name)
-            if entry is None or entry[0] != project:
-                return
+        if project is not None and self._lru.get(name) != project:
+            return
         self._lru.delete(name)
 
     def __len__(self) -> int:
@@ -75,18 +79,11 @@ class MappingCache:
     def is_negative(self, kind: int, name: str, reference: str) -> bool:
         if not self._negative_ttl:
             return False
-        key = f"{kind}:{name}:{reference}"
-        entry = self._negative.get(key)
-        if entry is None:
-            return False
-        if self._clock() - entry[1] <= self._negative_ttl:
-            return True
-        self._negative.delete(key)
-        return False
+        return self._negative.get(f"{kind}:{name}:{reference}") is not None
 
     def set_negative(self, kind: int, name: str, reference: str) -> None:
         if self._negative_ttl:
-            self._negative.set(f"{kind}:{name}:{reference}", "", self._clock())
+            self._negative.set(f"{kind}:{name}:{reference}", True)
 
     @property
     def negative_count(self) -> int:

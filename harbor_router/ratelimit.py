@@ -12,10 +12,13 @@ addresses would like it to be.
   of it was written by the client and is ignored. A malformed entry ends the walk: the hop that
   wrote it is unknown, so nothing left of it can be believed either.
 - *How much it may do* (:class:`RateLimiter`): a token bucket per client, kept in its GCRA form
-  (one float per client, the "theoretical arrival time"), which is the same bucket with less to
-  store and nothing to allocate on a hit. A bucket that has refilled completely says nothing a
-  fresh bucket would not say, so it is forgotten; that is what keeps memory proportional to the
-  clients seen in the last refill period rather than to every client ever seen.
+  (one float per client, the "theoretical arrival time": when its bucket is full again), which
+  is the same bucket with less to store and nothing to allocate on a hit. A bucket that has
+  refilled completely says nothing a fresh bucket would not say, so it may be forgotten: each
+  bucket is an entry of the L1 TTL cache (``_cache``) whose lifetime is the time until it is
+  full again. An expired entry reads as absent, i.e. as a full bucket, and a sweep once per
+  refill period drops them all; that is what keeps memory proportional to the clients seen in
+  the last refill period rather than to every client ever seen, and ``max_buckets`` bounds it.
 - The limit is per worker process (``WORKERS``) and per replica; it is a guard rail, not a quota.
 """
 
@@ -23,12 +26,11 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
-from itertools import islice
 from typing import TYPE_CHECKING
 
 from . import errors
+from ._cache import TTLCache
 
 if TYPE_CHECKING:
     from .config import Config
@@ -174,20 +176,18 @@ class ClientAddress:
 class RateLimiter:
     """A token bucket per key: ``rate`` tokens a second, burst ``max(rate, 1)``.
 
-    Stored as GCRA: per key, the time at which its bucket would be full again ("theoretical
-    arrival time"); a key whose time has passed is a full bucket and may be forgotten.
-    Forgetting happens in sweeps, at most once per refill period (``burst / rate`` seconds) and
-    when ``max_buckets`` is reached, so every check is O(1) amortised. If a sweep cannot get
-    below ``max_buckets``, the oldest-inserted eighth is dropped (those clients start again with
-    a full bucket: the memory bound wins over precision).
+    Stored as GCRA in a :class:`TTLCache`: per key, the time at which its bucket would be full
+    again ("theoretical arrival time"), kept exactly until then; a key without a live entry has
+    a full bucket. Expired entries are swept at most once per refill period (``burst / rate``
+    seconds), so every check is O(1) amortised. At ``max_buckets`` the least recently seen
+    client is forgotten (an expired one, if that is what sits at the end; either way that
+    client starts again with a full bucket: the memory bound wins over precision). ``clock``
+    (monotonic seconds) is for tests; by default the cache's own clock is the time base.
     """
 
     __slots__ = (
         "_buckets",
-        "_clock",
-        "_evict",
         "_interval",
-        "_max_buckets",
         "_next_sweep",
         "_tolerance",
         "burst",
@@ -199,7 +199,7 @@ class RateLimiter:
         self,
         rate: float,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         max_buckets: int = 1_000_000,
     ) -> None:
         if not (rate > 0 and math.isfinite(rate)):
@@ -213,11 +213,8 @@ class RateLimiter:
         # i.e. while at least one token is left.
         self._tolerance = (self.burst - 1.0) * self._interval + _EPSILON
         self.horizon = self.burst * self._interval
-        self._clock = clock
-        self._max_buckets = max_buckets
-        self._evict = max(1, max_buckets // 8)
-        self._buckets: dict[str, float] = {}
-        self._next_sweep = clock() + self.horizon
+        self._buckets: TTLCache[float] = TTLCache(max_buckets, self.horizon, clock=clock)
+        self._next_sweep = self._buckets.now() + self.horizon
 
     def __len__(self) -> int:
         """Buckets stored: full ones linger until the next sweep."""
@@ -225,43 +222,23 @@ class RateLimiter:
 
     def check(self, key: str) -> float:
         """Take one token for ``key``: 0.0 when allowed, else seconds until one is available."""
-        now = self._clock()
+        buckets = self._buckets
+        now = buckets.now()
         if now >= self._next_sweep:
             self._sweep(now)
-        buckets = self._buckets
         full_at = buckets.get(key)
-        if full_at is None:
-            if len(buckets) >= self._max_buckets:
-                self._make_room(now)
-            self._buckets[key] = now + self._interval
-            return 0.0
-        if full_at < now:
+        if full_at is None or full_at < now:
             full_at = now
         wait = full_at - now - self._tolerance
         if wait > 0.0:
             return wait + _EPSILON
-        buckets[key] = full_at + self._interval
+        full_at += self._interval
+        buckets.set(key, full_at, full_at - now)
         return 0.0
 
     def _sweep(self, now: float) -> None:
-        buckets = self._buckets
-        expired = [key for key, full_at in buckets.items() if full_at <= now]
-        if len(expired) * 2 >= len(buckets):
-            # Mostly gone: copying the few survivors is cheap and gives the memory back.
-            self._buckets = {key: t for key, t in buckets.items() if t > now}
-        else:
-            # Mostly live: copying a big dict costs ~5x the scan; delete in place.
-            for key in expired:
-                del buckets[key]
+        self._buckets.purge()
         self._next_sweep = now + self.horizon
-
-    def _make_room(self, now: float) -> None:
-        self._sweep(now)
-        buckets = self._buckets
-        excess = len(buckets) - self._max_buckets
-        if excess >= 0:
-            for key in list(islice(buckets, excess + self._evict)):
-                del buckets[key]
 
 
 def retry_after_header(seconds: float) -> bytes:
@@ -285,7 +262,7 @@ class RateLimitGuard:
         rate: float,
         trusted_proxies: Iterable[str] = (),
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         max_buckets: int = 1_000_000,
     ) -> None:
         self.rate = rate
@@ -294,7 +271,7 @@ class RateLimitGuard:
 
     @classmethod
     def from_config(
-        cls, config: Config, *, clock: Callable[[], float] = time.monotonic
+        cls, config: Config, *, clock: Callable[[], float] | None = None
     ) -> RateLimitGuard | None:
         if config.rate_limit_per_ip <= 0:
             return None

@@ -7,6 +7,13 @@ transport, with no task switch and no buffering beyond the transports' own; when
 write buffer fills, the upstream connection stops reading until it drains. If not (a miss, an
 error the router must translate), the head and a bounded prefix of the body are captured for the
 handler, which decides what the client gets.
+
+A large body with a ``Content-Length`` between two plain TCP sockets is *spliced* instead
+(``splice.py``): at the head the upstream transport is paused, the body bytes that came with the
+head are written like any chunk, and on the next loop turn the rest moves socket → pipe →
+socket in the kernel, never entering Python. When it is done the connection goes back to the
+pool as after any complete response. If the kernel refuses the splice, the copy path finishes
+the response.
 """
 
 from __future__ import annotations
@@ -15,17 +22,40 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import responses
+from . import responses, splice
 from .headers import Rewriter
+from .splice import Splice, SpliceStats
 from .upstream import UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
 
 # What happens to the body.
-CAPTURE, RAW, CHUNKED = 0, 1, 2
+CAPTURE, RAW, CHUNKED, SPLICE = 0, 1, 2, 3
 
 CAPTURE_LIMIT = 64 * 1024
+# Smallest body worth a splice. Setting one up costs two dups, a pipe, two fcntl, two epoll
+# registrations and a loop turn; a body this small usually arrives whole with its head (uvloop
+# reads up to 256 KiB at a time) and the copy path moves it in one write.
+SPLICE_MIN_BYTES = 64 * 1024
+SPLICE_STATUSES = frozenset({200, 206})
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            value = value.strip()
+            return int(value) if value.isdigit() else -1
+    return -1
+
+
+def _client_fd(client: HttpProtocol) -> int:
+    """The client's socket descriptor when its transport is plain TCP, else -1."""
+    transport = client.transport
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return -1 if sock is None else int(sock.fileno())
 
 
 def default_relay_status(status: int) -> bool:
@@ -41,8 +71,13 @@ class Relay:
     __slots__ = (
         "_capture_limit",
         "_client",
+        "_early",
+        "_length",
         "_relay_status",
         "_rewriter",
+        "_splice",
+        "_splice_min",
+        "_stats",
         "_timer",
         "body",
         "conn",
@@ -63,6 +98,8 @@ class Relay:
         head_only: bool,
         relay_status: Callable[[int], bool] = default_relay_status,
         capture_limit: int = CAPTURE_LIMIT,
+        splice_min: int | None = None,
+        stats: SpliceStats | None = None,
     ) -> None:
         self._client = client
         self.conn = conn
@@ -77,6 +114,11 @@ class Relay:
         self.mode = CAPTURE
         self.started = False  # the client has seen the response head
         self._timer: asyncio.TimerHandle | None = None
+        self._splice_min = splice_min  # None: never splice
+        self._stats = stats
+        self._splice: Splice | None = None
+        self._length = 0
+        self._early = 0  # body bytes that came with the head (relayed by the copy path)
 
     def arm_timeout(self, seconds: float) -> None:
         """Fail with :class:`HeadTimeout` unless the response head arrives in time."""
@@ -100,7 +142,11 @@ class Relay:
             return
         out, length_known = self._rewriter.end_to_end(headers)
         framing = b""
-        if length_known or self.head_only or status in (204, 304):
+        if length_known and self._splice_eligible(status, out):
+            self.mode = SPLICE
+            self.conn.pause_reading()  # uvloop must not read what the kernel will splice
+            asyncio.get_running_loop().call_soon(self._begin_splice)
+        elif length_known or self.head_only or status in (204, 304):
             self.mode = RAW
         else:  # chunked or close-delimited upstream: the router frames the body itself
             out = [(n, v) for n, v in out if n.lower() != b"content-length"]
@@ -118,6 +164,9 @@ class Relay:
         mode = self.mode
         if mode == RAW:
             self._client.write(data)
+        elif mode == SPLICE:
+            self._early += len(data)
+            self._client.write(data)
         elif mode == CHUNKED:
             self._client.write(b"%x\r\n%b\r\n" % (len(data), data))
         elif len(self.body) < self._capture_limit:
@@ -132,6 +181,9 @@ class Relay:
             self.done.set_result(None)
 
     def on_lost(self, exc: BaseException | None, received_any: bool) -> None:
+        if self._splice is not None:
+            self._splice.cancel()
+            self._splice = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -143,15 +195,91 @@ class Relay:
                 UpstreamError(f"Harbor closed the connection{reason}", received_any)
             )
 
-    # flow control, called by the client protocol
+    # flow control, called by the client protocol; a splice keeps the upstream paused itself
     def pause(self) -> None:
-        self.conn.pause_reading()
+        if self.mode != SPLICE:
+            self.conn.pause_reading()
 
     def resume(self) -> None:
-        self.conn.resume_reading()
+        if self.mode != SPLICE:
+            self.conn.resume_reading()
 
     def abort(self) -> None:
         """The client is gone: drop the upstream connection, nothing more will be read."""
+        if self._splice is not None:
+            self._splice.cancel()
+            self._splice = None
         self.conn.abandon()
         if not self.done.done():
             self.done.set_exception(UpstreamError("the client closed the connection", True))
+
+    # splice
+    def _splice_eligible(self, status: int, out: list[tuple[bytes, bytes]]) -> bool:
+        minimum = self._splice_min
+        if minimum is None or self.head_only or status not in SPLICE_STATUSES:
+            return False
+        length = _content_length(out)
+        if length < minimum or not self.conn.plain or _client_fd(self._client) < 0:
+            return False
+        self._length = length
+        return True
+
+    def _begin_splice(self) -> None:
+        """Next loop turn after the head: the parser has handed over every byte of that read."""
+        if self.done.done() or self.mode != SPLICE:
+            return  # the whole body came with the head, or the response already failed
+        client, conn = self._client, self.conn
+        client_fd, upstream_fd = _client_fd(client), conn.fileno()
+        transport = client.transport
+        if client.closing or transport is None or client_fd < 0 or upstream_fd < 0:
+            self._fall_back(b"")
+            return
+        try:
+            job = Splice(
+                asyncio.get_running_loop(),
+                upstream_fd,
+                client_fd,
+                self._length - self._early,
+                self._spliced,
+            )
+        except OSError:  # out of descriptors: copying needs none
+            self._fall_back(b"")
+            return
+        self._splice = job
+        job.start(gate=lambda: transport.get_write_buffer_size() == 0)
+
+    def _spliced(self, outcome: str, exc: OSError | None, leftover: bytes) -> None:
+        job, self._splice = self._splice, None
+        stats = self._stats
+        if outcome == splice.COMPLETE:
+            if stats is not None:
+                stats.responses += 1
+                stats.bytes += job.moved if job is not None else 0
+            self.mode = RAW
+            self.conn.body_moved()  # ends the response: on_complete, pool release
+        elif outcome == splice.UNSUPPORTED:
+            self._fall_back(leftover)
+        else:
+            if stats is not None and job is not None:
+                stats.bytes += job.moved
+            if outcome == splice.CLIENT_GONE:
+                self._client.close()  # the forwarder then sees the client leaving
+                message = "the client closed the connection"
+            else:
+                reason = f": {exc}" if exc else " before the end of the body"
+                message = f"Harbor closed the connection{reason}"
+            self.conn.abandon()
+            if self.started:
+                self._client.end_response(self)
+            if not self.done.done():
+                self.done.set_exception(UpstreamError(message, True))
+
+    def _fall_back(self, leftover: bytes) -> None:
+        """Finish this response on the copy path; ``leftover`` was taken from the socket."""
+        if self._stats is not None:
+            self._stats.fallbacks += 1
+        self.mode = RAW
+        self.conn.resume_reading()
+        self.conn.feed(leftover)
+        if self.started and not self.done.done():
+            self._client.begin_response(self)  # re-applies the client's write back-pressure

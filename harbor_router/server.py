@@ -65,6 +65,7 @@ class App:
         self.mapping: MappingCache | None = None
         self.breakers: Breakers | None = None
         self.handler: RequestHandler | None = None
+        self.forwarder: Forwarder | None = None
 
     async def start(self, *, reuse_port: bool = False) -> None:
         config = self.config
@@ -119,7 +120,7 @@ class App:
             max_body=config.manifest_max_bytes,
             grace=config.fanout_grace,
         )
-        forwarder = Forwarder(
+        self.forwarder = forwarder = Forwarder(
             self.pool,
             credentials,
             upstream_host=host_header,

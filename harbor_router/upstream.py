@@ -137,6 +137,28 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
+    @property
+    def plain(self) -> bool:
+        """Plain TCP (no TLS): the socket itself carries the body bytes."""
+        return self.pool.tls is False and self.transport is not None and not self.closed
+
+    def fileno(self) -> int:
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        return -1 if sock is None else int(sock.fileno())
+
+    def body_moved(self) -> None:
+        """The rest of the current response's body was moved past the parser (``splice``):
+        end the response as if the parser had seen it, keep-alive rules unchanged."""
+        response = self._response
+        if response is not None and response.sink is not None:
+            response._end()
+
+    def feed(self, data: bytes) -> None:
+        """Bytes taken from the socket past the transport (a refused splice): parse them."""
+        if data:
+            self.data_received(data)
+
     def abandon(self) -> None:
         """The client went away mid-response: the rest of it is not worth reading."""
         self._response = None
@@ -187,6 +209,10 @@ class UpstreamPool:
         self._active: set[UpstreamConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+
+    @property
+    def tls(self) -> bool:
+        return self._ssl is not None
 
     @property
     def idle_count(self) -> int:

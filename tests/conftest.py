@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from distribution import DistributionRegistry
 from harbor_emulator import HarborEmulator, default_projects
 from oci_images import build_image, push
+from redis_topology import RedisTopology
 from router_runner import RunningRouter, router_config
 from support_tools import free_port, require_tool
 
@@ -142,3 +145,78 @@ def make_router(harbor: HarborEmulator) -> Iterator[Callable[..., RunningRouter]
 @pytest.fixture
 def router(make_router: Callable[..., RunningRouter]) -> RunningRouter:
     return make_router()
+
+
+# --- Redis Sentinel topologies (tests/redis_topology.py) ----------------------------------------
+
+REDIS_TEST_PASSWORD = "hr-test-redis-secret-9f3b"
+
+
+def _redis_topology(workdir: Path, **options: Any) -> RedisTopology:
+    return RedisTopology(
+        workdir,
+        server_binary=require_tool("redis-server"),
+        sentinel_binary=require_tool("redis-sentinel"),
+        **options,
+    )
+
+
+def _resume_all(topology: RedisTopology) -> None:
+    for process in topology.processes:
+        if process.stopped:
+            process.resume()
+
+
+@pytest.fixture(scope="session")
+def redis_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTopology]:
+    """One master, one replica, three sentinels for the session. The sentinels wait 10 s before
+    they fail over, so a test may SIGSTOP the master for a few seconds without changing it."""
+    with _redis_topology(tmp_path_factory.mktemp("redis"), down_after_ms=10_000) as topology:
+        yield topology
+
+
+@pytest.fixture
+def redis_sentinel(redis_topology: RedisTopology) -> Iterator[RedisTopology]:
+    """The session topology for this test: every process running, the data flushed."""
+    _resume_all(redis_topology)
+    redis_topology.flushall()
+    yield redis_topology
+    _resume_all(redis_topology)
+
+
+@pytest.fixture(scope="session")
+def redis_auth_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTopology]:
+    """Master and replica with ``requirepass``; sentinels open."""
+    with _redis_topology(
+        tmp_path_factory.mktemp("redis-auth"), password=REDIS_TEST_PASSWORD, down_after_ms=10_000
+    ) as topology:
+        yield topology
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_auth_topology(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisTopology]:
+    """Master, replica and sentinels all with ``requirepass`` (the same password)."""
+    with _redis_topology(
+        tmp_path_factory.mktemp("redis-sentinel-auth"),
+        password=REDIS_TEST_PASSWORD,
+        sentinel_password=REDIS_TEST_PASSWORD,
+        down_after_ms=10_000,
+    ) as topology:
+        yield topology
+
+
+@pytest.fixture
+def make_redis_topology(tmp_path: Path) -> Iterator[Callable[..., RedisTopology]]:
+    """Start a private topology (1 s failover detection by default); killed at teardown."""
+    started: list[RedisTopology] = []
+
+    def factory(**options: Any) -> RedisTopology:
+        topology = _redis_topology(tmp_path / f"redis{len(started)}", **options)
+        started.append(topology)
+        return topology.start()
+
+    yield factory
+    for topology in started:
+        topology.stop()

