@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urljoin
 
@@ -42,6 +42,7 @@ class Discovery:
         interval: float,
         timeout: float,
         priority: Sequence[str] = (),
+        on_refresh: Callable[[ProjectSet], None] | None = None,
     ) -> None:
         self._session = session
         self._harbor_url = harbor_url
@@ -50,11 +51,27 @@ class Discovery:
         self._interval = interval
         self._timeout = timeout
         self._priority = tuple(priority)
+        self._on_refresh = on_refresh
         self._types: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self.projects = ProjectSet()
         self.last_error: str | None = None
         self.refreshed = asyncio.Event()
+
+    def seed(self, entries: Sequence[Mapping[str, str]]) -> bool:
+        """Projects known elsewhere (Redis warm start), used until the first own discovery."""
+        if self.projects:
+            return False
+        seeded = [
+            Project(e["name"], e.get("registry_type", ""), proxy_project=self._proxy_project)
+            for e in entries
+            if e.get("name") and e["name"] != self._proxy_project
+        ]
+        for project in seeded:
+            if project.registry_type:
+                self._types.setdefault(project.name, project.registry_type)
+        self.projects = ProjectSet(seeded, self._priority)
+        return bool(self.projects)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -96,6 +113,8 @@ class Discovery:
         before = self.projects.names()
         self.projects = ProjectSet(found, self._priority)
         self.last_error = None
+        if self._on_refresh is not None:
+            self._on_refresh(self.projects)
         if self.projects.names() != before:
             log.info(
                 "proxy-cache projects: %s",

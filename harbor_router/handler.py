@@ -22,11 +22,12 @@ from .auth import HEADER, ChallengeCache
 from .breaker import Breakers
 from .discovery import Discovery
 from .forwarding import IDENTITY, Forwarder, capture_all, forward_headers, relay_all, translate
-from .mapping import STALE, MappingCache
+from .mapping import STALE
 from .projects import Project
 from .protocol import HttpProtocol, Request
 from .relay import default_relay_status
 from .resolver import NOT_FOUND_ERRORS, Resolver, Winner
+from .tiers import Tiers
 
 log = logging.getLogger("harbor_router.handler")
 
@@ -53,7 +54,7 @@ class RequestHandler:
         *,
         router: routes.Router,
         proxy_project: str,
-        mapping: MappingCache,
+        tiers: Tiers,
         discovery: Discovery,
         forwarder: Forwarder,
         resolver: Resolver,
@@ -65,7 +66,7 @@ class RequestHandler:
     ) -> None:
         self._router = router
         self._proxy_project = proxy_project
-        self._mapping = mapping
+        self._tiers = tiers
         self._discovery = discovery
         self._forwarder = forwarder
         self._resolver = resolver
@@ -104,13 +105,13 @@ class RequestHandler:
     async def _repository(
         self, request: Request, client: HttpProtocol, route: routes.Route
     ) -> None:
-        kind, name = route.kind, route.name
-        mapping = self._mapping
-        if mapping.is_negative(kind, name, route.reference):
+        kind, name, reference = route.kind, route.name, route.reference
+        tiers = self._tiers
+        if tiers.is_negative(kind, name, reference):
             raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": name})
         projects = self._discovery.projects
         exclude: str | None = None
-        found = mapping.lookup(name)
+        found = await tiers.lookup(name)
         if found is not None:
             mapped, state = found
             project = projects.get(mapped)
@@ -119,8 +120,10 @@ class RequestHandler:
                     self._revalidate(request, route, mapped)
                 if await self._hit(request, client, route, project):
                     return
-                mapping.forget(name, mapped)  # the mapped project said 404: ask the others
+                tiers.forget(name, mapped)  # the mapped project said 404: ask the others
                 exclude = mapped
+        elif await tiers.is_negative_shared(kind, name, reference):
+            raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": name})
         candidates = [p for p in projects.ordered[: self._max_fanout] if p.name != exclude]
         try:
             if kind == routes.BLOB:
@@ -131,9 +134,9 @@ class RequestHandler:
             )
         except errors.RegistryError as exc:
             if exc.definite:
-                mapping.set_negative(kind, name, route.reference)
+                tiers.record_negative(kind, name, reference)
             raise
-        mapping.set(name, winner.project.name)
+        tiers.record(name, winner.project.name)
         self._write(request, client, route, winner)
 
     def _write(
@@ -201,11 +204,11 @@ class RequestHandler:
             # A repository gone from every project is forgotten; a blob HEAD 404 only means
             # "not cached yet", and errors say nothing: the stale entry then simply ages out.
             if exc.definite and route.kind != routes.BLOB:
-                self._mapping.forget(route.name, mapped)
+                self._tiers.forget(route.name, mapped)
         except Exception:
             log.exception("background refresh of %s failed", route.name)
         else:
-            self._mapping.set(route.name, winner.project.name)
+            self._tiers.record(route.name, winner.project.name)
         finally:
             self._refreshing.discard(route.name)
 
@@ -223,7 +226,7 @@ class RequestHandler:
         except errors.RegistryError:
             found = None  # Harbor answers HEAD only for blobs it has cached: race GETs
         if found is not None:
-            self._mapping.set(route.name, found.project.name)
+            self._tiers.record(route.name, found.project.name)
             if request.method == "HEAD":
                 replies.write_winner(request, client, found)
                 return
@@ -231,7 +234,7 @@ class RequestHandler:
                 return
         winner = await self._resolver.race(route, candidates, forward)
         try:
-            self._mapping.set(route.name, winner.project.name)
+            self._tiers.record(route.name, winner.project.name)
             await replies.stream_winner(request, client, winner)
         finally:
             winner.release()

@@ -23,7 +23,7 @@ STALE: Final = 2
 class MappingCache:
     """Both caches hold at most ``max_entries`` each; ``clock`` (monotonic seconds) is for tests."""
 
-    __slots__ = ("_lru", "_negative", "_negative_ttl", "_ttl")
+    __slots__ = ("_lifetime", "_lru", "_negative", "_negative_ttl", "_ttl")
 
     def __init__(
         self,
@@ -34,13 +34,17 @@ class MappingCache:
         negative_ttl: float = 0.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self._lru: TTLCache[str] = TTLCache(max_entries, ttl + stale_while_revalidate, clock=clock)
+        # values are (project, stored_at): an entry learnt from Redis keeps its original age
+        self._lru: TTLCache[tuple[str, float]] = TTLCache(
+            max_entries, ttl + stale_while_revalidate, clock=clock
+        )
+        self._lifetime = ttl + stale_while_revalidate
         self._negative: TTLCache[bool] = TTLCache(max_entries, negative_ttl or 1.0, clock=clock)
         self._ttl = ttl
         self._negative_ttl = negative_ttl
 
     @property
-    def positive(self) -> TTLCache[str]:
+    def positive(self) -> TTLCache[tuple[str, float]]:
         """The positive cache, for its counters."""
         return self._lru
 
@@ -53,7 +57,7 @@ class MappingCache:
     def lookup(self, name: str) -> tuple[str, int] | None:
         """``(project, FRESH or STALE)``, or None when there is no usable entry."""
         lru = self._lru
-        entry = lru.get_entry(name)
+        entry = lru.get(name)
         if entry is None:
             return None
         project, stored_at = entry
@@ -63,13 +67,26 @@ class MappingCache:
         found = self.lookup(name)
         return None if found is None else found[0]
 
-    def set(self, name: str, project: str) -> None:
-        self._lru.set(name, project)
+    def now(self) -> float:
+        """The caches' clock (monotonic seconds)."""
+        return self._lru.now()
+
+    def set(self, name: str, project: str, stored_at: float | None = None) -> None:
+        """Map ``name``; ``stored_at`` (this clock) keeps the age of an entry learnt elsewhere."""
+        lru = self._lru
+        if stored_at is None:
+            lru.set(name, (project, lru.now()))
+            return
+        remaining = self._lifetime - (lru.now() - stored_at)
+        if remaining > 0:
+            lru.set(name, (project, stored_at), remaining)
 
     def forget(self, name: str, project: str | None = None) -> None:
         """Drop the mapping (only if it still points at ``project``, when one is given)."""
-        if project is not None and self._lru.get(name) != project:
-            return
+        if project is not None:
+            entry = self._lru.get(name)
+            if entry is None or entry[0] != project:
+                return
         self._lru.delete(name)
 
     def __len__(self) -> int:

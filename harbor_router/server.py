@@ -27,9 +27,12 @@ from .discovery import Discovery
 from .forwarding import Forwarder
 from .handler import RequestHandler
 from .mapping import MappingCache
+from .projects import ProjectSet
 from .protocol import HttpProtocol
 from .ratelimit import RateLimitGuard
 from .resolver import Resolver
+from .shared import SharedStore, wall_to_monotonic
+from .tiers import Tiers
 from .upstream import UpstreamPool
 
 log = logging.getLogger("harbor_router.server")
@@ -66,6 +69,9 @@ class App:
         self.breakers: Breakers | None = None
         self.handler: RequestHandler | None = None
         self.forwarder: Forwarder | None = None
+        self.shared: SharedStore | None = None
+        self.tiers: Tiers | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self, *, reuse_port: bool = False) -> None:
         config = self.config
@@ -87,6 +93,7 @@ class App:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
+        self.shared = SharedStore.from_config(config)
         self.discovery = Discovery(
             self._session,
             config.harbor_url,
@@ -95,6 +102,7 @@ class App:
             interval=config.discovery_interval,
             timeout=config.resolver_timeout,
             priority=config.project_priority,
+            on_refresh=self._publish_projects if self.shared is not None else None,
         )
         self.pool = UpstreamPool(
             host,
@@ -110,6 +118,7 @@ class App:
             stale_while_revalidate=config.stale_while_revalidate,
             negative_ttl=config.negative_cache_ttl,
         )
+        self.tiers = Tiers(self.mapping, self.shared)
         self.breakers = Breakers(config.circuit_breaker_threshold, config.circuit_breaker_timeout)
         resolver = Resolver(
             self._session,
@@ -134,7 +143,7 @@ class App:
         self.handler = handler = RequestHandler(
             router=routes.Router(config.proxy_project, passthrough=config.passthrough_unmatched),
             proxy_project=config.proxy_project,
-            mapping=self.mapping,
+            tiers=self.tiers,
             discovery=self.discovery,
             forwarder=forwarder,
             resolver=resolver,
@@ -146,6 +155,9 @@ class App:
         )
         max_header = config.max_header_bytes
         self.pool.start()
+        if self.shared is not None:
+            self.shared.start()
+            await self._warm_start(self.shared)
         self.discovery.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -164,6 +176,29 @@ class App:
             speedups(),
             config.auth_mode,
         )
+
+    async def _warm_start(self, shared: SharedStore) -> None:
+        """Seed projects and hot mappings from Redis, bounded by REDIS_WARM_START_TIMEOUT."""
+        assert self.discovery is not None and self.mapping is not None
+        projects, hot = await shared.warm_start()
+        seeded = self.discovery.seed(projects) if projects else False
+        for name, (project, stored_at) in hot.items():
+            self.mapping.set(name, project, wall_to_monotonic(stored_at))
+        if seeded or hot:
+            log.info(
+                "warm start from Redis: %d projects, %d mappings",
+                len(self.discovery.projects) if seeded else 0,
+                len(hot),
+            )
+
+    def _publish_projects(self, projects: ProjectSet) -> None:
+        shared = self.shared
+        if shared is None or not shared.available:
+            return
+        entries = [{"name": p.name, "registry_type": p.registry_type} for p in projects.ordered]
+        task = asyncio.get_running_loop().create_task(shared.set_projects(entries))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def addresses(self) -> list[str]:
         if self._server is None:
@@ -190,6 +225,12 @@ class App:
             await self.handler.close()
         if self.discovery is not None:
             await self.discovery.close()
+        if self.tiers is not None:
+            await self.tiers.close()
+        for task in list(self._background):
+            task.cancel()
+        if self.shared is not None:
+            await self.shared.close()
         if self.pool is not None:
             self.pool.close()
         if self._session is not None:

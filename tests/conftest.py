@@ -16,6 +16,7 @@ from router_runner import RunningRouter, router_config
 from support_tools import free_port, require_tool
 
 RANDOM_LAYER_BYTES = 200 * 1024
+BIG_LAYER_BYTES = 4 * 1024 * 1024
 
 # (project, repository as the client asks for it, tag, Docker schema2?, random bytes in layer)
 SEED_TABLE: tuple[tuple[str, str, str, bool, int], ...] = (
@@ -32,6 +33,8 @@ SEED_TABLE: tuple[tuple[str, str, str, bool, int], ...] = (
     ("ghcr", "acme/multi", "a", False, 0),
     ("ghcr", "acme/multi", "b", False, 0),
     ("ghcr", "acme/multi", "c", False, 0),
+    # tests/test_splice.py: a layer far larger than one socket read, so the relay must splice.
+    ("dockerhub", "library/big", "1", False, BIG_LAYER_BYTES),
 )
 
 

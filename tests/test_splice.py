@@ -558,9 +558,9 @@ def test_kernel_refusal_reports_unsupported_with_leftover() -> None:
 def test_emulator_layer_is_spliced(
     make_router: Callable[..., RunningRouter], seeded: Seeded
 ) -> None:
-    """The real stack: a 200 KiB layer from the distribution registry behind the emulator, a
+    """The real stack: a 4 MiB layer from the distribution registry behind the emulator, a
     mapped repository (manifest first), and the blob relayed by splice, byte-exact."""
-    image = seeded.get("dockerhub", "library/nginx")
+    image = seeded.get("dockerhub", "library/big")
     layer = image.layers[0]
     assert image.blob_sizes[layer] >= SPLICE_MIN_BYTES
     router = make_router()
