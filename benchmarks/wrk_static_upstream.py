@@ -1,6 +1,7 @@
 """The router's own cache-hit throughput, with an upstream fast enough not to hide it.
 
     .venv/bin/python benchmarks/wrk_static_upstream.py [--duration 10s] [--connections 32]
+        [--router-env LOG_LEVEL=info] [--router-log /tmp/router.log]
 
 nginx plays a static Harbor on loopback: the projects API (one docker-hub proxy project), its
 summary, and one OCI manifest as a file. The router runs in its own process on its defaults
@@ -12,6 +13,9 @@ warms the mapping; then ``wrk`` loads, in the same run,
    over the raw keep-alive pool, ``library/`` added for the docker-hub project).
 
 Both numbers and their ratio are printed; the ratio is what a release gate can compare.
+``--router-env`` overrides the router's environment (``LOG_LEVEL=info`` turns the access log
+on); ``--router-log`` sends the router's stderr (its log) to a file instead of the terminal.
+``--scrapes N`` times N scrapes of ``/metrics`` after the load (ms per scrape).
 """
 
 from __future__ import annotations
@@ -110,6 +114,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", default="10s")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--router-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--router-log", default=None, metavar="PATH")
+    parser.add_argument("--scrapes", type=int, default=0)
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -124,7 +131,7 @@ def main() -> int:
         (www / "projects.json").write_text('[{"project_id": 1, "name": "hub", "registry_id": 1}]')
         (www / "api/v2.0/projects/hub/summary").write_text('{"registry": {"type": "docker-hub"}}')
         (www / "v2/hub/library/alpine/manifests/3.19").write_text(MANIFEST)
-        nginx_port, router_port = free_port(), free_port()
+        nginx_port, router_port, metrics_port = free_port(), free_port(), free_port()
         (root / "nginx.conf").write_text(NGINX_CONF.format(root=root, port=nginx_port))
         nginx = subprocess.Popen(["nginx", "-c", str(root / "nginx.conf")])
         env = {
@@ -133,11 +140,13 @@ def main() -> int:
             "HARBOR_USERNAME": "robot$bench",
             "HARBOR_PASSWORD": "bench",
             "LISTEN_ADDR": f"127.0.0.1:{router_port}",
-            "METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "METRICS_ADDR": f"127.0.0.1:{metrics_port}",
             "AUTH_MODE": "none",
             "LOG_LEVEL": "warning",
         }
-        router = subprocess.Popen([sys.executable, "-m", "harbor_router"], env=env)
+        env.update(item.split("=", 1) for item in args.router_env)
+        log = open(args.router_log, "wb") if args.router_log else None  # noqa: SIM115
+        router = subprocess.Popen([sys.executable, "-m", "harbor_router"], env=env, stderr=log)
         try:
             router_url = f"http://127.0.0.1:{router_port}/v2/proxy/alpine/manifests/3.19"
             deadline = time.monotonic() + 20
@@ -158,14 +167,26 @@ def main() -> int:
                 args.connections,
             )
             routed = wrk(router_url, args.duration, args.connections)
+            scrape_ms = None
+            if args.scrapes:
+                metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+                started = time.perf_counter()
+                for _ in range(args.scrapes):
+                    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+                        size = len(resp.read())
+                scrape_ms = (time.perf_counter() - started) * 1000 / args.scrapes
         finally:
             router.send_signal(signal.SIGTERM)
             router.wait(10)
             nginx.send_signal(signal.SIGQUIT)
             nginx.wait(10)
+            if log is not None:
+                log.close()
     print(f"nginx static Harbor, direct : {direct[0]:10.0f} req/s  (latency avg {direct[1]})")
     print(f"harbor-router, cache hit    : {routed[0]:10.0f} req/s  (latency avg {routed[1]})")
     print(f"ratio router / direct       : {routed[0] / direct[0]:.3f}")
+    if scrape_ms is not None:
+        print(f"/metrics scrape             : {scrape_ms:10.2f} ms  ({size} bytes)")
     return 0
 
 

@@ -7,7 +7,8 @@ probe (half-open); its outcome closes or re-opens the breaker. A probe that ends
 outcome (cancelled as a fan-out loser) hands the probe to the next request. 2xx, 3xx, 404, 401
 and 429 are answers, not failures: a project that says "not here" or "slow down" is healthy.
 
-The transitions are a table, ``_TRANSITIONS[(state, event)]``.
+The transitions are a table, ``_TRANSITIONS[(state, event)]``. Every change of state is
+reported to ``on_transition(project, old, new)`` (metrics and the log, wired in server.py).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ CLOSED: Final = "closed"
 OPEN: Final = "open"
 HALF_OPEN: Final = "half_open"
 
-# State values as a gauge: 0 closed, 1 half-open, 2 open (the convention of the metrics).
-STATE_VALUES: Final = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+# State values as a gauge: 0 closed, 1 open, 2 half-open (the convention of the metrics).
+STATE_VALUES: Final = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
 
 SUCCESS, FAILURE, TRIP, EXPIRE, ABANDON = "success", "failure", "trip", "expire", "abandon"
 
@@ -43,12 +44,32 @@ def is_failure(status: int) -> bool:
     return status >= 500
 
 
+Transition = Callable[[str, str, str], None]
+
+
 class Breaker:
-    __slots__ = ("_clock", "_threshold", "_timeout", "failures", "opened_at", "state")
+    __slots__ = (
+        "_clock",
+        "_on_transition",
+        "_threshold",
+        "_timeout",
+        "failures",
+        "name",
+        "opened_at",
+        "state",
+    )
 
     def __init__(
-        self, threshold: int, timeout: float, clock: Callable[[], float] = time.monotonic
+        self,
+        threshold: int,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        name: str = "",
+        on_transition: Transition | None = None,
     ) -> None:
+        self.name = name
+        self._on_transition = on_transition
         self._threshold = threshold
         self._timeout = timeout
         self._clock = clock
@@ -92,30 +113,47 @@ class Breaker:
             self.opened_at -= self._timeout  # expired already: the next caller probes
 
     def _move(self, event: str) -> None:
-        new = _TRANSITIONS[(self.state, event)]
-        if new is OPEN and self.state is not OPEN:
+        old = self.state
+        new = _TRANSITIONS[(old, event)]
+        if new is OPEN and old is not OPEN:
             self.opened_at = self._clock()
         self.state = new
+        if new is not old and self._on_transition is not None:
+            self._on_transition(self.name, old, new)
 
 
 class Breakers:
     """The breakers of all projects, created on first use."""
 
     def __init__(
-        self, threshold: int, timeout: float, clock: Callable[[], float] = time.monotonic
+        self,
+        threshold: int,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        on_transition: Transition | None = None,
     ) -> None:
         self._threshold = threshold
         self._timeout = timeout
         self._clock = clock
+        self._on_transition = on_transition
         self._by_project: dict[str, Breaker] = {}
 
     def get(self, project: str) -> Breaker:
         breaker = self._by_project.get(project)
         if breaker is None:
             breaker = self._by_project[project] = Breaker(
-                self._threshold, self._timeout, self._clock
+                self._threshold,
+                self._timeout,
+                self._clock,
+                name=project,
+                on_transition=self._on_transition,
             )
         return breaker
+
+    def names(self) -> list[str]:
+        """Projects that have a breaker."""
+        return list(self._by_project)
 
     def states(self, projects: Iterable[str] | None = None) -> dict[str, str]:
         names = self._by_project if projects is None else projects

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urljoin
@@ -17,6 +18,8 @@ from urllib.parse import urljoin
 import aiohttp
 
 from .auth import Credentials
+from .logs import event
+from .metrics import Metrics
 from .projects import Project, ProjectSet
 
 log = logging.getLogger("harbor_router.discovery")
@@ -43,7 +46,9 @@ class Discovery:
         timeout: float,
         priority: Sequence[str] = (),
         on_refresh: Callable[[ProjectSet], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else Metrics()
         self._session = session
         self._harbor_url = harbor_url
         self._credentials = credentials
@@ -97,19 +102,27 @@ class Discovery:
     async def refresh(self) -> bool:
         """One discovery pass; on failure the previous list stays. True when it succeeded."""
         self._credentials.refresh()
+        start = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout * 3):
                 found = await self._discover()
         except (DiscoveryError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self._metrics.discovered(False, time.perf_counter() - start)
             message = str(exc) or type(exc).__name__
             if message != self.last_error:
                 log.warning(
-                    "project discovery failed, keeping %d projects: %s", len(self.projects), message
+                    "project discovery failed, keeping %d projects: %s",
+                    len(self.projects),
+                    message,
+                    extra=event(
+                        "discovery", result="error", projects=len(self.projects), error=message
+                    ),
                 )
             self.last_error = message
             return False
         finally:
             self.refreshed.set()
+        self._metrics.discovered(True, time.perf_counter() - start)
         before = self.projects.names()
         self.projects = ProjectSet(found, self._priority)
         self.last_error = None
@@ -120,6 +133,7 @@ class Discovery:
                 "proxy-cache projects: %s",
                 ", ".join(f"{p.name} ({p.registry_type or '?'})" for p in self.projects.ordered)
                 or "none",
+                extra=event("discovery", result="changed", projects=len(self.projects)),
             )
         return True
 

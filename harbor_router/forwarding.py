@@ -7,12 +7,14 @@ outcome of a request to a project is a success or a failure for that project's b
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from . import errors, routes
 from .auth import Credentials
 from .breaker import Breaker, is_failure
 from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
+from .metrics import Metrics, upstream_status
 from .projects import Project
 from .protocol import HttpProtocol, Request
 from .relay import SPLICE_MIN_BYTES, HeadTimeout, Relay, default_relay_status
@@ -64,8 +66,10 @@ class Forwarder:
         timeout: float,
         max_body: int,
         splice_min_bytes: int | None = SPLICE_MIN_BYTES,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics if metrics is not None else Metrics()
         self.splice_min_bytes = splice_min_bytes if SPLICE_AVAILABLE else None
         self.splice_stats = SpliceStats()
         self._credentials = credentials
@@ -127,12 +131,16 @@ class Forwarder:
         relay_status: Callable[[int], bool] = default_relay_status,
     ) -> Relay:
         """Send ``head`` upstream; the relay streams or captures the answer per its status."""
+        metrics = self._metrics
+        start = time.perf_counter()
         for attempt in (0, 1):
             try:
                 conn = await self._pool.acquire()
             except UpstreamError as exc:
                 if breaker is not None:
                     breaker.failure()
+                metrics.connection_error("connect")
+                metrics.upstream_done(label, "error", time.perf_counter() - start)
                 raise errors.BadGateway(str(exc), {label: "connection failed"}) from None
             relay = Relay(client, conn, rewriter, head_only=head_only,
                           relay_status=relay_status, capture_limit=self._max_body,
@@ -144,6 +152,8 @@ class Forwarder:
             except HeadTimeout:
                 if breaker is not None:
                     breaker.failure()
+                metrics.connection_error("timeout")
+                metrics.upstream_done(label, "timeout", time.perf_counter() - start)
                 raise errors.BadGateway(
                     f"project {label} did not answer within {self._timeout:g}s",
                     {label: "timeout"},
@@ -156,11 +166,16 @@ class Forwarder:
                 if relay.started:  # Harbor died mid-body: the client can only be cut off
                     if breaker is not None:
                         breaker.failure()
+                    metrics.connection_error("reset")
+                    metrics.upstream_done(label, "error", time.perf_counter() - start)
                     raise errors.ResponseAborted(str(exc)) from None
                 if attempt == 0 and conn.reused and not exc.received_any:
+                    metrics.connection_error("stale_keepalive")
                     continue  # a keep-alive connection Harbor had already closed: retry once
                 if breaker is not None:
                     breaker.failure()
+                metrics.connection_error("reset")
+                metrics.upstream_done(label, "error", time.perf_counter() - start)
                 raise errors.BadGateway(
                     f"connection to Harbor failed while asking project {label}",
                     {label: "connection error"},
@@ -170,6 +185,8 @@ class Forwarder:
                     breaker.failure()
                 else:
                     breaker.success()
+            metrics.upstream_done(label, upstream_status(relay.status),
+                                  time.perf_counter() - start)  # fmt: skip
             return relay
         raise AssertionError("unreachable")
 

@@ -22,7 +22,10 @@ from .auth import HEADER, ChallengeCache
 from .breaker import Breakers
 from .discovery import Discovery
 from .forwarding import IDENTITY, Forwarder, capture_all, forward_headers, relay_all, translate
+from .logs import event
 from .mapping import STALE
+from .metrics import HIT, MISS, NEGATIVE, REDIS_HIT, Metrics
+from .metrics import STALE as STALE_HIT
 from .projects import Project
 from .protocol import HttpProtocol, Request
 from .relay import default_relay_status
@@ -42,6 +45,8 @@ _REFRESH_METHOD: Final = {
     routes.TAGS: "GET",
     routes.BLOB: "HEAD",
 }
+#: At most one rate-limit log line per this many seconds (a flood must not flood the log).
+RATE_LIMIT_LOG_INTERVAL: Final = 10.0
 
 
 class Guard(Protocol):
@@ -63,6 +68,7 @@ class RequestHandler:
         auth_mode: str,
         max_fanout: int,
         limiter: Guard | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._router = router
         self._proxy_project = proxy_project
@@ -75,6 +81,9 @@ class RequestHandler:
         self._auth_header = auth_mode == HEADER
         self._max_fanout = max_fanout
         self._limiter = limiter
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._rejected_since_log = 0
+        self._rejection_logged_at = -RATE_LIMIT_LOG_INTERVAL
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -86,12 +95,16 @@ class RequestHandler:
 
     async def __call__(self, request: Request, client: HttpProtocol) -> None:
         route = self._router.parse(request.method, request.path, request.query)
-        kind = route.kind
+        kind = request.kind = route.kind
         if kind >= routes.HEALTHZ:
             self._health(request, client)
             return
         if self._limiter is not None:
-            self._limiter.check(request)
+            try:
+                self._limiter.check(request)
+            except errors.TooManyRequests:
+                self._rejected(request)
+                raise
         if kind == routes.PASSTHROUGH:
             await self._passthrough(request, client, route)
             return
@@ -107,23 +120,36 @@ class RequestHandler:
     ) -> None:
         kind, name, reference = route.kind, route.name, route.reference
         tiers = self._tiers
+        lookups = self._metrics.lookups
         if tiers.is_negative(kind, name, reference):
+            request.cache = NEGATIVE
+            lookups[NEGATIVE] += 1
             raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": name})
         projects = self._discovery.projects
         exclude: str | None = None
-        found = await tiers.lookup(name)
+        found = await tiers.lookup_from(name)
         if found is not None:
-            mapped, state = found
+            mapped, state, remote = found
+            result = REDIS_HIT if remote else STALE_HIT if state == STALE else HIT
+            request.cache = result
+            lookups[result] += 1
             project = projects.get(mapped)
             if project is not None:
+                request.project = mapped
                 if state == STALE:
+                    self._metrics.stale_serves += 1
                     self._revalidate(request, route, mapped)
                 if await self._hit(request, client, route, project):
                     return
                 tiers.forget(name, mapped)  # the mapped project said 404: ask the others
                 exclude = mapped
         elif await tiers.is_negative_shared(kind, name, reference):
+            request.cache = NEGATIVE
+            lookups[NEGATIVE] += 1
             raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": name})
+        else:
+            request.cache = MISS
+            lookups[MISS] += 1
         candidates = [p for p in projects.ordered[: self._max_fanout] if p.name != exclude]
         try:
             if kind == routes.BLOB:
@@ -137,6 +163,7 @@ class RequestHandler:
                 tiers.record_negative(kind, name, reference)
             raise
         tiers.record(name, winner.project.name)
+        request.project = winner.project.name
         self._write(request, client, route, winner)
 
     def _write(
@@ -226,6 +253,7 @@ class RequestHandler:
         except errors.RegistryError:
             found = None  # Harbor answers HEAD only for blobs it has cached: race GETs
         if found is not None:
+            request.project = found.project.name
             self._tiers.record(route.name, found.project.name)
             if request.method == "HEAD":
                 replies.write_winner(request, client, found)
@@ -233,6 +261,7 @@ class RequestHandler:
             if await self._hit(request, client, route, found.project):
                 return
         winner = await self._resolver.race(route, candidates, forward)
+        request.project = winner.project.name
         try:
             self._tiers.record(route.name, winner.project.name)
             await replies.stream_winner(request, client, winner)
@@ -240,6 +269,20 @@ class RequestHandler:
             winner.release()
 
     # the rest
+    def _rejected(self, request: Request) -> None:
+        self._metrics.rate_limited += 1
+        self._rejected_since_log += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._rejection_logged_at >= RATE_LIMIT_LOG_INTERVAL:
+            count, self._rejected_since_log = self._rejected_since_log, 0
+            self._rejection_logged_at = now
+            log.warning(
+                "rate limit: %d request(s) refused since the last report, last from %s",
+                count,
+                request.client_ip,
+                extra=event("rate_limit", rejected=count, client=request.client_ip),
+            )
+
     async def _passthrough(
         self, request: Request, client: HttpProtocol, route: routes.Route
     ) -> None:

@@ -53,6 +53,11 @@ class MappingCache:
         """The negative cache, for its counters."""
         return self._negative
 
+    @property
+    def ttl(self) -> float:
+        """``CACHE_TTL``: an entry older than this is stale."""
+        return self._ttl
+
     # positive entries
     def lookup(self, name: str) -> tuple[str, int] | None:
         """``(project, FRESH or STALE)``, or None when there is no usable entry."""

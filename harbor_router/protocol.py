@@ -6,12 +6,19 @@ responses in the order they were sent. Reading pauses while too many requests wa
 backpressure) and while a response is being relayed and the client reads slower than Harbor
 sends (write backpressure: ``pause_writing`` pauses the upstream connection of the relay). All
 registry errors become responses in :meth:`HttpProtocol._answer`, the one boundary.
+
+That boundary is also where every request is accounted (metrics, access log): the handler
+leaves what it learnt on the :class:`Request` (route kind, project, cache result), the
+response's status is read from the first bytes written for it, and :meth:`write` counts the
+bytes. The accounting is a few integer updates; the access line is a tuple appended to a
+buffer that a timer formats later (``logs.AccessLog``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
@@ -19,9 +26,11 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from . import errors, responses
-from .routes import ALLOW_HEADER, PULL_METHODS
+from .metrics import CLIENT_CLOSED, KIND_TYPES, OTHER_KIND, Metrics
+from .routes import ALLOW_HEADER, BLOB, PULL_METHODS
 
 if TYPE_CHECKING:
+    from .logs import AccessLog
     from .relay import Relay
 
 log = logging.getLogger("harbor_router.protocol")
@@ -33,9 +42,24 @@ WRITE_LOW_WATER = 64 * 1024
 
 
 class Request:
-    """What the client sent: method, raw target split, lowercased header names with values."""
+    """What the client sent: method, raw target split, lowercased header names with values.
 
-    __slots__ = ("client_ip", "error", "headers", "http11", "keep_alive", "method", "path", "query")
+    ``kind`` (route kind, -1 until parsed), ``project`` and ``cache`` (a ``metrics`` lookup
+    result) are set by the handler for the accounting at the boundary."""
+
+    __slots__ = (
+        "cache",
+        "client_ip",
+        "error",
+        "headers",
+        "http11",
+        "keep_alive",
+        "kind",
+        "method",
+        "path",
+        "project",
+        "query",
+    )
 
     def __init__(
         self,
@@ -57,6 +81,9 @@ class Request:
         self.keep_alive = keep_alive
         self.client_ip = client_ip
         self.error = error
+        self.kind = OTHER_KIND
+        self.project = ""
+        self.cache = ""
 
     def header(self, lower_name: bytes) -> bytes | None:
         for name, value in self.headers:
@@ -70,6 +97,7 @@ Handler = Callable[[Request, "HttpProtocol"], Awaitable[None]]
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
+        "_access",
         "_broken",
         "_client_ip",
         "_drain",
@@ -78,10 +106,14 @@ class HttpProtocol(asyncio.Protocol):
         "_headers",
         "_in_headers",
         "_max_header_bytes",
+        "_metrics",
         "_paused_reading",
         "_paused_writing",
         "_queue",
         "_relay",
+        "_sent",
+        "_spliced",
+        "_status",
         "_task",
         "_url",
         "closing",
@@ -91,9 +123,20 @@ class HttpProtocol(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, handler: Handler, max_header_bytes: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        max_header_bytes: int,
+        metrics: Metrics | None = None,
+        access: AccessLog | None = None,
+    ) -> None:
         self._handler = handler
         self._max_header_bytes = max_header_bytes
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._access = access
+        self._status = 0  # of the response being written (0: no head yet)
+        self._sent = 0  # bytes written for it
+        self._spliced = False
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()
@@ -276,6 +319,10 @@ class HttpProtocol(asyncio.Protocol):
     async def _answer(self, request: Request) -> None:
         self.http11 = request.http11
         self.keep_alive = request.keep_alive
+        self._status = self._sent = 0
+        self._spliced = False
+        self._metrics.inflight += 1
+        start = time.perf_counter()
         try:
             if request.error is not None:
                 raise request.error
@@ -304,11 +351,35 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             if not self.keep_alive and not self.closing:
                 self.close()
+            self._metrics.inflight -= 1
+            self._account(request, start)
+
+    def _account(self, request: Request, start: float) -> None:
+        duration = time.perf_counter() - start
+        status = self._status or CLIENT_CLOSED
+        method, kind, sent = request.method, request.kind, self._sent
+        metrics = self._metrics
+        metrics.request_done(method, kind, status, duration, sent)
+        if kind == BLOB and method == "GET":
+            metrics.blob_done(_blob_result(status, self._spliced), duration)
+        access = self._access
+        if access is not None:
+            access.append((time.time(), method, request.path, status, KIND_TYPES[kind],
+                           duration, request.client_ip, request.project, request.cache,
+                           sent))  # fmt: skip
 
     # used by handlers and relays
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closing:
+            if not self._status and data[:5] == b"HTTP/":
+                self._status = int(data[9:12])
+            self._sent += len(data)
             self.transport.write(data)
+
+    def count_spliced(self, moved: int) -> None:
+        """Body bytes the kernel moved to this client (``splice.py``) for this response."""
+        self._sent += moved
+        self._spliced = True
 
     async def drain(self) -> None:
         if not self._paused_writing or self.closing:
@@ -340,8 +411,22 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         if self._task is None and not self._queue:
+            start = time.perf_counter()
+            self._status = self._sent = 0
             self.write(responses.for_error(error, close=True))
             self.close()
+            self._account(Request("", "", "", [], http11=True, keep_alive=False,
+                                  client_ip=self._client_ip), start)  # fmt: skip
             return
         request = Request("", "", "", [], http11=True, keep_alive=False, client_ip="", error=error)
         self._queue.append(request)
+
+
+def _blob_result(status: int, spliced: bool) -> str:
+    if 200 <= status < 300:
+        return "splice" if spliced else "copy"
+    if status == 304:
+        return "not_modified"
+    if 300 <= status < 400:
+        return "redirect"
+    return "error"

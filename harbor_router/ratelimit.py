@@ -216,6 +216,11 @@ class RateLimiter:
         self._buckets: TTLCache[float] = TTLCache(max_buckets, self.horizon, clock=clock)
         self._next_sweep = self._buckets.now() + self.horizon
 
+    @property
+    def buckets(self) -> TTLCache[float]:
+        """The bucket table, for its counters (metrics)."""
+        return self._buckets
+
     def __len__(self) -> int:
         """Buckets stored: full ones linger until the next sweep."""
         return len(self._buckets)

@@ -251,6 +251,8 @@ class Relay:
     def _spliced(self, outcome: str, exc: OSError | None, leftover: bytes) -> None:
         job, self._splice = self._splice, None
         stats = self._stats
+        if job is not None and job.moved:
+            self._client.count_spliced(job.moved)
         if outcome == splice.COMPLETE:
             if stats is not None:
                 stats.responses += 1

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -29,7 +31,11 @@ from multidict import CIMultiDict
 from . import errors, routes
 from .auth import Credentials
 from .breaker import Breakers, is_failure
+from .logs import event
+from .metrics import Metrics, upstream_status
 from .projects import Project
+
+log = logging.getLogger("harbor_router.resolver")
 
 SECTIONS: Final = {
     routes.MANIFEST: "manifests",
@@ -86,12 +92,36 @@ class Outcome:
     text: str
     retry_after: str | None = None
     winner: Winner | None = None
+    reason: str = ""  # of a connection error (upstream_connection_errors_total)
 
 
 def _definite_not_found(kind: int, name: str) -> errors.RegistryError:
     error = NOT_FOUND_ERRORS[kind](_UNKNOWN_MESSAGES[kind], {"name": name})
     error.definite = True
     return error
+
+
+def _failure_result(exc: BaseException) -> str:
+    """The ``result`` label of a fan-out that nothing won."""
+    if isinstance(exc, errors.RegistryError):
+        if exc.definite:
+            return "not_found"
+        if isinstance(exc, errors.TooManyRequests):
+            return "rate_limited"
+        if isinstance(exc, errors.Unavailable):
+            return "unavailable"
+        return "error"
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+
+
+def _error_reason(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return "reset"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "payload"
+    return "protocol"
 
 
 def accepted_types(forward: Sequence[tuple[str, str]]) -> frozenset[str] | None:
@@ -152,7 +182,9 @@ class Resolver:
         timeout: float,
         max_body: int,
         grace: float = 0.05,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else Metrics()
         self._session = session
         self._harbor_url = harbor_url
         self._credentials = credentials
@@ -185,6 +217,7 @@ class Resolver:
         )  # fmt: skip
         shared = self._inflight.get(key)
         if shared is not None:
+            self._metrics.dedup += 1
             try:
                 async with asyncio.timeout(self._timeout + FOLLOWER_MARGIN):
                     return await asyncio.shield(shared)
@@ -192,19 +225,51 @@ class Resolver:
                 raise errors.Unavailable("timed out waiting for a shared resolution") from None
         future: asyncio.Future[Winner] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        start = time.perf_counter()
         try:
             winner = await self._fanout(method, route, candidates, forward, stream=False)
         except BaseException as exc:
+            self._record(method, route, _failure_result(exc), start, None)
             if isinstance(exc, asyncio.CancelledError):
                 exc = errors.Unavailable("the shared resolution was interrupted")
             future.set_exception(exc)
             future.exception()  # retrieved: followers re-raise it themselves
             raise
         else:
+            empty = route.kind == routes.TAGS and not _tags_non_empty(winner.body)
+            self._record(method, route, "empty" if empty else FOUND, start, winner.project.name)
             future.set_result(winner)
             return winner
         finally:
             del self._inflight[key]
+
+    @property
+    def inflight(self) -> int:
+        """Fan-outs in flight that identical misses may join (singleflight)."""
+        return len(self._inflight)
+
+    def _record(
+        self, method: str, route: routes.Route, result: str, start: float, project: str | None
+    ) -> None:
+        duration = time.perf_counter() - start
+        self._metrics.resolved(route.kind == routes.TAGS, result, duration)
+        log.info(
+            "resolved %s %s: %s%s in %.1f ms",
+            method,
+            route.name,
+            result,
+            f" in {project}" if project else "",
+            duration * 1000.0,
+            extra=event(
+                "resolve",
+                method=method,
+                name=route.name,
+                kind=routes.KIND_NAMES[route.kind],
+                result=result,
+                project=project or "",
+                duration_ms=round(duration * 1000.0, 3),
+            ),
+        )
 
     async def race(
         self, route: routes.Route, candidates: Sequence[Project], forward: list[tuple[str, str]]
@@ -238,6 +303,7 @@ class Resolver:
                 rank[loop.create_task(probe)] = i
             else:
                 outcomes.append(Outcome(project.name, BREAKER_OPEN, "circuit breaker open"))
+        self._metrics.observe_fanout(len(rank))
         best: Outcome | None = None
         best_key = (2, 0)
         empty: Winner | None = None
@@ -300,11 +366,22 @@ class Resolver:
         stream: bool,
     ) -> Outcome:
         breaker = self._breakers.get(project.name)
+        start = time.perf_counter()
         try:
             outcome = await self._ask(method, project, route, headers, rule, stream)
         except asyncio.CancelledError:
             breaker.abandon()
             raise
+        metrics = self._metrics
+        if outcome.kind == TIMEOUT:
+            status = "timeout"
+            metrics.connection_error("timeout")
+        elif outcome.kind == ERROR:
+            status = "error"
+            metrics.connection_error(outcome.reason)
+        else:
+            status = upstream_status(int(outcome.text.split(" ", 1)[0]))
+        metrics.upstream_done(project.name, status, time.perf_counter() - start)
         if outcome.kind in (TIMEOUT, ERROR) or (
             outcome.kind == STATUS and is_failure(int(outcome.text))
         ):
@@ -361,7 +438,9 @@ class Resolver:
         except TimeoutError:
             return Outcome(name, TIMEOUT, f"timeout after {self._timeout:g}s")
         except aiohttp.ClientError as exc:
-            return Outcome(name, ERROR, f"connection error ({type(exc).__name__})")
+            outcome = Outcome(name, ERROR, f"connection error ({type(exc).__name__})")
+            outcome.reason = _error_reason(exc)
+            return outcome
         finally:
             if resp is not None:
                 resp.release()

@@ -120,6 +120,11 @@ class Router:
                 return Route(kind, name, reference, q)
         raise errors.NameUnknown("unknown route under the proxy prefix", {"path": rest[:256]})
 
+    def check_name(self, name: str) -> None:
+        """Raise :class:`~.errors.NameInvalid` unless ``name`` is a repository a client may ask
+        for under the prefix (grammar and length)."""
+        self._check_name(name)
+
     def _check_name(self, name: str) -> None:
         if len(name) + self._prefix_len - 4 > MAX_NAME_LENGTH or not valid_name(name):
             raise errors.NameInvalid("invalid repository name", {"name": name[:256]})

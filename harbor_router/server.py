@@ -2,7 +2,9 @@
 
 Everything is created in :meth:`App.start` and passed down explicitly; nothing happens at import.
 With ``WORKERS`` > 1 the parent forks that many processes, each serving the same port with
-``SO_REUSEPORT`` and keeping its own L1 cache (DESIGN §5).
+``SO_REUSEPORT`` and keeping its own L1 cache (DESIGN §5). Each worker then serves its metrics
+on a private unix socket (in a directory the parent creates), and the parent serves
+``METRICS_ADDR``, summing the workers' metrics at scrape time (``admin.Aggregator``).
 """
 
 from __future__ import annotations
@@ -11,22 +13,28 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from . import __version__, _cache, _wire, logs, routes
+from .admin import Admin, Aggregator
 from .auth import NONE, ChallengeCache, Credentials
-from .breaker import Breakers
+from .breaker import OPEN, Breakers
 from .config import Config
 from .discovery import Discovery
 from .forwarding import Forwarder
 from .handler import RequestHandler
 from .mapping import MappingCache
+from .metrics import Metrics
 from .projects import ProjectSet
 from .protocol import HttpProtocol
 from .ratelimit import RateLimitGuard
@@ -71,10 +79,16 @@ class App:
         self.forwarder: Forwarder | None = None
         self.shared: SharedStore | None = None
         self.tiers: Tiers | None = None
+        self.metrics = Metrics()
+        self.admin: Admin | None = None
+        self.access: logs.AccessLog | None = None
         self._background: set[asyncio.Task[None]] = set()
 
-    async def start(self, *, reuse_port: bool = False) -> None:
+    async def start(self, *, reuse_port: bool = False, metrics_socket: str | None = None) -> None:
+        """Serve; the metrics port on ``METRICS_ADDR``, or on ``metrics_socket`` (a unix
+        socket for the parent's aggregator) when this process is one of several workers."""
         config = self.config
+        metrics = self.metrics
         url = urlsplit(config.harbor_url)
         tls = upstream_ssl_context(config)
         host = url.hostname or "localhost"
@@ -103,6 +117,7 @@ class App:
             timeout=config.resolver_timeout,
             priority=config.project_priority,
             on_refresh=self._publish_projects if self.shared is not None else None,
+            metrics=metrics,
         )
         self.pool = UpstreamPool(
             host,
@@ -119,7 +134,11 @@ class App:
             negative_ttl=config.negative_cache_ttl,
         )
         self.tiers = Tiers(self.mapping, self.shared)
-        self.breakers = Breakers(config.circuit_breaker_threshold, config.circuit_breaker_timeout)
+        self.breakers = Breakers(
+            config.circuit_breaker_threshold,
+            config.circuit_breaker_timeout,
+            on_transition=self._breaker_moved,
+        )
         resolver = Resolver(
             self._session,
             config.harbor_url,
@@ -128,6 +147,7 @@ class App:
             timeout=config.resolver_timeout,
             max_body=config.manifest_max_bytes,
             grace=config.fanout_grace,
+            metrics=metrics,
         )
         self.forwarder = forwarder = Forwarder(
             self.pool,
@@ -136,12 +156,15 @@ class App:
             base_path=url.path.rstrip("/"),
             timeout=config.resolver_timeout,
             max_body=config.manifest_max_bytes,
+            metrics=metrics,
         )
         challenges = (
             None if config.auth_mode == NONE else ChallengeCache(self._session, config.harbor_url)
         )
+        router = routes.Router(config.proxy_project, passthrough=config.passthrough_unmatched)
+        limiter = RateLimitGuard.from_config(config)
         self.handler = handler = RequestHandler(
-            router=routes.Router(config.proxy_project, passthrough=config.passthrough_unmatched),
+            router=router,
             proxy_project=config.proxy_project,
             tiers=self.tiers,
             discovery=self.discovery,
@@ -151,8 +174,24 @@ class App:
             challenges=challenges,
             auth_mode=config.auth_mode,
             max_fanout=config.max_fanout_projects,
-            limiter=RateLimitGuard.from_config(config),
+            limiter=limiter,
+            metrics=metrics,
         )
+        sources = metrics.sources
+        sources.discovery, sources.breakers = self.discovery, self.breakers
+        sources.shared, sources.mapping, sources.tiers = self.shared, self.mapping, self.tiers
+        sources.ratelimit = limiter.limiter.buckets if limiter is not None else None
+        sources.singleflight_inflight = lambda: resolver.inflight
+        sources.speedups = speedups()
+        self.admin = Admin(
+            metrics=metrics,
+            router=router,
+            discovery=self.discovery,
+            breakers=self.breakers,
+            mapping=self.mapping,
+            shared=self.shared,
+        )
+        self.access = access = logs.AccessLog.if_enabled()
         max_header = config.max_header_bytes
         self.pool.start()
         if self.shared is not None:
@@ -161,12 +200,16 @@ class App:
         self.discovery.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HttpProtocol(handler, max_header),
+            lambda: HttpProtocol(handler, max_header, metrics, access),
             config.listen_addr.host or None,
             config.listen_addr.port,
             reuse_port=reuse_port or None,
             backlog=2048,
         )
+        if metrics_socket is not None:
+            await self.admin.start_unix(metrics_socket)
+        else:
+            await self.admin.start(config.metrics_addr.host, config.metrics_addr.port)
         log.info(
             "harbor-router %s listening on %s, prefix /v2/%s/, Harbor %s, speedups %s, auth %s",
             __version__,
@@ -190,6 +233,17 @@ class App:
                 len(self.discovery.projects) if seeded else 0,
                 len(hot),
             )
+
+    def _breaker_moved(self, project: str, old: str, new: str) -> None:
+        self.metrics.transition(project, old, new)
+        log.log(
+            logging.WARNING if new is OPEN else logging.INFO,
+            "circuit breaker of project %s: %s -> %s",
+            project,
+            old,
+            new,
+            extra=logs.event("breaker", project=project, **{"from": old, "to": new}),
+        )
 
     def _publish_projects(self, projects: ProjectSet) -> None:
         shared = self.shared
@@ -218,9 +272,17 @@ class App:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def metrics_port(self) -> int:
+        """The TCP port of the metrics server (one worker)."""
+        assert self.admin is not None and self.admin.port is not None
+        return self.admin.port
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.admin is not None:
+            await self.admin.close()
         if self.handler is not None:
             await self.handler.close()
         if self.discovery is not None:
@@ -235,29 +297,65 @@ class App:
             self.pool.close()
         if self._session is not None:
             await self._session.close()
+        if self.access is not None:
+            self.access.close()
 
 
-async def serve(config: Config, *, reuse_port: bool = False) -> None:
+async def serve(
+    config: Config, *, reuse_port: bool = False, metrics_socket: str | None = None
+) -> None:
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await app.start(reuse_port=reuse_port)
     try:
+        await app.start(reuse_port=reuse_port, metrics_socket=metrics_socket)
         await stop.wait()
         log.info("shutting down")
     finally:
         await app.close()
 
 
-def _run_one(config: Config, reuse_port: bool) -> None:
+def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
-        asyncio.run(serve(config, reuse_port=reuse_port))
+        asyncio.run(coro)
     else:
-        uvloop.run(serve(config, reuse_port=reuse_port))
+        uvloop.run(coro)
+
+
+def _run_one(config: Config, reuse_port: bool, metrics_socket: str | None = None) -> None:
+    _run_loop(serve(config, reuse_port=reuse_port, metrics_socket=metrics_socket))
+
+
+async def _supervise(config: Config, children: list[int], sockets: list[str]) -> int:
+    """The parent with several workers: serve the summed metrics until every child exited."""
+    loop = asyncio.get_running_loop()
+
+    def forward(signum: int) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, forward, sig)
+    aggregator = Aggregator(sockets)
+    status = 0
+    try:
+        await aggregator.start(config.metrics_addr.host, config.metrics_addr.port)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", config.metrics_addr, exc.strerror or exc)
+        forward(signal.SIGTERM)
+        status = 1
+    try:
+        for child in children:
+            _, code = await loop.run_in_executor(None, os.waitpid, child, 0)
+            status = status or os.waitstatus_to_exitcode(code)
+    finally:
+        await aggregator.close()
+    return status
 
 
 def run(config: Config) -> int:
@@ -271,29 +369,34 @@ def run(config: Config) -> int:
             return 1
         return 0
     children: list[int] = []
-    for _ in range(config.workers):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 0
-            try:
-                _run_one(config, reuse_port=True)
-            except OSError as exc:
-                log.error("cannot listen on %s: %s", config.listen_addr, exc.strerror or exc)
-                code = 1
-            finally:
-                sys.stdout.flush()
-                os._exit(code)
-        children.append(pid)
+    private = tempfile.mkdtemp(prefix="harbor-router-")  # 0700: only this user's processes
+    sockets = [os.path.join(private, f"worker-{i}.sock") for i in range(config.workers)]
+    # A signal before the parent's loop handles them must not kill it with its children alive.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for path in sockets:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 0
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                try:
+                    _run_one(config, reuse_port=True, metrics_socket=path)
+                except OSError as exc:
+                    log.error("cannot listen on %s: %s", config.listen_addr, exc.strerror or exc)
+                    code = 1
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            children.append(pid)
+        status = 0
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+        async def supervise() -> None:
+            nonlocal status
+            status = await _supervise(config, children, sockets)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+        _run_loop(supervise())
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     return 1 if status else 0

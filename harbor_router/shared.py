@@ -57,6 +57,7 @@ from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 
 from .config import MASK, format_duration
+from .logs import event
 
 if TYPE_CHECKING:
     from .config import Config
@@ -351,7 +352,11 @@ class SharedStore:
         self._generation += 1
         self.outages += 1
         self.last_error = reason
-        log.warning("Redis unavailable, using the in-process cache only: %s", reason)
+        log.warning(
+            "Redis unavailable, using the in-process cache only: %s",
+            reason,
+            extra=event("redis", state=DOWN, reason=reason),
+        )
         self._spawn_recovery()
 
     def _spawn_recovery(self) -> None:
@@ -383,11 +388,19 @@ class SharedStore:
                 address = self._master_address()
                 if first:
                     log.info(
-                        "Redis shared tier connected: master %s at %s", self.master_name, address
+                        "Redis shared tier connected: master %s at %s",
+                        self.master_name,
+                        address,
+                        extra=event("redis", state=UP, master=address),
                     )
                 else:
                     self.reconnections += 1
-                    log.info("Redis is back: master %s at %s", self.master_name, address)
+                    log.info(
+                        "Redis is back: master %s at %s",
+                        self.master_name,
+                        address,
+                        extra=event("redis", state=UP, master=address),
+                    )
                 self._decided.set()
                 return
             if self._state == CONNECTING:
@@ -398,6 +411,7 @@ class SharedStore:
                     "Redis unavailable at startup, using the in-process cache only "
                     "and retrying in the background: %s",
                     reason,
+                    extra=event("redis", state=DOWN, reason=reason),
                 )
                 self._decided.set()
             else:
@@ -497,17 +511,19 @@ class SharedStore:
             "set_mapping", lambda r: r.set(self.mapping_key(name), value, px=expire_ms)
         )
 
-    async def delete_mapping(self, name: str, project: str | None = None) -> None:
-        """Drop the mapping; with ``project``, only while it still points there (atomic)."""
+    async def delete_mapping(self, name: str, project: str | None = None) -> bool | None:
+        """Drop the mapping; with ``project``, only while it still points there (atomic).
+        True when a key was deleted, False when there was none, None when Redis is down."""
         key = self.mapping_key(name)
         if project is None:
-            await self._call("delete_mapping", lambda r: r.delete(key))
-            return
+            deleted = await self._call("delete_mapping", lambda r: r.delete(key))
+            return None if deleted is None else bool(deleted)
 
         async def delete_if(r: Redis) -> Any:
             return await r.eval(_DELETE_IF_PROJECT, 1, key, project)
 
-        await self._call("delete_mapping", delete_if)
+        result = await self._call("delete_mapping", delete_if)
+        return None if result is None else bool(result)
 
     # -- negative entries ---------------------------------------------------------------------
 

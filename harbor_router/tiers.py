@@ -24,16 +24,27 @@ class Tiers:
         self.shared = shared
         self._writes: set[asyncio.Task[Any]] = set()
         self.dropped_writes = 0
+        #: Redis reads and writes skipped because the store was down: the request used L1 (or
+        #: fanned out) instead. With ``SharedStore.fallbacks`` this is redis_fallback_total.
+        self.fallbacks = 0
 
     async def lookup(self, name: str) -> tuple[str, int] | None:
         """``(project, FRESH or STALE)`` from L1, else from Redis (then kept in L1)."""
+        found = await self.lookup_from(name)
+        return None if found is None else found[:2]
+
+    async def lookup_from(self, name: str) -> tuple[str, int, bool] | None:
+        """As :meth:`lookup`, plus whether the answer came from Redis."""
         found = self.l1.lookup(name)
         shared = self.shared
         if found is not None:
             if shared is not None:
                 shared.touch(name)
-            return found
-        if shared is None or not shared.available:
+            return found[0], found[1], False
+        if shared is None:
+            return None
+        if not shared.available:
+            self.fallbacks += 1
             return None
         remote = await shared.get_mapping(name)
         if remote is None:
@@ -41,7 +52,8 @@ class Tiers:
         project, stored_at = remote
         self.l1.set(name, project, wall_to_monotonic(stored_at))
         shared.touch(name)
-        return self.l1.lookup(name)
+        found = self.l1.lookup(name)
+        return None if found is None else (found[0], found[1], True)
 
     def is_negative(self, kind: int, name: str, reference: str) -> bool:
         """In L1's negative cache (no I/O: checked before every lookup)."""
@@ -50,7 +62,10 @@ class Tiers:
     async def is_negative_shared(self, kind: int, name: str, reference: str) -> bool:
         """In Redis's negative entries (asked only after both tiers missed the mapping)."""
         shared = self.shared
-        if shared is None or not shared.available:
+        if shared is None:
+            return False
+        if not shared.available:
+            self.fallbacks += 1
             return False
         if await shared.is_negative(kind, name, reference):
             self.l1.set_negative(kind, name, reference)
@@ -73,7 +88,7 @@ class Tiers:
         if self.shared is not None:
             self._write(self.shared.set_negative(kind, name, reference))
 
-    def _write(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _write(self, coro: Coroutine[Any, Any, object]) -> None:
         if (
             len(self._writes) >= MAX_BACKGROUND_WRITES
             or not self.shared
@@ -81,6 +96,8 @@ class Tiers:
         ):
             coro.close()  # Redis is down or saturated: L1 has it, Redis will learn it later
             self.dropped_writes += 1
+            if self.shared is not None and not self.shared.available:
+                self.fallbacks += 1
             return
         task = asyncio.get_running_loop().create_task(coro)
         self._writes.add(task)

@@ -11,6 +11,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 import uvloop
+from support_tools import free_port
 
 from harbor_router.config import Config, load_config
 from harbor_router.server import App
@@ -45,6 +46,20 @@ class RunningRouter:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.app.metrics_port}"
+
+    def scrape(self, path: str = "/metrics", method: str = "GET") -> tuple[int, bytes]:
+        """One request to the metrics port."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.app.metrics_port, timeout=10)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     @property
     def address(self) -> str:
@@ -100,7 +115,7 @@ def router_config(harbor_url: str, username: str, password: str, port: int, **en
         "HARBOR_USERNAME": username,
         "HARBOR_PASSWORD": password,
         "LISTEN_ADDR": f"127.0.0.1:{port}",
-        "METRICS_ADDR": "127.0.0.1:1",
+        "METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "AUTH_MODE": "none",
         "LOG_LEVEL": "warning",
     }
