@@ -151,6 +151,49 @@ def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
     root.propagate = False
 
 
+def _fast_lines(
+    entries: list[AccessEntry], name: str, formatter: logging.Formatter | None
+) -> str | None:
+    """The access lines as the formatter would write them, or None for another formatter."""
+    out = []
+    stamps: dict[int, str] = {}  # one strftime per second of the batch
+    if type(formatter) is JsonFormatter:
+        for ts, method, path, status, rtype, seconds, client, project, cache, sent in entries:
+            safe = escape(path)
+            second = int(ts)
+            stamp = stamps.get(second)
+            if stamp is None:
+                stamp = stamps[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
+            out.append(json.dumps({
+                "ts": f"{stamp}.{int((ts - second) * 1000):03d}Z",
+                "level": "info", "logger": name, "msg": f"{method} {safe} {status}",
+                "event": "access", "method": method, "path": safe, "status": status,
+                "type": rtype, "duration_ms": round(seconds * 1000.0, 3), "client": client,
+                "project": project, "cache": cache, "bytes": sent,
+            }))  # fmt: skip
+    elif type(formatter) is PrettyFormatter:
+        for ts, method, path, status, rtype, seconds, client, project, cache, sent in entries:
+            safe = escape(path)
+            second = int(ts)
+            stamp = stamps.get(second)
+            if stamp is None:
+                stamp = stamps[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+            fields = (
+                ("event", "access"), ("method", method), ("path", safe), ("status", status),
+                ("type", rtype), ("duration_ms", round(seconds * 1000.0, 3)),
+                ("client", client), ("project", project), ("cache", cache), ("bytes", sent),
+            )  # fmt: skip
+            pairs = " ".join(f"{k}={_pretty_value(v)}" for k, v in fields)
+            out.append(
+                f"{stamp},{int((ts - int(ts)) * 1000):03d} INFO    {name}: "
+                f"{method} {safe} {status} {pairs}"
+            )
+    else:
+        return None
+    out.append("")
+    return "\n".join(out)
+
+
 # One access line: (wall time, method, path, status, type, seconds, client, project, cache,
 # bytes).
 AccessEntry = tuple[float, str, str, int, str, float, str, str, str, int]
@@ -188,6 +231,19 @@ class AccessLog:
         logger = self._logger
         if not entries:
             return
+        handlers = [h for h in _handlers(logger) if type(h) is BatchingHandler]
+        if handlers and len(handlers) == len(list(_handlers(logger))):
+            # The router's own handlers: format the lines here, one write per batch, instead of
+            # a LogRecord per line (the formatters' output, byte for byte).
+            for handler in handlers:
+                lines = _fast_lines(entries, logger.name, handler.formatter)
+                if lines is None:
+                    break
+                with handler.lock or contextlib.nullcontext():
+                    handler.stream.write(lines)
+                    handler.stream.flush()
+            else:
+                return
         with batch(logger):
             for ts, method, path, status, rtype, seconds, client, project, cache, sent in entries:
                 safe = escape(path)
