@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 # Prerequisites run in the order written (system packages before the build).
 .NOTPARALLEL:
-.PHONY: install system-deps test test-py lint demo run bench bench-wrk clean
+.PHONY: install system-deps test test-py lint demo run bench bench-gate bench-wrk clean
 
 install: $(STAMP)
 
@@ -37,8 +37,18 @@ demo: system-deps install
 run: install
 	$(PY) -m harbor_router
 
-bench: install
-	$(PY) -m pytest -p no:cacheprovider benchmarks/ $(PYTEST_ARGS)
+# The load harness: router vs nginx vs a plain aiohttp proxy, same run (benchmarks/loadtest.py);
+# writes benchmarks/results/latest.{json,md,png}. The pytest micro benchmarks:
+# $(PY) -m pytest -p no:cacheprovider benchmarks/
+BENCH_ARGS ?=
+bench: system-deps install
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q 'matplotlib>=3.7'
+	$(PY) benchmarks/loadtest.py $(BENCH_ARGS)
+
+# Short run, manifest GET only: exits 1 when router/nginx or router/aiohttp req per CPU-second
+# falls under its floor (FLOORS in benchmarks/loadtest.py).
+bench-gate: system-deps install
+	$(PY) benchmarks/loadtest.py --gate $(BENCH_ARGS)
 
 bench-wrk: system-deps install
 	$(PY) benchmarks/wrk_cache_hit.py && $(PY) benchmarks/wrk_static_upstream.py

@@ -17,11 +17,14 @@ from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewrite
 from .metrics import Metrics, upstream_status
 from .projects import Project
 from .protocol import HttpProtocol, Request
-from .relay import SPLICE_MIN_BYTES, HeadTimeout, Relay, default_relay_status
+from .relay import SPLICE_MIN_BYTES, HeadDeadlines, HeadTimeout, Relay, default_relay_status
 from .resolver import SECTIONS
 from .splice import AVAILABLE as SPLICE_AVAILABLE
 from .splice import SpliceStats
-from .upstream import UpstreamError, UpstreamPool
+from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
+
+# A request try_start() sent: its connection, its relay, and when it was sent.
+Started = tuple[UpstreamConnection, Relay, float]
 
 # Client headers never passed through unchanged, even for PASSTHROUGH_UNMATCHED.
 _PASSTHROUGH_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"content-length"}
@@ -77,6 +80,10 @@ class Forwarder:
         self._base_path = base_path
         self._timeout = timeout
         self._max_body = max_body
+        self._deadlines = HeadDeadlines()
+
+    def close(self) -> None:
+        self._deadlines.close()
 
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
         name = project.upstream_name(route.name)
@@ -119,6 +126,54 @@ class Forwarder:
         parts += (b"X-Forwarded-For: ", forwarded + b", " + ip if forwarded else ip, b"\r\n\r\n")
         return b"".join(parts)
 
+    def try_start(
+        self,
+        client: HttpProtocol,
+        head: bytes,
+        *,
+        head_only: bool,
+        rewriter: Rewriter,
+        relay_status: Callable[[int], bool] = default_relay_status,
+    ) -> Started | None:
+        """Send ``head`` on an idle pooled connection, without awaiting anything; None when
+        no idle connection is at hand (then the caller takes :meth:`forward`'s path)."""
+        conn = self._pool.try_acquire()
+        if conn is None:
+            return None
+        start = time.perf_counter()
+        return conn, self._send(client, conn, head, head_only, rewriter, relay_status), start
+
+    def finish_started(self, started: Started, label: str, breaker: Breaker) -> bool:
+        """Account a started request whose relay streamed a complete answer to the client;
+        False (nothing accounted) for any other ending: :meth:`forward` takes it from there."""
+        _, relay, start = started
+        done = relay.done
+        if not relay.started or done.cancelled() or done.exception() is not None:
+            return False
+        if is_failure(relay.status):
+            breaker.failure()
+        else:
+            breaker.success()
+        self._metrics.upstream_done(label, upstream_status(relay.status),
+                                    time.perf_counter() - start)  # fmt: skip
+        return True
+
+    def _send(
+        self,
+        client: HttpProtocol,
+        conn: UpstreamConnection,
+        head: bytes,
+        head_only: bool,
+        rewriter: Rewriter,
+        relay_status: Callable[[int], bool],
+    ) -> Relay:
+        relay = Relay(client, conn, rewriter, head_only=head_only,
+                      relay_status=relay_status, capture_limit=self._max_body,
+                      splice_min=self.splice_min_bytes, stats=self.splice_stats)  # fmt: skip
+        conn.send(head, relay, head_only)
+        relay.arm_timeout(self._deadlines, self._timeout)
+        return relay
+
     async def forward(
         self,
         client: HttpProtocol,
@@ -129,24 +184,25 @@ class Forwarder:
         rewriter: Rewriter,
         breaker: Breaker | None,
         relay_status: Callable[[int], bool] = default_relay_status,
+        started: Started | None = None,
     ) -> Relay:
-        """Send ``head`` upstream; the relay streams or captures the answer per its status."""
+        """Send ``head`` upstream (or take over the request ``try_start`` sent); the relay
+        streams or captures the answer per its status."""
         metrics = self._metrics
-        start = time.perf_counter()
+        start = time.perf_counter() if started is None else started[2]
         for attempt in (0, 1):
-            try:
-                conn = await self._pool.acquire()
-            except UpstreamError as exc:
-                if breaker is not None:
-                    breaker.failure()
-                metrics.connection_error("connect")
-                metrics.upstream_done(label, "error", time.perf_counter() - start)
-                raise errors.BadGateway(str(exc), {label: "connection failed"}) from None
-            relay = Relay(client, conn, rewriter, head_only=head_only,
-                          relay_status=relay_status, capture_limit=self._max_body,
-                          splice_min=self.splice_min_bytes, stats=self.splice_stats)  # fmt: skip
-            conn.send(head, relay, head_only)
-            relay.arm_timeout(self._timeout)
+            if attempt == 0 and started is not None:
+                conn, relay = started[0], started[1]
+            else:
+                try:
+                    conn = await self._pool.acquire()
+                except UpstreamError as exc:
+                    if breaker is not None:
+                        breaker.failure()
+                    metrics.connection_error("connect")
+                    metrics.upstream_done(label, "error", time.perf_counter() - start)
+                    raise errors.BadGateway(str(exc), {label: "connection failed"}) from None
+                relay = self._send(client, conn, head, head_only, rewriter, relay_status)
             try:
                 await relay.done
             except HeadTimeout:

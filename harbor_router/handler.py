@@ -19,16 +19,24 @@ from typing import Final, Protocol
 
 from . import errors, replies, responses, routes
 from .auth import HEADER, ChallengeCache
-from .breaker import Breakers
+from .breaker import CLOSED, Breakers
 from .discovery import Discovery
-from .forwarding import IDENTITY, Forwarder, capture_all, forward_headers, relay_all, translate
+from .forwarding import (
+    IDENTITY,
+    Forwarder,
+    Started,
+    capture_all,
+    forward_headers,
+    relay_all,
+    translate,
+)
 from .logs import event
 from .mapping import STALE
 from .metrics import HIT, MISS, NEGATIVE, REDIS_HIT, Metrics
 from .metrics import STALE as STALE_HIT
 from .projects import Project
 from .protocol import HttpProtocol, Request
-from .relay import default_relay_status
+from .relay import Relay, default_relay_status
 from .resolver import NOT_FOUND_ERRORS, Resolver, Winner
 from .tiers import Tiers
 
@@ -39,6 +47,7 @@ _BASE_GET: Final = responses.simple(200, _BASE_BODY)
 _BASE_HEAD: Final = responses.simple(200, _BASE_BODY, head_only=True)
 _NEGATIVE_MESSAGE: Final = "unknown to every proxy-cache project (remembered)"
 # The method a background refresh uses per route kind: HEAD where Harbor answers it.
+_FAST_KINDS: Final = frozenset({routes.MANIFEST, routes.BLOB, routes.REFERRERS})
 _REFRESH_METHOD: Final = {
     routes.MANIFEST: "HEAD",
     routes.REFERRERS: "GET",
@@ -85,6 +94,7 @@ class RequestHandler:
         self._rejected_since_log = 0
         self._rejection_logged_at = -RATE_LIMIT_LOG_INTERVAL
         self._refreshing: set[str] = set()
+        self.fast_starts = 0  # requests started on the fast path (tests, benchmarks)
         self._background: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -150,6 +160,80 @@ class RequestHandler:
         else:
             request.cache = MISS
             lookups[MISS] += 1
+        await self._miss(request, client, route, exclude)
+
+    # the fast path: a fresh L1 hit answered without a task
+    def fast(self, request: Request, client: HttpProtocol) -> Relay | None:
+        """Start a plain cache hit synchronously: a fresh L1 mapping, a closed breaker and an
+        idle pooled connection, nothing that needs I/O first. The relay streams the answer
+        from the upstream protocol's callbacks; when it ends in anything but a complete
+        relayed response, the protocol hands the request to :meth:`resume` on a task. None
+        (nothing done, nothing counted) for every other request: the normal path takes it."""
+        if self._limiter is not None:
+            return None
+        try:
+            route = self._router.parse(request.method, request.path, request.query)
+        except errors.RegistryError:
+            return None
+        kind = route.kind
+        if kind not in _FAST_KINDS:
+            return None
+        if self._auth_header and request.header(b"authorization") is None:
+            return None
+        tiers = self._tiers
+        name = route.name
+        if tiers.is_negative(kind, name, route.reference):
+            return None
+        found = tiers.l1.lookup(name)
+        if found is None or found[1] == STALE:
+            return None
+        project = self._discovery.projects.get(found[0])
+        if project is None:
+            return None
+        breaker = self._breakers.get(project.name)
+        if breaker.state is not CLOSED:
+            return None
+        started = self._forwarder.try_start(
+            client,
+            self._forwarder.request_head(request, route, project),
+            head_only=request.method == "HEAD",
+            rewriter=project.rewriter,
+        )
+        if started is None:
+            return None
+        request.kind = kind
+        request.cache = HIT
+        request.project = project.name
+        request.fast = (route, project, breaker, started)
+        self.fast_starts += 1
+        self._metrics.lookups[HIT] += 1
+        if tiers.shared is not None:
+            tiers.shared.touch(name)
+        return started[1]
+
+    def finish_fast(self, request: Request) -> bool:
+        """The fast path's relay is done: True when it was a complete answer (accounted)."""
+        assert request.fast is not None
+        _, project, breaker, started = request.fast
+        return self._forwarder.finish_started(started, project.name, breaker)
+
+    async def resume(self, request: Request, client: HttpProtocol) -> None:
+        """Everything after a fast start that did not simply succeed: retries, translation,
+        a 404 from the mapped project (then the others are asked)."""
+        assert request.fast is not None
+        route, project, _, started = request.fast
+        if await self._hit(request, client, route, project, started=started):
+            return
+        self._tiers.forget(route.name, project.name)
+        await self._miss(request, client, route, project.name)
+
+    # miss path
+    async def _miss(
+        self, request: Request, client: HttpProtocol, route: routes.Route, exclude: str | None
+    ) -> None:
+        kind, name, reference = route.kind, route.name, route.reference
+        tiers = self._tiers
+        projects = self._discovery.projects
         candidates = [p for p in projects.ordered[: self._max_fanout] if p.name != exclude]
         try:
             if kind == routes.BLOB:
@@ -176,11 +260,18 @@ class RequestHandler:
 
     # hit path
     async def _hit(
-        self, request: Request, client: HttpProtocol, route: routes.Route, project: Project
+        self,
+        request: Request,
+        client: HttpProtocol,
+        route: routes.Route,
+        project: Project,
+        *,
+        started: Started | None = None,
     ) -> bool:
-        """Answer from the mapped project; False when it said 404 (the caller asks the others)."""
+        """Answer from the mapped project; False when it said 404 (the caller asks the others).
+        ``started``: the fast path already sent the request (its breaker was closed)."""
         breaker = self._breakers.get(project.name)
-        if not breaker.allow():
+        if started is None and not breaker.allow():
             retry = max(1, int(breaker.retry_after() + 0.999))
             raise errors.Unavailable(
                 f"project {project.name} is failing: its circuit breaker is open",
@@ -196,6 +287,7 @@ class RequestHandler:
             rewriter=project.rewriter,
             breaker=breaker,
             relay_status=capture_all if tags else default_relay_status,
+            started=started,
         )
         if relay.started:
             return True

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
@@ -51,6 +51,7 @@ class Request:
         "cache",
         "client_ip",
         "error",
+        "fast",
         "headers",
         "http11",
         "keep_alive",
@@ -84,6 +85,7 @@ class Request:
         self.kind = OTHER_KIND
         self.project = ""
         self.cache = ""
+        self.fast: Any = None  # the handler's state of a request started on the fast path
 
     def header(self, lower_name: bytes) -> bytes | None:
         for name, value in self.headers:
@@ -95,12 +97,25 @@ class Request:
 Handler = Callable[[Request, "HttpProtocol"], Awaitable[None]]
 
 
+class FastPath(Protocol):
+    """A handler that can start some requests without a task (``handler.RequestHandler``)."""
+
+    def fast(self, request: Request, client: HttpProtocol) -> Relay | None: ...
+
+    def finish_fast(self, request: Request) -> bool: ...
+
+    def resume(self, request: Request, client: HttpProtocol) -> Awaitable[None]: ...
+
+
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_access",
         "_broken",
         "_client_ip",
         "_drain",
+        "_fast",
+        "_fast_path",
+        "_fast_start",
         "_handler",
         "_head_bytes",
         "_headers",
@@ -129,8 +144,12 @@ class HttpProtocol(asyncio.Protocol):
         max_header_bytes: int,
         metrics: Metrics | None = None,
         access: AccessLog | None = None,
+        fast_path: FastPath | None = None,
     ) -> None:
         self._handler = handler
+        self._fast_path = fast_path
+        self._fast: Request | None = None  # the request in flight on the fast path
+        self._fast_start = 0.0
         self._max_header_bytes = max_header_bytes
         self._metrics = metrics if metrics is not None else Metrics()
         self._access = access
@@ -272,11 +291,52 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing:
             return
         queue = self._queue
+        if (
+            self._fast_path is not None
+            and self._task is None
+            and self._fast is None
+            and not queue
+            and request.error is None
+            and self._start_fast(request)
+        ):
+            return
         queue.append(request)
         if len(queue) >= MAX_PIPELINED and not self._paused_reading and self.transport:
             self._paused_reading = True
             self.transport.pause_reading()
-        if self._task is None:
+        if self._task is None and self._fast is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    # the fast path: a plain cache hit answered from callbacks, with no task
+    def _start_fast(self, request: Request) -> bool:
+        assert self._fast_path is not None
+        self.http11 = request.http11
+        self.keep_alive = request.keep_alive
+        self._status = self._sent = 0
+        self._spliced = False
+        start = time.perf_counter()
+        relay = self._fast_path.fast(request, self)
+        if relay is None:
+            return False
+        self._metrics.inflight += 1
+        self._fast = request
+        self._fast_start = start
+        relay.done.add_done_callback(self._fast_done)
+        return True
+
+    def _fast_done(self, _: object) -> None:
+        request = self._fast
+        assert request is not None and self._fast_path is not None
+        self._fast = None
+        if not self._fast_path.finish_fast(request):
+            # anything but a complete answer: the normal path takes over, in order
+            self._task = asyncio.get_running_loop().create_task(self._run(request))
+            return
+        self._metrics.inflight -= 1
+        if not self.keep_alive and not self.closing:
+            self.close()
+        self._account(request, self._fast_start)
+        if self._queue and self._task is None and not self.closing:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def _make_request(self, error: errors.RegistryError | None = None) -> Request:
@@ -304,9 +364,11 @@ class HttpProtocol(asyncio.Protocol):
         )
 
     # answering
-    async def _run(self) -> None:
+    async def _run(self, resumed: Request | None = None) -> None:
         queue = self._queue
         try:
+            if resumed is not None:
+                await self._answer(resumed, resumed=True)
             while queue and not self.closing:
                 request = queue.popleft()
                 if self._paused_reading and len(queue) < MAX_PIPELINED // 2 and self.transport:
@@ -316,17 +378,24 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self._task = None
 
-    async def _answer(self, request: Request) -> None:
-        self.http11 = request.http11
-        self.keep_alive = request.keep_alive
-        self._status = self._sent = 0
-        self._spliced = False
-        self._metrics.inflight += 1
-        start = time.perf_counter()
+    async def _answer(self, request: Request, *, resumed: bool = False) -> None:
+        if resumed:  # started on the fast path: state and accounting carry on
+            start = self._fast_start
+        else:
+            self.http11 = request.http11
+            self.keep_alive = request.keep_alive
+            self._status = self._sent = 0
+            self._spliced = False
+            self._metrics.inflight += 1
+            start = time.perf_counter()
         try:
             if request.error is not None:
                 raise request.error
-            await self._handler(request, self)
+            if resumed:
+                assert self._fast_path is not None
+                await self._fast_path.resume(request, self)
+            else:
+                await self._handler(request, self)
             return
         except errors.RegistryError as exc:
             if self.closing:
@@ -410,7 +479,7 @@ class HttpProtocol(asyncio.Protocol):
         self._broken = True
         if self.transport is not None:
             self.transport.pause_reading()
-        if self._task is None and not self._queue:
+        if self._task is None and self._fast is None and not self._queue:
             start = time.perf_counter()
             self._status = self._sent = 0
             self.write(responses.for_error(error, close=True))

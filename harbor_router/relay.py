@@ -67,10 +67,59 @@ class HeadTimeout(Exception):
     """No response head within the deadline; the upstream connection was closed."""
 
 
+class HeadDeadlines:
+    """Response-head deadlines of every relay in flight, checked by one coarse ticker.
+
+    A timer per request costs more than the rest of a cache hit's bookkeeping; a head deadline
+    only needs to fire about on time, so relays are kept in a dict and one callback every
+    ``tick`` seconds (only while some are watched) expires the overdue ones.
+    """
+
+    __slots__ = ("_handle", "_tick", "_watched")
+
+    def __init__(self, tick: float = 0.1) -> None:
+        self._tick = tick
+        self._watched: dict[Relay, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def watch(self, relay: Relay, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._watched[relay] = loop.time() + seconds
+        if self._handle is None:
+            self._handle = loop.call_later(min(self._tick, seconds), self._check)
+
+    def unwatch(self, relay: Relay) -> None:
+        self._watched.pop(relay, None)
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def _check(self) -> None:
+        self._handle = None
+        watched = self._watched
+        if not watched:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        overdue = [relay for relay, deadline in watched.items() if deadline <= now]
+        for relay in overdue:
+            del watched[relay]
+            relay.expire()
+        if watched:
+            self._handle = loop.call_later(self._tick, self._check)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._watched.clear()
+
+
 class Relay:
     __slots__ = (
         "_capture_limit",
         "_client",
+        "_deadlines",
         "_early",
         "_length",
         "_relay_status",
@@ -78,7 +127,6 @@ class Relay:
         "_splice",
         "_splice_min",
         "_stats",
-        "_timer",
         "body",
         "conn",
         "done",
@@ -113,28 +161,34 @@ class Relay:
         self.body = bytearray()
         self.mode = CAPTURE
         self.started = False  # the client has seen the response head
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines: HeadDeadlines | None = None
         self._splice_min = splice_min  # None: never splice
         self._stats = stats
         self._splice: Splice | None = None
         self._length = 0
         self._early = 0  # body bytes that came with the head (relayed by the copy path)
 
-    def arm_timeout(self, seconds: float) -> None:
+    def arm_timeout(self, deadlines: HeadDeadlines, seconds: float) -> None:
         """Fail with :class:`HeadTimeout` unless the response head arrives in time."""
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+        self._deadlines = deadlines
+        deadlines.watch(self, seconds)
 
-    def _expire(self) -> None:
-        self._timer = None
+    def _disarm(self) -> None:
+        deadlines = self._deadlines
+        if deadlines is not None:
+            self._deadlines = None
+            deadlines.unwatch(self)
+
+    def expire(self) -> None:
+        self._deadlines = None
         if self.status == 0 and not self.done.done():
             self.done.set_exception(HeadTimeout())
             self.conn.abandon()
 
     # Sink
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._deadlines is not None:
+            self._disarm()
         self.status = status
         client = self._client
         if not self._relay_status(status) or client.closing:
@@ -184,9 +238,8 @@ class Relay:
         if self._splice is not None:
             self._splice.cancel()
             self._splice = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._deadlines is not None:
+            self._disarm()
         if self.started:
             self._client.end_response(self)
         if not self.done.done():

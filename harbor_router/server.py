@@ -200,7 +200,7 @@ class App:
         self.discovery.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HttpProtocol(handler, max_header, metrics, access),
+            lambda: HttpProtocol(handler, max_header, metrics, access, handler),
             config.listen_addr.host or None,
             config.listen_addr.port,
             reuse_port=reuse_port or None,
@@ -293,6 +293,8 @@ class App:
             task.cancel()
         if self.shared is not None:
             await self.shared.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
         if self.pool is not None:
             self.pool.close()
         if self._session is not None:

@@ -225,8 +225,11 @@ class UpstreamPool:
     def start(self) -> None:
         self._schedule_sweep()
 
-    async def acquire(self) -> UpstreamConnection:
+    def try_acquire(self) -> UpstreamConnection | None:
+        """An idle keep-alive connection, or None (then :meth:`acquire` connects)."""
         idle = self._idle
+        if not idle:
+            return None
         now = time.monotonic()
         while idle:
             conn = idle.pop()
@@ -237,6 +240,12 @@ class UpstreamPool:
                 continue
             conn.reused = True
             self._active.add(conn)
+            return conn
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        conn = self.try_acquire()
+        if conn is not None:
             return conn
         return await self.connect()
 

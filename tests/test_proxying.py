@@ -503,3 +503,31 @@ def test_conditional_request_on_a_miss_is_not_modified(
     assert body == b""
     assert "Content-Length" not in headers or headers["Content-Length"] != "0"
     assert router.app.mapping is not None and router.app.mapping.get(image.repo) == "quay"
+
+
+def test_cache_hits_take_the_fast_path_and_pipelining_stays_in_order(
+    router: RunningRouter, seeded: Seeded, harbor: HarborEmulator
+) -> None:
+    """A fresh L1 hit with an idle upstream connection is answered from callbacks (no task);
+    a pipelined miss and a bad request behind it are still answered in order."""
+    tool, etcd = seeded.get("ghcr", "acme/tool"), seeded.get("quay", "coreos/etcd")
+    for _ in range(2):  # map it, and leave an idle upstream connection in the pool
+        assert router.request("GET", manifest_path(tool), {"Accept": tool.media_type})[0] == 200
+    handler = router.app.handler
+    assert handler is not None
+    before = handler.fast_starts
+    data = (
+        request_bytes("GET", manifest_path(tool), [("Accept", tool.media_type)])
+        + request_bytes("GET", manifest_path(etcd), [("Accept", etcd.media_type)])
+        + request_bytes("GET", "/v2/proxy/Bad/manifests/1")
+        + request_bytes("GET", manifest_path(tool), [("Accept", tool.media_type),
+                                                     ("Connection", "close")])
+    )  # fmt: skip
+    with RawClient(router) as client:
+        client.send(data)
+        answers = [client.read_response() for _ in range(4)]
+        assert client.closed_by_peer()
+    assert [a.status for a in answers] == [200, 200, 400, 200]
+    assert answers[0].body == tool.manifest and answers[1].body == etcd.manifest
+    assert answers[3].body == tool.manifest
+    assert handler.fast_starts >= before + 1
