@@ -670,6 +670,16 @@ VARIABLES: tuple[Variable, ...] = (
              "how long a fan-out waits for a better answer after the first good one"),
     Variable("PASSTHROUGH_UNMATCHED", _BOOL,
              "forward /v2/ requests outside the prefix to Harbor unchanged"),
+    Variable("MAX_HEADERS", _INT_1, "most header fields in one request (431 beyond it)"),
+    Variable("MAX_URL_BYTES", Kind(_size(256), format_size),
+             "limit on the request target (414 beyond it)"),
+    Variable("HEADER_TIMEOUT", _DURATION,
+             "time to receive a complete request head (408 and close after it)"),
+    Variable("KEEPALIVE_TIMEOUT", _DURATION, "an idle client connection is closed after this"),
+    Variable("MAX_CONNECTIONS", _INT_1,
+             "most client connections per worker (503 and close beyond it)"),
+    Variable("SHUTDOWN_GRACE", _DURATION_0,
+             "on SIGTERM, how long in-flight responses may take to finish"),
 )  # fmt: skip
 
 
@@ -719,6 +729,12 @@ class Config:
     upstream_tls_verify: bool = True
     fanout_grace: float = 0.05
     passthrough_unmatched: bool = False
+    max_headers: int = 100
+    max_url_bytes: int = 8 * 1024
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 10_000
+    shutdown_grace: float = 30.0
 
     def describe(self) -> list[tuple[str, str]]:
         """``(VARIABLE, shown value)`` for every variable, in table order, secrets masked."""

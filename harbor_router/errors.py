@@ -57,6 +57,18 @@ class HeadersTooLarge(RegistryError):
     status, code, close = 431, "UNSUPPORTED", True
 
 
+class UriTooLong(RegistryError):
+    status, code, close = 414, "UNSUPPORTED", True
+
+
+class RequestTimeout(RegistryError):
+    status, code, close = 408, "UNSUPPORTED", True
+
+
+class VersionNotSupported(RegistryError):
+    status, code, close = 505, "UNSUPPORTED", True
+
+
 class NameUnknown(RegistryError):
     status, code = 404, "NAME_UNKNOWN"
 

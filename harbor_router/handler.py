@@ -95,6 +95,7 @@ class RequestHandler:
         self._rejection_logged_at = -RATE_LIMIT_LOG_INTERVAL
         self._refreshing: set[str] = set()
         self.fast_starts = 0  # requests started on the fast path (tests, benchmarks)
+        self.draining = False  # shutting down: /readyz answers 503
         self._background: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -400,9 +401,10 @@ class RequestHandler:
     def _health(self, request: Request, client: HttpProtocol) -> None:
         count = len(self._discovery.projects)
         status = 200 if count else 503
-        body = json.dumps(
-            {"status": "ok" if count else "no proxy-cache project known", "projects": count}
-        ).encode()
+        state = "ok" if count else "no proxy-cache project known"
+        if self.draining and request.kind == routes.READYZ:
+            status, state = 503, "shutting down"
+        body = json.dumps({"status": state, "projects": count}).encode()
         head_only = request.method == "HEAD"
         client.write(responses.simple(status, body, head_only=head_only,
                                       close=not client.keep_alive))  # fmt: skip

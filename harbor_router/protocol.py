@@ -12,6 +12,12 @@ leaves what it learnt on the :class:`Request` (route kind, project, cache result
 response's status is read from the first bytes written for it, and :meth:`write` counts the
 bytes. The accounting is a few integer updates; the access line is a tuple appended to a
 buffer that a timer formats later (``logs.AccessLog``).
+
+Limits (``MAX_HEADERS``, ``MAX_URL_BYTES``) are checked in the parser callbacks; the two
+timeouts (``HEADER_TIMEOUT``, ``KEEPALIVE_TIMEOUT``) are not timers per request but one periodic
+sweep over every connection (:class:`Connections`): a request costs two timestamps, and a
+connection is judged a few times per timeout, which is as precise as a slowloris defence needs.
+The same registry of connections enforces ``MAX_CONNECTIONS`` and drains them on shutdown.
 """
 
 from __future__ import annotations
@@ -39,6 +45,77 @@ MAX_PIPELINED = 16
 _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+_HTTP_VERSIONS = frozenset({"1.0", "1.1"})
+_UNPARSED_VERSIONS = _HTTP_VERSIONS | {"0.0"}  # 0.0: the parser failed before the version
+_TOO_MANY_CONNECTIONS = responses.for_error(
+    errors.Unavailable("too many client connections"),
+    close=True,
+)
+MAX_SWEEP_INTERVAL = 1.0
+
+
+class Connections:
+    """Every client connection of one listener, the limits they share, and the sweep.
+
+    ``draining`` (set by :meth:`drain` on shutdown) makes every connection close once its
+    current response is complete; idle ones are closed at once."""
+
+    __slots__ = (
+        "_timer",
+        "active",
+        "draining",
+        "header_timeout",
+        "interval",
+        "keepalive_timeout",
+        "max_connections",
+        "max_headers",
+        "max_url_bytes",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 10_000,
+        max_headers: int = 100,
+        max_url_bytes: int = 8192,
+        header_timeout: float = 10.0,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.active: set[HttpProtocol] = set()
+        self.draining = False
+        self.max_connections = max_connections
+        self.max_headers = max_headers
+        self.max_url_bytes = max_url_bytes
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.interval = min(MAX_SWEEP_INTERVAL, header_timeout / 4, keepalive_timeout / 4)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
+        now = time.monotonic()
+        for conn in tuple(self.active):
+            conn.check_time(now)
+
+    def drain(self) -> None:
+        """Shutdown: no more keep-alive; idle connections are closed now. One whose request
+        head is arriving is answered first (within HEADER_TIMEOUT)."""
+        self.draining = True
+        for conn in tuple(self.active):
+            if conn.idle:
+                conn.close()
+
+    def abort_all(self) -> None:
+        for conn in tuple(self.active):
+            conn.close()
 
 
 class Request:
@@ -112,13 +189,16 @@ class HttpProtocol(asyncio.Protocol):
         "_access",
         "_broken",
         "_client_ip",
+        "_conns",
         "_drain",
         "_fast",
         "_fast_path",
         "_fast_start",
         "_handler",
         "_head_bytes",
+        "_head_since",
         "_headers",
+        "_idle_since",
         "_in_headers",
         "_max_header_bytes",
         "_metrics",
@@ -145,8 +225,10 @@ class HttpProtocol(asyncio.Protocol):
         metrics: Metrics | None = None,
         access: AccessLog | None = None,
         fast_path: FastPath | None = None,
+        connections: Connections | None = None,
     ) -> None:
         self._handler = handler
+        self._conns = connections if connections is not None else Connections()
         self._fast_path = fast_path
         self._fast: Request | None = None  # the request in flight on the fast path
         self._fast_start = 0.0
@@ -169,6 +251,8 @@ class HttpProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._in_headers = False
+        self._head_since = 0.0  # when the pending request head began (0: none pending)
+        self._idle_since = 0.0  # when a sweep first saw the connection idle (0: not idle)
         self._broken = False
         self.closing = False
         self.http11 = True
@@ -177,6 +261,14 @@ class HttpProtocol(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
+        conns = self._conns
+        if len(conns.active) >= conns.max_connections:
+            self.closing = True
+            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        conns.active.add(self)
+        self._head_since = time.monotonic()  # the first head is due HEADER_TIMEOUT from now
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
         self._client_ip = peer[0] if isinstance(peer, tuple) else ""
@@ -200,10 +292,16 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._refuse(errors.BadRequestClose("malformed HTTP request"))
         except httptools.HttpParserError as exc:
-            self._refuse(errors.BadRequestClose("malformed HTTP request", str(exc)[:200]))
+            if self.parser.get_http_version() not in _UNPARSED_VERSIONS:  # HTTP/2.0 preface too
+                self._refuse(
+                    errors.VersionNotSupported("HTTP version not supported: 1.0 and 1.1 only")
+                )
+            else:
+                self._refuse(errors.BadRequestClose("malformed HTTP request", str(exc)[:200]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self._conns.active.discard(self)
         self._queue.clear()
         relay = self._relay
         if relay is not None:
@@ -236,13 +334,20 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = []
         self._in_headers = True
         self._head_bytes = 0
+        self._head_since = time.monotonic()
+        self._idle_since = 0.0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._conns.max_url_bytes:
+            raise errors.UriTooLong("request target is too long")
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        headers = self._headers
+        headers.append((name.lower(), value))
+        if len(headers) > self._conns.max_headers:
+            raise errors.HeadersTooLarge("too many header fields")
         self._count_head(len(name) + len(value) + 4)
 
     def _count_head(self, size: int) -> None:
@@ -252,6 +357,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._head_since = 0.0
+        if self.parser.get_http_version() not in _HTTP_VERSIONS:
+            raise errors.VersionNotSupported("HTTP version not supported: 1.0 and 1.1 only")
+        if self._url[:1] != b"/":
+            # absolute-form (a proxy request), authority-form or "*": never a registry path
+            raise errors.BadRequestClose("the request target must be a path")
         error = None
         for name, _ in self._headers:
             if name in _BODY_HEADERS:
@@ -333,7 +444,7 @@ class HttpProtocol(asyncio.Protocol):
             self._task = asyncio.get_running_loop().create_task(self._run(request))
             return
         self._metrics.inflight -= 1
-        if not self.keep_alive and not self.closing:
+        if not self.closing and (not self.keep_alive or self._conns.draining):
             self.close()
         self._account(request, self._fast_start)
         if self._queue and self._task is None and not self.closing:
@@ -343,7 +454,7 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method().decode("ascii", "replace")
         http11 = parser.get_http_version() == "1.1"
-        keep_alive = bool(parser.should_keep_alive())
+        keep_alive = bool(parser.should_keep_alive()) and not self._conns.draining
         headers = self._headers
         path = query = ""
         try:
@@ -418,7 +529,7 @@ class HttpProtocol(asyncio.Protocol):
             self.write(responses.for_error(error, head_only=head_only, close=True))
             self.keep_alive = False
         finally:
-            if not self.keep_alive and not self.closing:
+            if not self.closing and (not self.keep_alive or self._conns.draining):
                 self.close()
             self._metrics.inflight -= 1
             self._account(request, start)
@@ -465,6 +576,33 @@ class HttpProtocol(asyncio.Protocol):
     def end_response(self, relay: Relay) -> None:
         if self._relay is relay:
             self._relay = None
+
+    @property
+    def idle(self) -> bool:
+        """No response in progress, none waiting, no request head arriving."""
+        return not (self._task is not None or self._fast is not None or self._queue
+                    or self._in_headers)  # fmt: skip
+
+    def check_time(self, now: float) -> None:
+        """The sweep's look at this connection: an overdue head, or idle for too long."""
+        if self.closing or self._broken:
+            return
+        if self._task is not None or self._fast is not None or self._queue:
+            self._idle_since = 0.0
+            return
+        conns = self._conns
+        if self._in_headers:
+            if now - self._head_since > conns.header_timeout:
+                self._refuse(errors.RequestTimeout("the request head took too long"))
+        elif conns.draining:
+            self.close()
+        elif self._head_since:  # connected, sent nothing yet
+            if now - self._head_since > conns.header_timeout:
+                self.close()
+        elif not self._idle_since:
+            self._idle_since = now
+        elif now - self._idle_since > conns.keepalive_timeout:
+            self.close()
 
     def close(self) -> None:
         if not self.closing:

@@ -13,8 +13,10 @@ from .errors import RegistryError
 API_VERSION_HEADER: Final = b"Docker-Distribution-API-Version: registry/2.0\r\n"
 JSON_TYPE: Final = b"Content-Type: application/json\r\n"
 
+_PHRASES: Final = {414: "URI Too Long"}  # RFC 9110 wording where Python's is older
 STATUS_LINES: Final[dict[int, bytes]] = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus
+    s.value: f"HTTP/1.1 {s.value} {_PHRASES.get(s.value, s.phrase)}\r\n".encode("latin-1")
+    for s in HTTPStatus
 }
 
 

@@ -36,6 +36,10 @@ _QUERY_KEYS: Final = {TAGS: frozenset({"n", "last"}), REFERRERS: frozenset({"art
 # "/{section}/{reference}" endings of a route under the prefix, by the segment before the last.
 _REFERENCE_SECTIONS: Final = {"manifests": MANIFEST, "blobs": BLOB, "referrers": REFERRERS}
 
+# A pass-through path Harbor's front end could resolve outside /v2/: dot segments, encoded dots,
+# slashes or backslashes, a backslash.
+_UNSAFE_PASSTHROUGH: Final = re.compile(r"(?:^|/)\.\.?(?:/|$)|%2[eEfF]|%5[cC]|\\")
+
 PULL_METHODS: Final = frozenset({"GET", "HEAD"})
 ALLOW_HEADER: Final = ((b"Allow", b"GET, HEAD"),)
 
@@ -92,6 +96,11 @@ class Router:
             if method not in PULL_METHODS:
                 raise errors.MethodNotAllowed(
                     "harbor-router serves pulls only", {"method": method}, headers=ALLOW_HEADER
+                )
+            if _UNSAFE_PASSTHROUGH.search(path) is not None:
+                raise errors.BadRequest(
+                    "dot segments and encoded separators are not passed through",
+                    {"path": path[:256]},
                 )
             return Route(PASSTHROUGH, path, "", query)
         raise errors.NameUnknown("no route for this path", {"path": path})

@@ -19,6 +19,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,7 +37,7 @@ from .handler import RequestHandler
 from .mapping import MappingCache
 from .metrics import Metrics
 from .projects import ProjectSet
-from .protocol import HttpProtocol
+from .protocol import Connections, HttpProtocol
 from .ratelimit import RateLimitGuard
 from .resolver import Resolver
 from .shared import SharedStore, wall_to_monotonic
@@ -46,7 +47,7 @@ from .upstream import UpstreamPool
 log = logging.getLogger("harbor_router.server")
 
 CONNECT_TIMEOUT = 5.0
-SHUTDOWN_GRACE = 10.0
+DRAIN_POLL = 0.05
 
 
 def speedups() -> str:
@@ -82,6 +83,13 @@ class App:
         self.metrics = Metrics()
         self.admin: Admin | None = None
         self.access: logs.AccessLog | None = None
+        self.connections = Connections(
+            max_connections=config.max_connections,
+            max_headers=config.max_headers,
+            max_url_bytes=config.max_url_bytes,
+            header_timeout=config.header_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+        )
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self, *, reuse_port: bool = False, metrics_socket: str | None = None) -> None:
@@ -199,8 +207,10 @@ class App:
             await self._warm_start(self.shared)
         self.discovery.start()
         loop = asyncio.get_running_loop()
+        connections = self.connections
+        connections.start()
         self._server = await loop.create_server(
-            lambda: HttpProtocol(handler, max_header, metrics, access, handler),
+            lambda: HttpProtocol(handler, max_header, metrics, access, handler, connections),
             config.listen_addr.host or None,
             config.listen_addr.port,
             reuse_port=reuse_port or None,
@@ -278,7 +288,28 @@ class App:
         assert self.admin is not None and self.admin.port is not None
         return self.admin.port
 
+    async def drain(self, grace: float) -> None:
+        """Graceful shutdown, before :meth:`close`: readiness 503, no new connections, idle
+        ones closed, and responses in flight given up to ``grace`` seconds to finish."""
+        if self.handler is not None:
+            self.handler.draining = True
+        if self._server is not None:
+            self._server.close()
+        connections = self.connections
+        connections.drain()
+        deadline = time.monotonic() + grace
+        while connections.active and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+        if connections.active:
+            log.warning(
+                "shutdown grace of %.1fs over: closing %d connections",
+                grace,
+                len(connections.active),
+            )
+        connections.abort_all()
+
     async def close(self) -> None:
+        self.connections.close()
         if self._server is not None:
             self._server.close()
         if self.admin is not None:
@@ -314,7 +345,8 @@ async def serve(
     try:
         await app.start(reuse_port=reuse_port, metrics_socket=metrics_socket)
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down: draining connections for up to %.1fs", config.shutdown_grace)
+        await app.drain(config.shutdown_grace)
     finally:
         await app.close()
 

@@ -114,6 +114,12 @@ def test_defaults() -> None:
     assert config.max_header_bytes == 16 * 1024
     assert config.upstream_ca_file is None
     assert config.upstream_tls_verify is True
+    assert config.max_headers == 100
+    assert config.max_url_bytes == 8192
+    assert config.header_timeout == 10
+    assert config.keepalive_timeout == 75
+    assert config.max_connections == 10_000
+    assert config.shutdown_grace == 30
 
 
 def test_config_is_frozen() -> None:
@@ -294,6 +300,9 @@ DURATION_VARIABLES = [
     ("CIRCUIT_BREAKER_TIMEOUT", "circuit_breaker_timeout", False),
     ("NEGATIVE_CACHE_TTL", "negative_cache_ttl", True),
     ("STALE_WHILE_REVALIDATE", "stale_while_revalidate", True),
+    ("HEADER_TIMEOUT", "header_timeout", False),
+    ("KEEPALIVE_TIMEOUT", "keepalive_timeout", False),
+    ("SHUTDOWN_GRACE", "shutdown_grace", True),
 ]
 
 
@@ -373,6 +382,9 @@ def test_size_variables() -> None:
     assert "at least" in refused("MANIFEST_MAX_BYTES", "0").reason
     refused("MANIFEST_MAX_BYTES", "lots")
     refused("MAX_HEADER_BYTES", "16KB of headers")
+    assert load(MAX_URL_BYTES="4KiB").max_url_bytes == 4096
+    assert load(MAX_URL_BYTES="256").max_url_bytes == 256
+    assert "at least" in refused("MAX_URL_BYTES", "255").reason
 
 
 # --- addresses ----------------------------------------------------------------------------------
@@ -532,6 +544,8 @@ INT_VARIABLES = [
     ("WORKERS", "workers", 1),
     ("CACHE_MAX_ENTRIES", "cache_max_entries", 1),
     ("REDIS_DB", "redis_db", 0),
+    ("MAX_HEADERS", "max_headers", 1),
+    ("MAX_CONNECTIONS", "max_connections", 1),
 ]
 
 

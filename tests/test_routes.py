@@ -152,3 +152,30 @@ def test_passthrough_routes_only_when_enabled() -> None:
         router.parse("PUT", "/v2/library/nginx/manifests/1.25", "")
     with pytest.raises(errors.NameUnknown):
         routes.Router("proxy").parse("GET", "/v2/library/nginx/manifests/1.25", "")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/../api/v2.0/users",
+        "/v2/library/../../api/v2.0/users",
+        "/v2/./library/nginx/manifests/1",
+        "/v2/library/nginx/..",
+        "/v2/%2e%2e/api/v2.0/users",
+        "/v2/library%2F..%2Fapi/manifests/1",
+        "/v2/library/%2E./x",
+        "/v2/library%5c..%5capi/x",
+        "/v2/library\\..\\api/x",
+    ],
+)
+def test_passthrough_refuses_paths_that_could_leave_v2(path: str) -> None:
+    router = routes.Router("proxy", passthrough=True)
+    with pytest.raises(errors.BadRequest) as info:
+        router.parse("GET", path, "")
+    assert info.value.status == 400
+
+
+def test_passthrough_keeps_dots_inside_segments() -> None:
+    router = routes.Router("proxy", passthrough=True)
+    path = "/v2/library/my..odd.name/manifests/v1.2..3"
+    assert router.parse("GET", path, "").name == path

@@ -254,6 +254,8 @@ def parse_one(data: bytes, *, head_only: bool = False) -> tuple[int, dict[str, s
     return int(status), headers, rest[:length]
 
 
+_GET = b"GET /v2/proxy/library/alpine/manifests/1 HTTP/1.1\r\nHost: x\r\n"
+
 MALFORMED = [
     pytest.param(
         b"GET /v2/proxy/library/alpine/manifests/1 HTTP/1.1\r\nHost: x\r\n"
@@ -300,15 +302,63 @@ MALFORMED = [
     ),
     pytest.param(
         b"GET /v2/proxy/" + b"a/" * 9000 + b"manifests/1 HTTP/1.1\r\nHost: x\r\n\r\n",
-        431,
+        414,
         id="huge-request-line",
+    ),
+    pytest.param(
+        b"GET /v2/proxy/library/alpine/manifests/1 HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(101))
+        + b"\r\n",
+        431,
+        id="101-small-headers",
     ),
     pytest.param(
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)), 400, id="tls"
     ),
     pytest.param(b"\x00\xff\xfe garbage \r\n\r\n", 400, id="garbage"),
     pytest.param(b"GET\r\n\r\n", 400, id="no-target"),
-    pytest.param(b"GET / HTTP/9.9\r\n\r\n", 400, id="bad-version"),
+    pytest.param(b"GET / HTTP/9.9\r\n\r\n", 505, id="bad-version"),
+    # strict HTTP/1.1 (RFC 9112): each is refused and the connection closed
+    pytest.param(_GET + b"Content-Length: 0\r\nContent-Length: 0\r\n\r\n", 400, id="dup-cl"),
+    pytest.param(
+        _GET + b"Content-Length: 0\r\nContent-Length: 5\r\n\r\nhello", 400, id="dup-cl-differ"
+    ),
+    pytest.param(_GET + b"Content-Length: 0, 0\r\n\r\n", 400, id="cl-list"),
+    pytest.param(_GET + b"Content-Length: -1\r\n\r\n", 400, id="cl-negative"),
+    pytest.param(_GET + b"Content-Length: +0\r\n\r\n", 400, id="cl-plus"),
+    pytest.param(_GET + b"Content-Length: zero\r\n\r\n", 400, id="cl-letters"),
+    pytest.param(_GET + b"X-A: a\r\n b\r\n\r\n", 400, id="obs-fold"),
+    pytest.param(_GET + b"X-A: a\r\n\tb\r\n\r\n", 400, id="obs-fold-tab"),
+    pytest.param(_GET + b"X-A: a\x00b\r\n\r\n", 400, id="nul-in-value"),
+    pytest.param(_GET + b"X-A: a\x01b\r\n\r\n", 400, id="ctl-in-value"),
+    pytest.param(_GET + b"X-A: a\x7fb\r\n\r\n", 400, id="del-in-value"),
+    pytest.param(_GET + b"X-A: a\rX-B: b\r\n\r\n", 400, id="bare-cr"),
+    pytest.param(_GET + b"X A: b\r\n\r\n", 400, id="space-in-name"),
+    pytest.param(_GET + b"X-A : b\r\n\r\n", 400, id="space-before-colon"),
+    pytest.param(
+        b"GET /v2/proxy/library/alpine/manifests/1 HTTP/1.1\nHost: x\n\n", 400, id="bare-lf"
+    ),
+    pytest.param(_GET + b"Transfer-Encoding: gzip\r\n\r\n", 400, id="te-not-chunked"),
+    pytest.param(
+        b"GET http://evil.example/v2/proxy/library/alpine/manifests/1 HTTP/1.1\r\n"
+        b"Host: evil.example\r\n\r\n",
+        400,
+        id="absolute-form",
+    ),
+    pytest.param(
+        b"GET http://127.0.0.1/v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, id="absolute-v2"
+    ),
+    pytest.param(
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+        400,
+        id="connect-authority-form",
+    ),
+    pytest.param(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="asterisk-form"),
+    pytest.param(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, id="http2-preface"),
+    pytest.param(b"GET /v2/ HTTP/2.0\r\nHost: x\r\n\r\n", 505, id="http-2.0"),
+    pytest.param(b"GET /v2/ HTTP/1.2\r\nHost: x\r\n\r\n", 505, id="http-1.2"),
+    pytest.param(b"GET /v2/ HTTP/3.0\r\nHost: x\r\n\r\n", 505, id="http-3.0"),
+    pytest.param(b"GET /v2/\r\n\r\n", 505, id="http-0.9"),
 ]
 
 
@@ -348,6 +398,35 @@ def test_smuggled_request_after_a_body_is_never_answered(
     assert response.closed
     assert response.data.count(b"HTTP/1.1 ") == 1
     assert v2_count(harbor) == 0
+
+
+def test_expect_100_continue_without_a_body_is_answered_normally(
+    router: RunningRouter, harbor: HarborEmulator
+) -> None:
+    with socket.create_connection(("127.0.0.1", router.port), timeout=3) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    assert b"100 Continue" not in data
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v2/../api/v2.0/users", "/v2/library/../../api/v2.0/users", "/v2/%2e%2e/api/v2.0/users"],
+)
+def test_passthrough_never_forwards_a_path_that_leaves_v2(
+    path: str, make_router: Callable[..., RunningRouter], harbor: HarborEmulator
+) -> None:
+    router = make_router(PASSTHROUGH_UNMATCHED="true")
+    harbor.clear_log()
+    status, headers, body = router.request("GET", path, {"Authorization": "Basic eDp5"})
+    assert status == 400, body
+    assert registry_error(body, headers)["code"] == "UNSUPPORTED"
+    assert harbor.count(path_contains="users") == 0
 
 
 # -- what the client gets when Harbor does not have it or does not answer -------------------
