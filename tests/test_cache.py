@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import gc
-import importlib
 import math
 import os
 import time
 from types import ModuleType
 
 import pytest
+from twins import implementations, selected
 
 from harbor_router import _cache, _cache_py
 from harbor_router.mapping import MappingCache
 
 
-def _implementations() -> list[object]:
-    params: list[object] = [pytest.param(_cache_py, id="py")]
-    try:
-        compiled = importlib.import_module("harbor_router._cache_c")
-    except ImportError:
-        marks = [] if os.environ.get("CI") == "true" else [pytest.mark.skip(reason="not built")]
-        params.append(pytest.param(None, id="c", marks=marks))
-    else:
-        params.append(pytest.param(compiled, id="c"))
-    return params
-
-
-@pytest.fixture(params=_implementations())
+@pytest.fixture(params=implementations(_cache_py, "harbor_router._cache_c"))
 def impl(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param is None:
-        pytest.fail("harbor_router._cache_c is not built (CI=true)")
-    return request.param  # type: ignore[no-any-return]
+    return selected(request)
 
 
 class Clock:

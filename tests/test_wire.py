@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twins import implementations, selected
 
 from harbor_router import _wire, _wire_py
 
 
-def _implementations() -> list[object]:
-    params: list[object] = [pytest.param(_wire_py, id="py")]
-    try:
-        compiled = importlib.import_module("harbor_router._wire_c")
-    except ImportError:
-        marks = [] if os.environ.get("CI") == "true" else [pytest.mark.skip(reason="not built")]
-        params.append(pytest.param(None, id="c", marks=marks))
-    else:
-        params.append(pytest.param(compiled, id="c"))
-    return params
-
-
-@pytest.fixture(params=_implementations())
+@pytest.fixture(params=implementations(_wire_py, "harbor_router._wire_c"))
 def wire(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param is None:
-        pytest.fail("harbor_router._wire_c is not built (CI=true)")
-    return request.param  # type: ignore[no-any-return]
+    return selected(request)
 
 
 def test_compiled_module_loaded_when_required() -> None:
