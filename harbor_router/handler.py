@@ -105,7 +105,9 @@ class RequestHandler:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def __call__(self, request: Request, client: HttpProtocol) -> None:
-        route = self._router.parse(request.method, request.path, request.query)
+        route = request.route  # parsed already when the fast path looked at it
+        if route is None:
+            route = self._router.parse(request.method, request.path, request.query)
         kind = request.kind = route.kind
         if kind >= routes.HEALTHZ:
             self._health(request, client)
@@ -173,7 +175,7 @@ class RequestHandler:
         if self._limiter is not None:
             return None
         try:
-            route = self._router.parse(request.method, request.path, request.query)
+            route = request.route = self._router.parse(request.method, request.path, request.query)
         except errors.RegistryError:
             return None
         kind = route.kind

@@ -137,6 +137,7 @@ class Request:
         "path",
         "project",
         "query",
+        "route",
     )
 
     def __init__(
@@ -163,6 +164,7 @@ class Request:
         self.project = ""
         self.cache = ""
         self.fast: Any = None  # the handler's state of a request started on the fast path
+        self.route: Any = None  # the parsed route, once the handler has parsed it
 
     def header(self, lower_name: bytes) -> bytes | None:
         for name, value in self.headers:
