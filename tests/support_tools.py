@@ -26,3 +26,20 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def kernel_tcp_buffering(extra: int = 0) -> int:
+    """Bytes that loopback TCP can hold in flight with nobody reading: the largest autotuned
+    receive buffer, two send buffers (sender and relay) and ``extra`` (a pipe, a set rcvbuf),
+    plus 1 MiB of slack. A relay that stalls its upstream takes at most this much from it."""
+
+    def largest(path: str, default: int) -> int:
+        try:
+            with open(path) as f:
+                return int(f.read().split()[-1])
+        except (OSError, ValueError, IndexError):
+            return default
+
+    rmem = largest("/proc/sys/net/ipv4/tcp_rmem", 6 << 20)
+    wmem = largest("/proc/sys/net/ipv4/tcp_wmem", 4 << 20)
+    return rmem + 2 * wmem + extra + (1 << 20)

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 from router_runner import RunningRouter, router_config
-from support_tools import free_port
+from support_tools import free_port, kernel_tcp_buffering
 
-BLOB_SIZE = 48 * 1024 * 1024
 CHUNK = 64 * 1024
+BOUND = kernel_tcp_buffering(extra=256 * 1024)  # the client's rcvbuf
+BLOB_SIZE = max(48 << 20, BOUND + (16 << 20)) // CHUNK * CHUNK
 DIGEST = "sha256:" + "b" * 64
 
 
@@ -110,8 +111,8 @@ def test_stalled_client_stalls_upstream_then_gets_every_byte(big_harbor: BigBlob
                 previous = big_harbor.sent
                 time.sleep(0.3)
             stalled_at = big_harbor.sent
-            # kernel socket buffers on both sides are autotuned to several MiB each
-            assert stalled_at < BLOB_SIZE // 2, f"router buffered {stalled_at} bytes"
+            # only what the kernel buffers (autotuned, up to tcp_rmem's max) may leave Harbor
+            assert stalled_at < BOUND, f"router buffered {stalled_at} bytes"
             digest = hashlib.sha256()
             received = 0
             head = b""
