@@ -29,6 +29,8 @@ Started = tuple[UpstreamConnection, Relay, float]
 # Client headers never passed through unchanged, even for PASSTHROUGH_UNMATCHED.
 _PASSTHROUGH_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"content-length"}
 IDENTITY = Rewriter("", "")
+#: Request heads' first lines kept (``Forwarder._head_start``); emptied when full.
+HEAD_STARTS = 4096
 
 
 def capture_all(status: int) -> bool:
@@ -81,11 +83,19 @@ class Forwarder:
         self._timeout = timeout
         self._max_body = max_body
         self._deadlines = HeadDeadlines()
+        self._starts: dict[tuple[routes.Route, str, str], tuple[bytes | None, bytes]] = {}
 
     def close(self) -> None:
         self._deadlines.close()
 
-    def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
+    def _head_start(self, method: str, route: routes.Route, project: Project) -> bytes:
+        """Request line, Host and Authorization of ``route`` at ``project``, kept per route
+        (routes are shared, ``routes.Router.parse``) until the credentials change."""
+        key = (route, project.name, method)
+        auth = self._credentials.header
+        known = self._starts.get(key)
+        if known is not None and known[0] is auth:
+            return known[1]
         name = project.upstream_name(route.name)
         if route.kind == routes.TAGS:
             tail = "/tags/list"
@@ -94,10 +104,17 @@ class Forwarder:
         path = f"{self._base_path}/v2/{project.name}/{name}{tail}"
         if route.query:
             path += "?" + route.query
-        parts = [request.method.encode(), b" ", path.encode(), b" HTTP/1.1\r\n", self._host_line]
-        auth = self._credentials.header
+        parts = [method.encode(), b" ", path.encode(), b" HTTP/1.1\r\n", self._host_line]
         if auth is not None:
             parts += (b"Authorization: ", auth, b"\r\n")
+        start = b"".join(parts)
+        if len(self._starts) >= HEAD_STARTS:
+            self._starts.clear()
+        self._starts[key] = (auth, start)
+        return start
+
+    def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
+        parts = [self._head_start(request.method, route, project)]
         forwarded: bytes | None = None
         lines = FORWARD_REQUEST_LINES
         for hname, value in request.headers:
@@ -147,8 +164,7 @@ class Forwarder:
         """Account a started request whose relay streamed a complete answer to the client;
         False (nothing accounted) for any other ending: :meth:`forward` takes it from there."""
         _, relay, start = started
-        done = relay.done
-        if not relay.started or done.cancelled() or done.exception() is not None:
+        if not relay.started or not relay.finished or relay.error is not None:
             return False
         if is_failure(relay.status):
             breaker.failure()
@@ -204,7 +220,7 @@ class Forwarder:
                     raise errors.BadGateway(str(exc), {label: "connection failed"}) from None
                 relay = self._send(client, conn, head, head_only, rewriter, relay_status)
             try:
-                await relay.done
+                await relay.wait()
             except HeadTimeout:
                 if breaker is not None:
                     breaker.failure()

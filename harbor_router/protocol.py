@@ -343,17 +343,16 @@ class HttpProtocol(asyncio.Protocol):
         self._url += url
         if len(self._url) > self._conns.max_url_bytes:
             raise errors.UriTooLong("request target is too long")
-        self._count_head(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_header_bytes:
+            raise errors.HeadersTooLarge("request line and headers are too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         headers.append((name.lower(), value))
         if len(headers) > self._conns.max_headers:
             raise errors.HeadersTooLarge("too many header fields")
-        self._count_head(len(name) + len(value) + 4)
-
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
+        self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_header_bytes:
             raise errors.HeadersTooLarge("request line and headers are too large")
 
@@ -434,7 +433,10 @@ class HttpProtocol(asyncio.Protocol):
         self._metrics.inflight += 1
         self._fast = request
         self._fast_start = start
-        relay.done.add_done_callback(self._fast_done)
+        relay.on_done = self._fast_done  # called from the upstream's callbacks at the end
+        if relay.finished:
+            relay.on_done = None
+            self._fast_done(relay)
         return True
 
     def _fast_done(self, _: object) -> None:

@@ -2,8 +2,9 @@
 
 Theory of operation: the relay decides at the response head, inside the upstream parser callback,
 whether the status is the client's to see (``relay_status``). If so the head is rewritten and
-written at once and every body chunk goes straight from the upstream protocol to the client
-transport, with no task switch and no buffering beyond the transports' own; when the client's
+written with the body bytes of the same read: what one upstream read produced goes to the
+client transport in one write (``flush``), with no task switch and no buffering beyond that
+read and the transports' own; when the client's
 write buffer fills, the upstream connection stops reading until it drains. If not (a miss, an
 error the router must translate), the head and a bounded prefix of the body are captured for the
 handler, which decides what the client gets.
@@ -121,7 +122,9 @@ class Relay:
         "_client",
         "_deadlines",
         "_early",
+        "_future",
         "_length",
+        "_out",
         "_relay_status",
         "_rewriter",
         "_splice",
@@ -129,10 +132,12 @@ class Relay:
         "_stats",
         "body",
         "conn",
-        "done",
+        "error",
+        "finished",
         "head_only",
         "headers",
         "mode",
+        "on_done",
         "started",
         "status",
     )
@@ -155,7 +160,13 @@ class Relay:
         self._relay_status = relay_status
         self._capture_limit = capture_limit
         self.head_only = head_only
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The ending: ``finished`` with ``error`` None (a complete response) or the exception;
+        # ``on_done`` is called at once when it comes (the fast path), :meth:`wait` awaits it.
+        self.finished = False
+        self.error: BaseException | None = None
+        self.on_done: Callable[[Relay], None] | None = None
+        self._future: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []  # what the current read produced for the client
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
@@ -181,9 +192,34 @@ class Relay:
 
     def expire(self) -> None:
         self._deadlines = None
-        if self.status == 0 and not self.done.done():
-            self.done.set_exception(HeadTimeout())
+        if self.status == 0 and not self.finished:
+            self._finish(HeadTimeout())
             self.conn.abandon()
+
+    def _finish(self, error: BaseException | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.error = error
+        callback = self.on_done
+        if callback is not None:
+            self.on_done = None
+            callback(self)
+        future = self._future
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    async def wait(self) -> None:
+        """Until the response has been relayed (or captured); raises how it failed."""
+        if not self.finished:
+            if self._future is None:
+                self._future = asyncio.get_running_loop().create_future()
+            await self._future
+        elif self.error is not None:
+            raise self.error
 
     # Sink
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -212,27 +248,37 @@ class Relay:
                 client.keep_alive = False
         self.started = True
         client.begin_response(self)
-        client.write(responses.head(status, out, close=not client.keep_alive, extra=framing))
+        head = responses.head(status, out, close=not client.keep_alive, extra=framing)
+        if self.mode == SPLICE:
+            client.write(head)
+        else:
+            self._out.append(head)  # goes out with the body bytes of the same read
 
     def on_body(self, data: bytes) -> None:
         mode = self.mode
         if mode == RAW:
-            self._client.write(data)
+            self._out.append(data)
         elif mode == SPLICE:
             self._early += len(data)
             self._client.write(data)
         elif mode == CHUNKED:
-            self._client.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._out.append(b"%x\r\n%b\r\n" % (len(data), data))
         elif len(self.body) < self._capture_limit:
             self.body += data[: self._capture_limit - len(self.body)]
 
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self._client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
     def on_complete(self) -> None:
         if self.mode == CHUNKED and not self.head_only:
-            self._client.write(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n")
         if self.started:
+            self.flush()
             self._client.end_response(self)
-        if not self.done.done():
-            self.done.set_result(None)
+        self._finish(None)
 
     def on_lost(self, exc: BaseException | None, received_any: bool) -> None:
         if self._splice is not None:
@@ -241,12 +287,11 @@ class Relay:
         if self._deadlines is not None:
             self._disarm()
         if self.started:
+            self.flush()  # the client has what arrived, then the forwarder cuts it off
             self._client.end_response(self)
-        if not self.done.done():
+        if not self.finished:
             reason = f": {exc}" if exc else ""
-            self.done.set_exception(
-                UpstreamError(f"Harbor closed the connection{reason}", received_any)
-            )
+            self._finish(UpstreamError(f"Harbor closed the connection{reason}", received_any))
 
     # flow control, called by the client protocol; a splice keeps the upstream paused itself
     def pause(self) -> None:
@@ -262,9 +307,9 @@ class Relay:
         if self._splice is not None:
             self._splice.cancel()
             self._splice = None
+        self._out.clear()
         self.conn.abandon()
-        if not self.done.done():
-            self.done.set_exception(UpstreamError("the client closed the connection", True))
+        self._finish(UpstreamError("the client closed the connection", True))
 
     # splice
     def _splice_eligible(self, status: int, out: list[tuple[bytes, bytes]]) -> bool:
@@ -279,7 +324,7 @@ class Relay:
 
     def _begin_splice(self) -> None:
         """Next loop turn after the head: the parser has handed over every byte of that read."""
-        if self.done.done() or self.mode != SPLICE:
+        if self.finished or self.mode != SPLICE:
             return  # the whole body came with the head, or the response already failed
         client, conn = self._client, self.conn
         client_fd, upstream_fd = _client_fd(client), conn.fileno()
@@ -326,8 +371,7 @@ class Relay:
             self.conn.abandon()
             if self.started:
                 self._client.end_response(self)
-            if not self.done.done():
-                self.done.set_exception(UpstreamError(message, True))
+            self._finish(UpstreamError(message, True))
 
     def _fall_back(self, leftover: bytes) -> None:
         """Finish this response on the copy path; ``leftover`` was taken from the socket."""
@@ -336,5 +380,5 @@ class Relay:
         self.mode = RAW
         self.conn.resume_reading()
         self.conn.feed(leftover)
-        if self.started and not self.done.done():
+        if self.started and not self.finished:
             self._client.begin_response(self)  # re-applies the client's write back-pressure

@@ -28,6 +28,9 @@ KIND_NAMES: Final = (
 )  # fmt: skip
 
 MAX_NAME_LENGTH: Final = 255
+#: Valid targets whose routes are kept (``Router.parse``).
+KNOWN_TARGETS: Final = 4096
+KNOWN_TARGET_BYTES: Final = 512  # at most 2 MiB of keys in all
 
 # Query strings forwarded for tags/list and referrers: n, last and artifactType only.
 _QUERY_VALUE_RE: Final = re.compile(r"[A-Za-z0-9._~%+-]*")
@@ -62,10 +65,13 @@ class Route:
 class Router:
     """Parses request targets for one ``PROXY_PROJECT`` prefix."""
 
-    __slots__ = ("_base_paths", "_passthrough", "_prefix", "_prefix_len", "_special")
+    __slots__ = ("_base_paths", "_known", "_passthrough", "_prefix", "_prefix_len", "_special")
 
     def __init__(self, proxy_project: str, *, passthrough: bool = False) -> None:
         self._passthrough = passthrough
+        # Targets already judged valid for GET/HEAD → their route: a pull asks for the same
+        # few targets over and over. Bounded: emptied when full.
+        self._known: dict[tuple[str, str], Route] = {}
         self._prefix = f"/v2/{proxy_project}/"
         self._prefix_len = len(self._prefix)
         self._base_paths = frozenset({"/v2/", "/v2"})
@@ -76,7 +82,23 @@ class Router:
         return self._prefix
 
     def parse(self, method: str, path: str, query: str) -> Route:
-        """Return the route of ``path`` or raise the registry error the client should see."""
+        """Return the route of ``path`` or raise the registry error the client should see.
+
+        A route is immutable once made; the same one is returned for the same target."""
+        if method in PULL_METHODS:
+            known = self._known.get((path, query))
+            if known is not None:
+                return known
+            route = self._parse(method, path, query)
+            if len(path) + len(query) > KNOWN_TARGET_BYTES:
+                return route
+            if len(self._known) >= KNOWN_TARGETS:
+                self._known.clear()
+            self._known[(path, query)] = route
+            return route
+        return self._parse(method, path, query)
+
+    def _parse(self, method: str, path: str, query: str) -> Route:
         if path.startswith(self._prefix):
             if method not in PULL_METHODS:
                 raise errors.MethodNotAllowed(

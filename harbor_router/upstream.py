@@ -2,11 +2,14 @@
 
 Theory of operation: a request borrows a connection from :class:`UpstreamPool`, writes one joined
 request head and hands the connection a *sink* (``relay.Relay``) that receives the response as
-httptools parses it: ``on_head`` once, ``on_body`` per chunk, then ``on_complete`` or ``on_lost``.
-Each response gets a fresh parser, so a HEAD response (which the httptools response parser cannot
-finish by itself) simply ends at its headers. A connection goes back to the idle stack only after
-a complete response that allows keep-alive; idle ones are closed after ``IDLE_CONN_TIMEOUT`` and
-never more than ``MAX_IDLE_CONNS_PER_HOST`` are kept.
+httptools parses it: ``on_head`` once, ``on_body`` per chunk, then ``on_complete`` or ``on_lost``,
+and ``flush`` after every read, so that what one read produced reaches the client in one write.
+The connection keeps one parser for its GET responses (httptools starts over at each message
+end); a HEAD response, which the response parser cannot finish by itself, gets a fresh parser and
+simply ends at its headers, and so does the response after a spliced body (the parser never saw
+those bytes). A connection goes back to the idle stack only after a complete response that
+allows keep-alive; idle ones are closed after ``IDLE_CONN_TIMEOUT`` and never more than
+``MAX_IDLE_CONNS_PER_HOST`` are kept.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class Sink(Protocol):
 
     def on_lost(self, exc: BaseException | None, received_any: bool) -> None: ...
 
+    def flush(self) -> None: ...
+
 
 class UpstreamError(Exception):
     """The upstream connection failed; ``received_any`` tells whether a response had begun."""
@@ -40,58 +45,33 @@ class UpstreamError(Exception):
         self.received_any = received_any
 
 
-class _Response:
-    """httptools callbacks for one upstream response; dead once it has ended."""
-
-    __slots__ = ("conn", "head_only", "headers", "parser", "sink")
-
-    def __init__(self, conn: UpstreamConnection, sink: Sink, head_only: bool) -> None:
-        self.conn = conn
-        self.sink: Sink | None = sink
-        self.head_only = head_only
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.parser = httptools.HttpResponseParser(self)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        sink = self.sink
-        if sink is None:
-            return
-        status: int = self.parser.get_status_code()
-        if status < 200:  # interim response: the real one follows
-            self.headers = []
-            return
-        sink.on_head(status, self.headers)
-        if self.head_only or status in NO_BODY_STATUSES:
-            self._end()
-
-    def on_body(self, body: bytes) -> None:
-        sink = self.sink
-        if sink is not None:
-            sink.on_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.sink is not None:
-            self._end()
-
-    def _end(self) -> None:
-        sink = self.sink
-        assert sink is not None
-        self.sink = None
-        keep_alive = bool(self.parser.should_keep_alive())
-        self.conn.response_ended(keep_alive)
-        sink.on_complete()
-
-
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_response", "closed", "idle_since", "pool", "received_any", "reused", "transport")
+    """One keep-alive connection; its own httptools callbacks feed the current sink."""
+
+    __slots__ = (
+        "_head_only",
+        "_headers",
+        "_parser",
+        "_paused",
+        "_reader",
+        "_sink",
+        "closed",
+        "idle_since",
+        "pool",
+        "received_any",
+        "reused",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self._response: _Response | None = None
+        self._sink: Sink | None = None  # the response in progress (None: none asked for)
+        self._parser = httptools.HttpResponseParser(self)  # GET responses, reused
+        self._reader: httptools.HttpResponseParser = self._parser  # the current one
+        self._head_only = False
+        self._paused = False
+        self._headers: list[tuple[bytes, bytes]] = []
         self.closed = False
         self.idle_since = 0.0
         self.received_any = False
@@ -103,16 +83,59 @@ class UpstreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
 
     def data_received(self, data: bytes) -> None:
-        response = self._response
-        if response is None:  # bytes nobody asked for: the connection is unusable
+        sink = self._sink
+        if sink is None:  # bytes nobody asked for: the connection is unusable
             self.close()
             return
         self.received_any = True
         try:
-            response.parser.feed_data(data)
+            self._reader.feed_data(data)
         except httptools.HttpParserError as exc:
             self._lost(exc)
             self.close()
+            return
+        sink.flush()  # what this read produced goes to the client in one write
+
+    # httptools callbacks (of the current response)
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        status: int = self._reader.get_status_code()
+        if status < 200:  # interim response: the real one follows
+            self._headers = []
+            return
+        sink.on_head(status, self._headers)
+        if self._head_only or status in NO_BODY_STATUSES:
+            self._end()
+
+    def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._sink is not None:
+            keep_alive = bool(self._reader.should_keep_alive())
+            # the parser is still inside that body: the next response starts on a fresh one
+            self._parser = self._reader = httptools.HttpResponseParser(self)
+            self._finish(keep_alive)
+
+    def _end(self) -> None:
+        keep_alive = bool(self._reader.should_keep_alive())
+        if self._head_only:
+            self._reader = self._parser  # the HEAD parser is done with
+        self._finish(keep_alive)
+
+    def _finish(self, keep_alive: bool) -> None:
+        sink = self._sink
+        assert sink is not None
+        self._sink = None
+        self.response_ended(keep_alive)
+        sink.on_complete()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -125,16 +148,22 @@ class UpstreamConnection(asyncio.Protocol):
     # used by the data plane
     def send(self, head: bytes, sink: Sink, head_only: bool) -> None:
         assert self.transport is not None
-        self._response = _Response(self, sink, head_only)
+        self._sink = sink
+        self._head_only = head_only
+        self._headers = []
+        if head_only:
+            self._reader = httptools.HttpResponseParser(self)
         self.received_any = False
         self.transport.write(head)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
             self.transport.resume_reading()
 
     @property
@@ -150,9 +179,11 @@ class UpstreamConnection(asyncio.Protocol):
     def body_moved(self) -> None:
         """The rest of the current response's body was moved past the parser (``splice``):
         end the response as if the parser had seen it, keep-alive rules unchanged."""
-        response = self._response
-        if response is not None and response.sink is not None:
-            response._end()
+        if self._sink is not None:
+            keep_alive = bool(self._reader.should_keep_alive())
+            # the parser is still inside that body: the next response starts on a fresh one
+            self._parser = self._reader = httptools.HttpResponseParser(self)
+            self._finish(keep_alive)
 
     def feed(self, data: bytes) -> None:
         """Bytes taken from the socket past the transport (a refused splice): parse them."""
@@ -161,7 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abandon(self) -> None:
         """The client went away mid-response: the rest of it is not worth reading."""
-        self._response = None
+        self._sink = None
         self.close()
 
     def close(self) -> None:
@@ -173,16 +204,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # internal
     def response_ended(self, keep_alive: bool) -> None:
-        self._response = None
         self.resume_reading()
         self.pool.release(self, keep_alive)
 
     def _lost(self, exc: BaseException | None) -> None:
-        response = self._response
-        self._response = None
-        if response is not None and response.sink is not None:
-            sink = response.sink
-            response.sink = None
+        sink = self._sink
+        self._sink = None
+        if sink is not None:
             sink.on_lost(exc, self.received_any)
 
 

@@ -57,6 +57,9 @@ class Recorder:
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status, self.headers = status, headers
 
+    def flush(self) -> None:
+        pass
+
     def on_body(self, data: bytes) -> None:
         self.body += data
 
