@@ -160,9 +160,10 @@ class Forwarder:
         start = time.perf_counter()
         return conn, self._send(client, conn, head, head_only, rewriter, relay_status), start
 
-    def finish_started(self, started: Started, label: str, breaker: Breaker) -> bool:
-        """Account a started request whose relay streamed a complete answer to the client;
-        False (nothing accounted) for any other ending: :meth:`forward` takes it from there."""
+    def finish_started(self, started: Started, label: str, breaker: Breaker, now: float) -> bool:
+        """Account a started request whose relay streamed a complete answer to the client
+        (``now``: ``time.perf_counter()`` at its end); False (nothing accounted) for any other
+        ending: :meth:`forward` takes it from there."""
         _, relay, start = started
         if not relay.started or not relay.finished or relay.error is not None:
             return False
@@ -170,8 +171,7 @@ class Forwarder:
             breaker.failure()
         else:
             breaker.success()
-        self._metrics.upstream_done(label, upstream_status(relay.status),
-                                    time.perf_counter() - start)  # fmt: skip
+        self._metrics.upstream_done(label, upstream_status(relay.status), now - start)
         return True
 
     def _send(

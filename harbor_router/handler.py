@@ -214,11 +214,11 @@ class RequestHandler:
             tiers.shared.touch(name)
         return started[1]
 
-    def finish_fast(self, request: Request) -> bool:
+    def finish_fast(self, request: Request, now: float) -> bool:
         """The fast path's relay is done: True when it was a complete answer (accounted)."""
         assert request.fast is not None
         _, project, breaker, started = request.fast
-        return self._forwarder.finish_started(started, project.name, breaker)
+        return self._forwarder.finish_started(started, project.name, breaker, now)
 
     async def resume(self, request: Request, client: HttpProtocol) -> None:
         """Everything after a fast start that did not simply succeed: retries, translation,

@@ -111,8 +111,12 @@ def observe(hist: Histogram, bounds: Sequence[float], value: float) -> None:
     hist[-1] += value
 
 
+_UPSTREAM_LABELS: Final = {code: str(code) for code in _UPSTREAM_CODES}
+
+
 def upstream_status(status: int) -> str:
-    return str(status) if status in _UPSTREAM_CODES else f"{status // 100}xx"
+    label = _UPSTREAM_LABELS.get(status)
+    return label if label is not None else f"{status // 100}xx"
 
 
 class Metrics:
@@ -169,7 +173,8 @@ class Metrics:
         hist = self.upstream_duration.get(project)
         if hist is None:
             hist = self.upstream_duration[project] = new_histogram(UPSTREAM_BOUNDS)
-        observe(hist, UPSTREAM_BOUNDS, duration)
+        hist[bisect_left(UPSTREAM_BOUNDS, duration)] += 1
+        hist[-1] += duration
 
     def connection_error(self, reason: str) -> None:
         self.connection_errors[reason] = self.connection_errors.get(reason, 0) + 1

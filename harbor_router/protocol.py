@@ -181,7 +181,7 @@ class FastPath(Protocol):
 
     def fast(self, request: Request, client: HttpProtocol) -> Relay | None: ...
 
-    def finish_fast(self, request: Request) -> bool: ...
+    def finish_fast(self, request: Request, now: float) -> bool: ...
 
     def resume(self, request: Request, client: HttpProtocol) -> Awaitable[None]: ...
 
@@ -443,14 +443,15 @@ class HttpProtocol(asyncio.Protocol):
         request = self._fast
         assert request is not None and self._fast_path is not None
         self._fast = None
-        if not self._fast_path.finish_fast(request):
+        now = time.perf_counter()
+        if not self._fast_path.finish_fast(request, now):
             # anything but a complete answer: the normal path takes over, in order
             self._task = asyncio.get_running_loop().create_task(self._run(request))
             return
         self._metrics.inflight -= 1
         if not self.closing and (not self.keep_alive or self._conns.draining):
             self.close()
-        self._account(request, self._fast_start)
+        self._account(request, self._fast_start, now)
         if self._queue and self._task is None and not self.closing:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -538,8 +539,8 @@ class HttpProtocol(asyncio.Protocol):
             self._metrics.inflight -= 1
             self._account(request, start)
 
-    def _account(self, request: Request, start: float) -> None:
-        duration = time.perf_counter() - start
+    def _account(self, request: Request, start: float, now: float = 0.0) -> None:
+        duration = (now or time.perf_counter()) - start
         status = self._status or CLIENT_CLOSED
         method, kind, sent = request.method, request.kind, self._sent
         metrics = self._metrics

@@ -76,18 +76,20 @@ class HeadDeadlines:
     ``tick`` seconds (only while some are watched) expires the overdue ones.
     """
 
-    __slots__ = ("_handle", "_tick", "_watched")
+    __slots__ = ("_handle", "_now", "_tick", "_watched")
 
     def __init__(self, tick: float = 0.1) -> None:
         self._tick = tick
         self._watched: dict[Relay, float] = {}
         self._handle: asyncio.TimerHandle | None = None
+        self._now = 0.0  # the loop's clock at the last tick (a deadline may be a tick late)
 
     def watch(self, relay: Relay, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._watched[relay] = loop.time() + seconds
         if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._now = loop.time()
             self._handle = loop.call_later(min(self._tick, seconds), self._check)
+        self._watched[relay] = self._now + self._tick + seconds
 
     def unwatch(self, relay: Relay) -> None:
         self._watched.pop(relay, None)
@@ -101,7 +103,7 @@ class HeadDeadlines:
         if not watched:
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._now = loop.time()
         overdue = [relay for relay, deadline in watched.items() if deadline <= now]
         for relay in overdue:
             del watched[relay]
