@@ -99,9 +99,10 @@ class MappingCache:
 
     # negative entries
     def is_negative(self, kind: int, name: str, reference: str) -> bool:
-        if not self._negative_ttl:
+        negative = self._negative
+        if not self._negative_ttl or not len(negative):
             return False
-        return self._negative.get(f"{kind}:{name}:{reference}") is not None
+        return negative.get(f"{kind}:{name}:{reference}") is not None
 
     def set_negative(self, kind: int, name: str, reference: str) -> None:
         if self._negative_ttl:
