@@ -86,7 +86,7 @@ class Forwarder:
         self._deadlines.close()
 
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
-        name = project.upstream_name(route.name)
+        name = project.upstream_name(route.upstream)
         if route.kind == routes.TAGS:
             tail = "/tags/list"
         else:
