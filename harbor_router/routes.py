@@ -73,37 +73,25 @@ class Route:
 
     ``name`` is the repository as the client asked for it (host prefix included), ``upstream``
     the repository Harbor is asked for (host prefix removed), ``key`` the mapping and negative
-    cache key. ``host`` is a routing hint (lowercase ``host[:port]``): from the name's first
-    segment when ``prefixed``, else from ``ns``, which is then echoed as ``OCI-Namespace``.
+    cache key. A :class:`HintedRoute` also carries a routing hint.
     """
 
-    __slots__ = ("host", "key", "kind", "name", "ns", "prefixed", "query", "reference", "upstream")
+    __slots__ = ("key", "kind", "name", "query", "reference", "upstream")
 
-    def __init__(
-        self,
-        kind: int,
-        name: str = "",
-        reference: str = "",
-        query: str = "",
-        *,
-        upstream: str | None = None,
-        key: str | None = None,
-        host: str = "",
-        prefixed: bool = False,
-        ns: str = "",
-    ) -> None:
+    # No hint; HintedRoute has these as slots. Class attributes keep a plain route as cheap to
+    # build as it was before hints existed (it is built on every request).
+    host = ""
+    prefixed = False
+    ns = ""
+
+    def __init__(self, kind: int, name: str = "", reference: str = "", query: str = "") -> None:
         self.kind = kind
-        self.name = name
+        self.name = self.key = self.upstream = name
         self.reference = reference
         self.query = query
-        self.upstream = name if upstream is None else upstream
-        self.key = name if key is None else key
-        self.host = host
-        self.prefixed = prefixed
-        self.ns = ns
 
     def plain(self) -> Route:
-        """The same request without its ``ns`` hint (an ``ns`` no project mirrors)."""
+        """The same request without its routing hint."""
         return Route(self.kind, self.name, self.reference, self.query)
 
     def __repr__(self) -> str:
@@ -112,6 +100,34 @@ class Route:
             f"Route({KIND_NAMES[self.kind]}, {self.name!r}, {self.reference!r}, {self.query!r}"
             f"{hint})"
         )
+
+
+class HintedRoute(Route):
+    """A route with a routing hint: ``host`` (lowercase ``host[:port]``) comes from the name's
+    first segment when ``prefixed``, else from ``ns``, which is then echoed as
+    ``OCI-Namespace``."""
+
+    __slots__ = ("host", "ns", "prefixed")
+
+    def __init__(
+        self,
+        kind: int,
+        name: str,
+        reference: str,
+        query: str,
+        *,
+        upstream: str,
+        key: str,
+        host: str,
+        prefixed: bool = False,
+        ns: str = "",
+    ) -> None:
+        super().__init__(kind, name, reference, query)
+        self.upstream = upstream
+        self.key = key
+        self.host = host
+        self.prefixed = prefixed
+        self.ns = ns
 
 
 class Router:
@@ -176,13 +192,25 @@ class Router:
         if count >= 4 and ("." in first or ":" in first or first == "localhost"):
             return self._host_prefixed(kind, segments, reference, query)
         name = "/".join(segments[:-2])
-        self._check_name(name)
-        self._check_reference(kind, reference)
-        q = self._check_query(kind, query) if kind >= TAGS and query else ""
-        if query and "ns=" in query:
+        if len(name) + self._prefix_len - 4 > MAX_NAME_LENGTH or not valid_name(name):
+            raise errors.NameInvalid("invalid repository name", {"name": name[:256]})
+        if kind == MANIFEST and ":" not in reference:
+            if not valid_tag(reference):
+                raise errors.TagInvalid("invalid tag", {"tag": reference[:256]})
+        elif kind != TAGS and not valid_digest(reference):
+            raise errors.DigestInvalid(
+                "invalid digest: sha256 or sha512 in lowercase hex expected",
+                {"digest": reference[:256]},
+            )
+        if not query:
+            return Route(kind, name, reference, "")
+        q = self._check_query(kind, query) if kind >= TAGS else ""
+        if "ns=" in query:
             ns = self._namespace(query)
             if ns:
-                return Route(kind, name, reference, q, key=f"{ns}/{name}", host=ns, ns=ns)
+                return HintedRoute(
+                    kind, name, reference, q, upstream=name, key=f"{ns}/{name}", host=ns, ns=ns
+                )
         return Route(kind, name, reference, q)
 
     def _host_prefixed(self, kind: int, segments: list[str], reference: str, query: str) -> Route:
@@ -205,7 +233,9 @@ class Router:
         upstream = repository
         if host in DOCKER_HUB_HOSTS and "/" not in repository:
             upstream = "library/" + repository
-        return Route(kind, name, reference, q, upstream=upstream, host=host, prefixed=True)
+        return HintedRoute(
+            kind, name, reference, q, upstream=upstream, key=name, host=host, prefixed=True
+        )
 
     @staticmethod
     def _check_reference(kind: int, reference: str) -> None:
@@ -231,7 +261,7 @@ class Router:
                 continue
             if found is not None:
                 raise errors.NameInvalid("more than one ns parameter")
-            found = unquote(value).lower()
+            found = (unquote(value) if "%" in value else value).lower()
             if not valid_host(found):
                 raise errors.NameInvalid(
                     "invalid ns parameter: a registry host[:port] expected", {"ns": value[:256]}
