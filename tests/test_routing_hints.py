@@ -418,6 +418,7 @@ def test_host_prefixed_manifest_and_blobs_ask_one_project(
     assert router.app.mapping is not None
     assert router.app.mapping.get(f"{host}/{repo}") == project
     assert router.app.mapping.get(repo) is None, "the bare name is not touched"
+    assert router.app.handler is not None and router.app.handler.fast_starts >= 1
 
 
 @pytest.mark.integration
@@ -563,3 +564,34 @@ def test_redis_projects_keep_the_hosts(
     assert by_name["quay"]["hosts"] == ["quay.io"]
     assert by_name["dockerhub"]["hosts"] == list(DOCKER_HUB_HOSTS)
     assert by_name["dockerhub"]["registry_type"] == "docker-hub"
+
+
+@pytest.mark.integration
+def test_stale_hinted_mapping_refreshes_within_the_mirrors_only(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    router = make_router(CACHE_TTL="1s", STALE_WHILE_REVALIDATE="5s")
+    image = seeded.get("quay", "shared/app")
+    paths = [
+        f"{PREFIX}/quay.io/shared/app/manifests/{image.tag}",
+        f"{PREFIX}/shared/app/manifests/{image.tag}?ns=quay.io",
+    ]
+    for path in paths:
+        status, _, _ = router.request("GET", path, ACCEPT_ALL)
+        assert status == 200
+    time.sleep(1.1)  # past CACHE_TTL, well within STALE_WHILE_REVALIDATE
+    harbor.clear_log()
+    for path in paths:
+        status, _, body = router.request("GET", path, ACCEPT_ALL)
+        assert status == 200 and sha256(body) == image.digest
+    # One client request per path to quay; both hints share the key quay.io/shared/app, so
+    # one background refresh (HEAD), and it asks quay only.
+    deadline = time.monotonic() + 5
+    while harbor.count("quay", "/manifests/") < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert harbor.count("quay", "/manifests/") == 3
+    assert sorted(r.method for r in harbor.requests("quay")) == ["GET", "GET", "HEAD"]
+    assert harbor.count("ghcr") == harbor.count("dockerhub") == 0
+    assert router.app.mapping is not None
+    assert router.app.mapping.get("quay.io/shared/app") == "quay"
