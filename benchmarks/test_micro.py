@@ -33,6 +33,18 @@ def test_parse_blob_digest(benchmark: Any, router: Router) -> None:
 
 
 @pytest.mark.benchmark(group="routes")
+def test_parse_host_prefixed(benchmark: Any, router: Router) -> None:
+    route = benchmark(router.parse, "GET", "/v2/proxy/ghcr.io/acme/tool/manifests/v1", "")
+    assert (route.host, route.upstream) == ("ghcr.io", "acme/tool")
+
+
+@pytest.mark.benchmark(group="routes")
+def test_parse_ns_hint(benchmark: Any, router: Router) -> None:
+    route = benchmark(router.parse, "GET", "/v2/proxy/library/nginx/manifests/1.25", "ns=docker.io")
+    assert (route.host, route.key) == ("docker.io", "docker.io/library/nginx")
+
+
+@pytest.mark.benchmark(group="routes")
 def test_parse_invalid_name(benchmark: Any, router: Router) -> None:
     def parse() -> None:
         try:

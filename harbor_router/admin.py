@@ -133,6 +133,7 @@ class Admin:
                 {
                     "name": project.name,
                     "registry_type": project.registry_type,
+                    "hosts": list(project.hosts),
                     "breaker": breaker.state,
                     "breaker_value": metrics.BREAKER_STATES.get(breaker.state, 0),
                     "failures": breaker.failures,

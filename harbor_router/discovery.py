@@ -1,7 +1,10 @@
 """Discovery of Harbor's proxy-cache projects (DESIGN §3), refreshed every DISCOVERY_INTERVAL.
 
 A proxy-cache project is one whose ``registry_id`` is above 0; its registry type (``docker-hub``,
-``github-ghcr``, ...) comes from the project summary. A refresh that fails keeps the previous list.
+``github-ghcr``, ...) and the upstream hosts it mirrors (from the registry's ``url``:
+``https://ghcr.io`` is ``ghcr.io``, Docker Hub's ``https://hub.docker.com`` is ``docker.io``)
+come from the project summary, asked once per project. A refresh that fails keeps the previous
+list.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import aiohttp
 from .auth import Credentials
 from .logs import event
 from .metrics import Metrics
-from .projects import Project, ProjectSet
+from .projects import Project, ProjectSet, registry_hosts
 
 log = logging.getLogger("harbor_router.discovery")
 
@@ -58,23 +61,38 @@ class Discovery:
         self._priority = tuple(priority)
         self._on_refresh = on_refresh
         self._types: dict[str, str] = {}
+        self._hosts: dict[str, tuple[str, ...]] = {}
         self._task: asyncio.Task[None] | None = None
         self.projects = ProjectSet()
         self.last_error: str | None = None
         self.refreshed = asyncio.Event()
 
-    def seed(self, entries: Sequence[Mapping[str, str]]) -> bool:
-        """Projects known elsewhere (Redis warm start), used until the first own discovery."""
+    def seed(self, entries: Sequence[Mapping[str, Any]]) -> bool:
+        """Projects known elsewhere (Redis warm start), used until the first own discovery.
+        An entry without ``hosts`` (written by an older version) mirrors no known host until
+        the summary is asked."""
         if self.projects:
             return False
-        seeded = [
-            Project(e["name"], e.get("registry_type", ""), proxy_project=self._proxy_project)
-            for e in entries
-            if e.get("name") and e["name"] != self._proxy_project
-        ]
+        seeded = []
+        for e in entries:
+            name = e.get("name")
+            if not isinstance(name, str) or not name or name == self._proxy_project:
+                continue
+            hosts = e.get("hosts")
+            if not isinstance(hosts, list):
+                hosts = []
+            seeded.append(
+                Project(
+                    name,
+                    str(e.get("registry_type") or ""),
+                    tuple(h for h in hosts if isinstance(h, str)),
+                    proxy_project=self._proxy_project,
+                )
+            )
         for project in seeded:
-            if project.registry_type:
+            if project.registry_type and project.hosts:
                 self._types.setdefault(project.name, project.registry_type)
+                self._hosts.setdefault(project.name, project.hosts)
         self.projects = ProjectSet(seeded, self._priority)
         return bool(self.projects)
 
@@ -176,7 +194,10 @@ class Discovery:
             url = self._next_url(resp)
         await self._fill_types(names)
         return [
-            Project(n, self._types.get(n, ""), proxy_project=self._proxy_project) for n in names
+            Project(
+                n, self._types.get(n, ""), self._hosts.get(n, ()), proxy_project=self._proxy_project
+            )
+            for n in names
         ]
 
     def _next_url(self, resp: aiohttp.ClientResponse) -> str | None:
@@ -203,6 +224,10 @@ class Discovery:
                     return
                 registry = summary.get("registry") if isinstance(summary, dict) else None
                 if isinstance(registry, dict) and isinstance(registry.get("type"), str):
+                    url = registry.get("url")
                     self._types[name] = registry["type"]
+                    self._hosts[name] = registry_hosts(
+                        registry["type"], url if isinstance(url, str) else ""
+                    )
 
         await asyncio.gather(*(one(n) for n in missing))

@@ -96,7 +96,7 @@ class Forwarder:
         known = self._starts.get(key)
         if known is not None and known[0] is auth:
             return known[1]
-        name = project.upstream_name(route.name)
+        name = project.upstream_name(route.upstream)
         if route.kind == routes.TAGS:
             tail = "/tags/list"
         else:

@@ -7,6 +7,12 @@ background refresh for the repository. A mapped project that answers 404 is drop
 other projects are asked before the client hears 404. A *miss* fans out (``resolver.py``) and
 records the winner; a miss every project answered with a definite 404 is remembered in the
 negative cache, and a negative hit costs no upstream request at all.
+
+Routing hints (``routes.Route.host``) narrow the candidates to the projects that mirror the
+host: a host-prefixed name (``ghcr.io/acme/tool``) never fans out beyond them, and a host no
+project mirrors is a 404; an ``ns`` parameter no project mirrors is dropped and the request
+resolves as if it had none. Hinted requests keep their mapping under a host-qualified key, so
+they never disturb (or follow) the mapping of the bare name.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .forwarding import (
     relay_all,
     translate,
 )
+from .headers import Rewriter
 from .logs import event
 from .mapping import STALE
 from .metrics import HIT, MISS, NEGATIVE, REDIS_HIT, Metrics
@@ -37,7 +44,7 @@ from .metrics import STALE as STALE_HIT
 from .projects import Project
 from .protocol import HttpProtocol, Request
 from .relay import Relay, default_relay_status
-from .resolver import NOT_FOUND_ERRORS, Resolver, Winner
+from .resolver import NOT_FOUND_ERRORS, Resolver, Winner, definite_not_found
 from .tiers import Tiers
 
 log = logging.getLogger("harbor_router.handler")
@@ -56,6 +63,21 @@ _REFRESH_METHOD: Final = {
 }
 #: At most one rate-limit log line per this many seconds (a flood must not flood the log).
 RATE_LIMIT_LOG_INTERVAL: Final = 10.0
+
+
+def _hint_rewriter(route: routes.Route, project: Project) -> Rewriter:
+    """The response rewriter for ``route`` answered by ``project``."""
+    if not route.host:
+        return project.rewriter
+    return project.rewriter_for(route.host if route.prefixed else "", route.ns)
+
+
+def _unmirrored(route: routes.Route, hosts: list[str]) -> errors.RegistryError:
+    listed = ", ".join(hosts) or "none"
+    return errors.NameUnknown(
+        f"no proxy-cache project mirrors {route.host}; mirrored hosts: {listed}",
+        {"host": route.host, "mirrored": hosts},
+    )
 
 
 class Guard(Protocol):
@@ -131,39 +153,47 @@ class RequestHandler:
     async def _repository(
         self, request: Request, client: HttpProtocol, route: routes.Route
     ) -> None:
-        kind, name, reference = route.kind, route.name, route.reference
+        projects = self._discovery.projects
+        hinted: tuple[Project, ...] | None = None
+        if route.host:
+            hinted = projects.for_host(route.host)
+            if not hinted:
+                if route.prefixed:
+                    raise _unmirrored(route, projects.hosts())
+                route = request.route = route.plain()  # an ns nobody mirrors: no hint
+                hinted = None
+        kind, key, reference = route.kind, route.key, route.reference
         tiers = self._tiers
         lookups = self._metrics.lookups
-        if tiers.is_negative(kind, name, reference):
+        if tiers.is_negative(kind, key, reference):
             request.cache = NEGATIVE
             lookups[NEGATIVE] += 1
-            raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": name})
-        projects = self._discovery.projects
+            raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": route.name})
         exclude: str | None = None
-        found = await tiers.lookup_from(name)
+        found = await tiers.lookup_from(key)
         if found is not None:
             mapped, state, remote = found
             result = REDIS_HIT if remote else STALE_HIT if state == STALE else HIT
             request.cache = result
             lookups[result] += 1
             project = projects.get(mapped)
-            if project is not None:
+            if project is not None and (hinted is None or project in hinted):
                 request.project = mapped
                 if state == STALE:
                     self._metrics.stale_serves += 1
                     self._revalidate(request, route, mapped)
                 if await self._hit(request, client, route, project):
                     return
-                tiers.forget(name, mapped)  # the mapped project said 404: ask the others
+                tiers.forget(key, mapped)  # the mapped project said 404: ask the others
                 exclude = mapped
-        elif await tiers.is_negative_shared(kind, name, reference):
+        elif await tiers.is_negative_shared(kind, key, reference):
             request.cache = NEGATIVE
             lookups[NEGATIVE] += 1
-            raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": name})
+            raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": route.name})
         else:
             request.cache = MISS
             lookups[MISS] += 1
-        await self._miss(request, client, route, exclude)
+        await self._miss(request, client, route, exclude, hinted)
 
     # the fast path: a fresh L1 hit answered without a task
     def fast(self, request: Request, client: HttpProtocol) -> Relay | None:
@@ -184,15 +214,21 @@ class RequestHandler:
         if self._auth_header and request.header(b"authorization") is None:
             return None
         tiers = self._tiers
-        name = route.name
-        if tiers.is_negative(kind, name, route.reference):
+        key = route.key
+        if tiers.is_negative(kind, key, route.reference):
             return None
-        found = tiers.l1.lookup(name)
+        found = tiers.l1.lookup(key)
         if found is None or found[1] == STALE:
             return None
-        project = self._discovery.projects.get(found[0])
+        projects = self._discovery.projects
+        project = projects.get(found[0])
         if project is None:
             return None
+        rewriter = project.rewriter
+        if route.host:
+            if project not in projects.for_host(route.host):
+                return None
+            rewriter = _hint_rewriter(route, project)
         breaker = self._breakers.get(project.name)
         if breaker.state is not CLOSED:
             return None
@@ -200,7 +236,7 @@ class RequestHandler:
             client,
             self._forwarder.request_head(request, route, project),
             head_only=request.method == "HEAD",
-            rewriter=project.rewriter,
+            rewriter=rewriter,
         )
         if started is None:
             return None
@@ -211,7 +247,7 @@ class RequestHandler:
         self.fast_starts += 1
         self._metrics.lookups[HIT] += 1
         if tiers.shared is not None:
-            tiers.shared.touch(name)
+            tiers.shared.touch(key)
         return started[1]
 
     def finish_fast(self, request: Request, now: float) -> bool:
@@ -227,18 +263,39 @@ class RequestHandler:
         route, project, _, started = request.fast
         if await self._hit(request, client, route, project, started=started):
             return
-        self._tiers.forget(route.name, project.name)
-        await self._miss(request, client, route, project.name)
+        self._tiers.forget(route.key, project.name)
+        hinted = self._discovery.projects.for_host(route.host) if route.host else None
+        await self._miss(request, client, route, project.name, hinted)
 
     # miss path
+    def _candidates(
+        self,
+        method: str,
+        route: routes.Route,
+        exclude: str | None,
+        hinted: tuple[Project, ...] | None,
+    ) -> list[Project]:
+        if hinted is not None:
+            if route.kind == routes.BLOB and method == "HEAD":
+                exclude = None  # a HEAD 404 may only mean "not cached": the GET race decides
+            return [p for p in hinted if p.name != exclude]
+        ordered = self._discovery.projects.ordered
+        return [p for p in ordered[: self._max_fanout] if p.name != exclude]
+
     async def _miss(
-        self, request: Request, client: HttpProtocol, route: routes.Route, exclude: str | None
+        self,
+        request: Request,
+        client: HttpProtocol,
+        route: routes.Route,
+        exclude: str | None,
+        hinted: tuple[Project, ...] | None = None,
     ) -> None:
-        kind, name, reference = route.kind, route.name, route.reference
+        kind, key, reference = route.kind, route.key, route.reference
         tiers = self._tiers
-        projects = self._discovery.projects
-        candidates = [p for p in projects.ordered[: self._max_fanout] if p.name != exclude]
+        candidates = self._candidates(request.method, route, exclude, hinted)
         try:
+            if not candidates and hinted is not None:
+                raise definite_not_found(kind, route.name)  # every mirror of the host said 404
             if kind == routes.BLOB:
                 await self._blob_miss(request, client, route, candidates)
                 return
@@ -247,19 +304,22 @@ class RequestHandler:
             )
         except errors.RegistryError as exc:
             if exc.definite:
-                tiers.record_negative(kind, name, reference)
+                tiers.record_negative(kind, key, reference)
             raise
-        tiers.record(name, winner.project.name)
+        tiers.record(key, winner.project.name)
         request.project = winner.project.name
         self._write(request, client, route, winner)
 
     def _write(
         self, request: Request, client: HttpProtocol, route: routes.Route, winner: Winner
     ) -> None:
+        rewriter = _hint_rewriter(route, winner.project)
         if route.kind == routes.TAGS:
-            replies.write_tags(request, client, winner, f"{self._proxy_project}/{route.name}")
+            replies.write_tags(
+                request, client, winner, f"{self._proxy_project}/{route.name}", rewriter
+            )
         else:
-            replies.write_winner(request, client, winner)
+            replies.write_winner(request, client, winner, rewriter)
 
     # hit path
     async def _hit(
@@ -287,7 +347,7 @@ class RequestHandler:
             self._forwarder.request_head(request, route, project),
             head_only=request.method == "HEAD",
             label=project.name,
-            rewriter=project.rewriter,
+            rewriter=_hint_rewriter(route, project),
             breaker=breaker,
             relay_status=capture_all if tags else default_relay_status,
             started=started,
@@ -304,10 +364,10 @@ class RequestHandler:
 
     def _revalidate(self, request: Request, route: routes.Route, mapped: str) -> None:
         """One background refresh per stale repository, never more."""
-        name = route.name
-        if name in self._refreshing:
+        key = route.key
+        if key in self._refreshing:
             return
-        self._refreshing.add(name)
+        self._refreshing.add(key)
         task = asyncio.get_running_loop().create_task(
             self._refresh(route, forward_headers(request), mapped)
         )
@@ -318,7 +378,11 @@ class RequestHandler:
         self, route: routes.Route, forward: list[tuple[str, str]], mapped: str
     ) -> None:
         try:
-            candidates = self._discovery.projects.ordered[: self._max_fanout]
+            projects = self._discovery.projects
+            if route.host:
+                candidates: Sequence[Project] = projects.for_host(route.host)
+            else:
+                candidates = projects.ordered[: self._max_fanout]
             winner = await self._resolver.resolve(
                 _REFRESH_METHOD[route.kind], route, candidates, forward
             )
@@ -326,13 +390,13 @@ class RequestHandler:
             # A repository gone from every project is forgotten; a blob HEAD 404 only means
             # "not cached yet", and errors say nothing: the stale entry then simply ages out.
             if exc.definite and route.kind != routes.BLOB:
-                self._tiers.forget(route.name, mapped)
+                self._tiers.forget(route.key, mapped)
         except Exception:
             log.exception("background refresh of %s failed", route.name)
         else:
-            self._tiers.record(route.name, winner.project.name)
+            self._tiers.record(route.key, winner.project.name)
         finally:
-            self._refreshing.discard(route.name)
+            self._refreshing.discard(route.key)
 
     # miss path
     async def _blob_miss(
@@ -349,17 +413,19 @@ class RequestHandler:
             found = None  # Harbor answers HEAD only for blobs it has cached: race GETs
         if found is not None:
             request.project = found.project.name
-            self._tiers.record(route.name, found.project.name)
+            self._tiers.record(route.key, found.project.name)
             if request.method == "HEAD":
-                replies.write_winner(request, client, found)
+                replies.write_winner(request, client, found, _hint_rewriter(route, found.project))
                 return
             if await self._hit(request, client, route, found.project):
                 return
         winner = await self._resolver.race(route, candidates, forward)
         request.project = winner.project.name
         try:
-            self._tiers.record(route.name, winner.project.name)
-            await replies.stream_winner(request, client, winner)
+            self._tiers.record(route.key, winner.project.name)
+            await replies.stream_winner(
+                request, client, winner, _hint_rewriter(route, winner.project)
+            )
         finally:
             winner.release()
 

@@ -19,7 +19,7 @@ FORWARD_REQUEST_LINES: Final = {k: v.encode() + b": " for k, v in FORWARD_REQUES
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) never cross the router; framing is the router's own.
 # Location and Link into /v2/{project}/ are rewritten to /v2/{P}/ (both tables live in _wire).
-__all__ = ("FORWARD_REQUEST", "FORWARD_REQUEST_LINES", "HOP_BY_HOP", "Rewriter",
+__all__ = ("FORWARD_REQUEST", "FORWARD_REQUEST_LINES", "HOP_BY_HOP", "HintRewriter", "Rewriter",
            "connection_tokens")  # fmt: skip
 
 
@@ -38,3 +38,25 @@ class Rewriter:
         """Upstream response headers to send on, in order, multi-valued ones intact; and
         whether ``Content-Length`` frames the body (present, and no ``Transfer-Encoding``)."""
         return end_to_end(headers, self._needle, self._replacement)
+
+
+class HintRewriter(Rewriter):
+    """A :class:`Rewriter` that also adds fixed headers (``OCI-Namespace`` of a request whose
+    routing hint chose the project). A subclass, so the plain rewriter of every other request
+    pays nothing for it."""
+
+    __slots__ = ("_extra",)
+
+    def __init__(
+        self, project: str, proxy_project: str, extra: tuple[tuple[bytes, bytes], ...]
+    ) -> None:
+        super().__init__(project, proxy_project)
+        self._extra = extra
+
+    def end_to_end(
+        self, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        out, framed = end_to_end(headers, self._needle, self._replacement)
+        if self._extra:
+            out.extend(self._extra)
+        return out, framed

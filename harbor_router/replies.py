@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 
 from . import errors, responses
+from .headers import Rewriter
 from .protocol import HttpProtocol, Request
 from .resolver import Winner
 
 NO_BODY = (204, 304)
 
 
-def write_winner(request: Request, client: HttpProtocol, winner: Winner) -> None:
-    headers, _ = winner.project.rewriter.end_to_end(winner.headers)
+def write_winner(
+    request: Request, client: HttpProtocol, winner: Winner, rewriter: Rewriter | None = None
+) -> None:
+    rewriter = winner.project.rewriter if rewriter is None else rewriter
+    headers, _ = rewriter.end_to_end(winner.headers)
     close = not client.keep_alive
     if request.method == "HEAD" or winner.status in NO_BODY:
         client.write(responses.head(winner.status, headers, close=close))
@@ -24,11 +28,14 @@ def write_winner(request: Request, client: HttpProtocol, winner: Winner) -> None
     )
 
 
-async def stream_winner(request: Request, client: HttpProtocol, winner: Winner) -> None:
+async def stream_winner(
+    request: Request, client: HttpProtocol, winner: Winner, rewriter: Rewriter | None = None
+) -> None:
     """Relay an open aiohttp response (the blob GET race) with back-pressure from the client."""
     response = winner.response
     assert response is not None
-    headers, has_length = winner.project.rewriter.end_to_end(winner.headers)
+    rewriter = winner.project.rewriter if rewriter is None else rewriter
+    headers, has_length = rewriter.end_to_end(winner.headers)
     head_only = request.method == "HEAD"
     chunked = not head_only and not has_length and winner.status not in NO_BODY
     if chunked and not client.http11:
@@ -53,6 +60,7 @@ def write_tags(
     client: HttpProtocol,
     winner: Winner,
     client_name: str,
+    rewriter: Rewriter | None = None,
 ) -> None:
     """tags/list with ``name`` as the client asked for it (``{P}/{name}``), Link rewritten."""
     try:
@@ -62,10 +70,9 @@ def write_tags(
     if isinstance(data, dict):
         data["name"] = client_name
     body = json.dumps(data, separators=(",", ":")).encode()
+    rewriter = winner.project.rewriter if rewriter is None else rewriter
     headers = [
-        (n, v)
-        for n, v in winner.project.rewriter.end_to_end(winner.headers)[0]
-        if n.lower() != b"content-length"
+        (n, v) for n, v in rewriter.end_to_end(winner.headers)[0] if n.lower() != b"content-length"
     ]
     out = responses.head(
         winner.status, headers, content_length=len(body), close=not client.keep_alive

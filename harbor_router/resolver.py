@@ -95,7 +95,7 @@ class Outcome:
     reason: str = ""  # of a connection error (upstream_connection_errors_total)
 
 
-def _definite_not_found(kind: int, name: str) -> errors.RegistryError:
+def definite_not_found(kind: int, name: str) -> errors.RegistryError:
     error = NOT_FOUND_ERRORS[kind](_UNKNOWN_MESSAGES[kind], {"name": name})
     error.definite = True
     return error
@@ -195,7 +195,7 @@ class Resolver:
         self._inflight: dict[tuple[object, ...], asyncio.Future[Winner]] = {}
 
     def url(self, project: Project, route: routes.Route) -> str:
-        name = project.upstream_name(route.name)
+        name = project.upstream_name(route.upstream)
         base = f"{self._harbor_url}/v2/{project.name}/{name}"
         if route.kind == routes.TAGS:
             url = f"{base}/tags/list"
@@ -212,7 +212,7 @@ class Resolver:
     ) -> Winner:
         """Buffered fan-out (manifests, referrers, tags, blob HEAD), shared by identical misses."""
         key = (
-            method, route.kind, route.name, route.reference, route.query,
+            method, route.kind, route.key, route.reference, route.query,
             tuple(h for h in forward if h[0] in _KEY_HEADERS),
         )  # fmt: skip
         shared = self._inflight.get(key)
@@ -453,7 +453,7 @@ class Resolver:
         if not outcomes:
             return errors.Unavailable("no proxy-cache project is known yet")
         if kinds == {NOT_FOUND}:
-            return _definite_not_found(route.kind, route.name)
+            return definite_not_found(route.kind, route.name)
         if kinds == {RATE_LIMITED}:
             retry = max(
                 (int(o.retry_after) for o in outcomes

@@ -3,15 +3,22 @@
 A request target is turned into a :class:`Route` or a :class:`~.errors.RegistryError`. Everything
 the router forwards to Harbor has passed through here, so Harbor never sees a name, tag or digest
 the router could have judged itself.
+
+Routing hints: a name whose first segment looks like a registry host (it has a ``.`` or a ``:``,
+or is ``localhost``, as in docker references) names its upstream (``ghcr.io/acme/tool``), and
+containerd's ``ns`` query parameter names the upstream of a mirrored request. Both are checked
+against a ``host[:port]`` grammar here; which project mirrors the host is the handler's business.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Final
+from urllib.parse import unquote
 
 from . import errors
 from ._wire import valid_digest, valid_name, valid_tag
+from .projects import DOCKER_HUB_HOSTS
 
 # Route kinds.
 BASE: Final = 0
@@ -43,23 +50,87 @@ _REFERENCE_SECTIONS: Final = {"manifests": MANIFEST, "blobs": BLOB, "referrers":
 # slashes or backslashes, a backslash.
 _UNSAFE_PASSTHROUGH: Final = re.compile(r"(?:^|/)\.\.?(?:/|$)|%2[eEfF]|%5[cC]|\\")
 
+# A registry host as docker references and containerd's ns name it: DNS labels or an IPv4
+# address, an optional port (IPv6 literals are not accepted).
+_LABEL: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*(?::(?P<port>[0-9]{{1,5}}))?")
+MAX_HOST_LENGTH: Final = 253 + 6
+
 PULL_METHODS: Final = frozenset({"GET", "HEAD"})
 ALLOW_HEADER: Final = ((b"Allow", b"GET, HEAD"),)
 
 
-class Route:
-    """One parsed request target. ``name`` is the repository as the client asked for it."""
+def valid_host(host: str) -> bool:
+    """``host[:port]``, lowercase: DNS labels or an IPv4 address, port 1-65535."""
+    if len(host) > MAX_HOST_LENGTH:
+        return False
+    match = _HOST_RE.fullmatch(host)
+    if match is None:
+        return False
+    port = match.group("port")
+    return port is None or 0 < int(port) <= 65535
 
-    __slots__ = ("kind", "name", "query", "reference")
+
+class Route:
+    """One parsed request target.
+
+    ``name`` is the repository as the client asked for it (host prefix included), ``upstream``
+    the repository Harbor is asked for (host prefix removed), ``key`` the mapping and negative
+    cache key. A :class:`HintedRoute` also carries a routing hint.
+    """
+
+    __slots__ = ("key", "kind", "name", "query", "reference", "upstream")
+
+    # No hint; HintedRoute has these as slots. Class attributes keep a plain route as cheap to
+    # build as it was before hints existed (it is built on every request).
+    host = ""
+    prefixed = False
+    ns = ""
 
     def __init__(self, kind: int, name: str = "", reference: str = "", query: str = "") -> None:
         self.kind = kind
-        self.name = name
+        self.name = self.key = self.upstream = name
         self.reference = reference
         self.query = query
 
+    def plain(self) -> Route:
+        """The same request without its routing hint."""
+        return Route(self.kind, self.name, self.reference, self.query)
+
     def __repr__(self) -> str:
-        return f"Route({KIND_NAMES[self.kind]}, {self.name!r}, {self.reference!r}, {self.query!r})"
+        hint = f", host={self.host!r}" if self.host else ""
+        return (
+            f"Route({KIND_NAMES[self.kind]}, {self.name!r}, {self.reference!r}, {self.query!r}"
+            f"{hint})"
+        )
+
+
+class HintedRoute(Route):
+    """A route with a routing hint: ``host`` (lowercase ``host[:port]``) comes from the name's
+    first segment when ``prefixed``, else from ``ns``, which is then echoed as
+    ``OCI-Namespace``."""
+
+    __slots__ = ("host", "ns", "prefixed")
+
+    def __init__(
+        self,
+        kind: int,
+        name: str,
+        reference: str,
+        query: str,
+        *,
+        upstream: str,
+        key: str,
+        host: str,
+        prefixed: bool = False,
+        ns: str = "",
+    ) -> None:
+        super().__init__(kind, name, reference, query)
+        self.upstream = upstream
+        self.key = key
+        self.host = host
+        self.prefixed = prefixed
+        self.ns = ns
 
 
 class Router:
@@ -129,27 +200,95 @@ class Router:
 
     def _parse_repository(self, rest: str, query: str) -> Route:
         segments = rest.split("/")
-        if len(segments) >= 3 and segments[-1] == "list" and segments[-2] == "tags":
-            name = "/".join(segments[:-2])
-            self._check_name(name)
-            return Route(TAGS, name, "", self._check_query(TAGS, query))
-        if len(segments) >= 3:
-            kind = _REFERENCE_SECTIONS.get(segments[-2])
-            if kind is not None:
-                name = "/".join(segments[:-2])
-                self._check_name(name)
-                reference = segments[-1]
-                if kind == MANIFEST and ":" not in reference:
-                    if not valid_tag(reference):
-                        raise errors.TagInvalid("invalid tag", {"tag": reference[:256]})
-                elif not valid_digest(reference):
-                    raise errors.DigestInvalid(
-                        "invalid digest: sha256 or sha512 in lowercase hex expected",
-                        {"digest": reference[:256]},
-                    )
-                q = self._check_query(REFERRERS, query) if kind == REFERRERS else ""
-                return Route(kind, name, reference, q)
-        raise errors.NameUnknown("unknown route under the proxy prefix", {"path": rest[:256]})
+        count = len(segments)
+        if count >= 3 and segments[-1] == "list" and segments[-2] == "tags":
+            kind, reference = TAGS, ""
+        else:
+            section = _REFERENCE_SECTIONS.get(segments[-2]) if count >= 3 else None
+            if section is None:
+                raise errors.NameUnknown(
+                    "unknown route under the proxy prefix", {"path": rest[:256]}
+                )
+            kind, reference = section, segments[-1]
+        first = segments[0]
+        if count >= 4 and ("." in first or ":" in first or first == "localhost"):
+            return self._host_prefixed(kind, segments, reference, query)
+        name = "/".join(segments[:-2])
+        if len(name) + self._prefix_len - 4 > MAX_NAME_LENGTH or not valid_name(name):
+            raise errors.NameInvalid("invalid repository name", {"name": name[:256]})
+        if kind == MANIFEST and ":" not in reference:
+            if not valid_tag(reference):
+                raise errors.TagInvalid("invalid tag", {"tag": reference[:256]})
+        elif kind != TAGS and not valid_digest(reference):
+            raise errors.DigestInvalid(
+                "invalid digest: sha256 or sha512 in lowercase hex expected",
+                {"digest": reference[:256]},
+            )
+        if not query:
+            return Route(kind, name, reference, "")
+        q = self._check_query(kind, query) if kind >= TAGS else ""
+        if "ns=" in query:
+            ns = self._namespace(query)
+            if ns:
+                return HintedRoute(
+                    kind, name, reference, q, upstream=name, key=f"{ns}/{name}", host=ns, ns=ns
+                )
+        return Route(kind, name, reference, q)
+
+    def _host_prefixed(self, kind: int, segments: list[str], reference: str, query: str) -> Route:
+        """``{host}/{repository}``: Harbor is asked for ``{repository}`` in the project that
+        mirrors ``host``; Docker Hub's one-segment names get ``library/``."""
+        host = segments[0].lower()
+        if not valid_host(host):
+            raise errors.NameInvalid(
+                "invalid registry host in the repository name: host[:port] expected",
+                {"host": segments[0][:256]},
+            )
+        repository = "/".join(segments[1:-2])
+        name = f"{host}/{repository}"
+        if len(name) + self._prefix_len - 4 > MAX_NAME_LENGTH or not valid_name(repository):
+            raise errors.NameInvalid("invalid repository name", {"name": name[:256]})
+        self._check_reference(kind, reference)
+        q = self._check_query(kind, query) if kind >= TAGS and query else ""
+        if query and "ns=" in query:
+            self._namespace(query)  # validated; the host in the path decides
+        upstream = repository
+        if host in DOCKER_HUB_HOSTS and "/" not in repository:
+            upstream = "library/" + repository
+        return HintedRoute(
+            kind, name, reference, q, upstream=upstream, key=name, host=host, prefixed=True
+        )
+
+    @staticmethod
+    def _check_reference(kind: int, reference: str) -> None:
+        if kind == TAGS:
+            return
+        if kind == MANIFEST and ":" not in reference:
+            if not valid_tag(reference):
+                raise errors.TagInvalid("invalid tag", {"tag": reference[:256]})
+        elif not valid_digest(reference):
+            raise errors.DigestInvalid(
+                "invalid digest: sha256 or sha512 in lowercase hex expected",
+                {"digest": reference[:256]},
+            )
+
+    @staticmethod
+    def _namespace(query: str) -> str:
+        """containerd's ``ns`` (the upstream host of a mirrored request), lowercased; "" when
+        absent. It is only ever a routing hint, never forwarded."""
+        found: str | None = None
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if key != "ns":
+                continue
+            if found is not None:
+                raise errors.NameInvalid("more than one ns parameter")
+            found = (unquote(value) if "%" in value else value).lower()
+            if not valid_host(found):
+                raise errors.NameInvalid(
+                    "invalid ns parameter: a registry host[:port] expected", {"ns": value[:256]}
+                )
+        return found or ""
 
     def check_name(self, name: str) -> None:
         """Raise :class:`~.errors.NameInvalid` unless ``name`` is a repository a client may ask
@@ -164,7 +303,9 @@ class Router:
     def _check_query(kind: int, query: str) -> str:
         if not query:
             return ""
-        allowed = _QUERY_KEYS[kind]
+        allowed = _QUERY_KEYS.get(kind)
+        if allowed is None:  # manifests and blobs: no query is forwarded
+            return ""
         kept = []
         for part in query.split("&"):
             key, _, value = part.partition("=")

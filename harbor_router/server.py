@@ -259,7 +259,10 @@ class App:
         shared = self.shared
         if shared is None or not shared.available:
             return
-        entries = [{"name": p.name, "registry_type": p.registry_type} for p in projects.ordered]
+        entries = [
+            {"name": p.name, "registry_type": p.registry_type, "hosts": list(p.hosts)}
+            for p in projects.ordered
+        ]
         task = asyncio.get_running_loop().create_task(shared.set_projects(entries))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -551,7 +551,7 @@ class SharedStore:
     # -- projects -----------------------------------------------------------------------------
 
     @staticmethod
-    def _decode_projects(value: object) -> list[dict[str, str]] | None:
+    def _decode_projects(value: object) -> list[dict[str, Any]] | None:
         if not isinstance(value, str):
             return None
         try:
@@ -564,17 +564,20 @@ class SharedStore:
         for item in items:
             if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]:
                 registry_type = item.get("registry_type")
-                out.append(
-                    {
-                        "name": item["name"],
-                        "registry_type": registry_type if isinstance(registry_type, str) else "",
-                    }
-                )
+                entry: dict[str, Any] = {
+                    "name": item["name"],
+                    "registry_type": registry_type if isinstance(registry_type, str) else "",
+                }
+                hosts = item.get("hosts")
+                if isinstance(hosts, list):  # absent in entries of older versions
+                    entry["hosts"] = [h for h in hosts if isinstance(h, str)]
+                out.append(entry)
         return out
 
-    async def get_projects(self) -> list[dict[str, str]] | None:
-        """The last discovered projects, ``[{"name": ..., "registry_type": ...}, ...]`` in
-        priority order, or None (never stored, or Redis down)."""
+    async def get_projects(self) -> list[dict[str, Any]] | None:
+        """The last discovered projects, ``[{"name": ..., "registry_type": ..., "hosts":
+        [...]}, ...]`` in priority order, or None (never stored, or Redis down). ``hosts`` is
+        missing from entries an older version wrote."""
         value = await self._call(
             "get_projects",
             lambda r: r.get(self._projects_key),
@@ -582,13 +585,17 @@ class SharedStore:
         )
         return self._decode_projects(value)
 
-    async def set_projects(self, projects: Iterable[Mapping[str, str]]) -> None:
-        """Store the discovered projects (dicts with ``name`` and ``registry_type``); no TTL:
-        a stale list is still a better start than none, and discovery corrects it."""
-        value = json.dumps(
-            [{"name": p["name"], "registry_type": p.get("registry_type", "")} for p in projects],
-            separators=(",", ":"),
-        )
+    async def set_projects(self, projects: Iterable[Mapping[str, Any]]) -> None:
+        """Store the discovered projects (dicts with ``name``, ``registry_type`` and
+        optionally ``hosts``); no TTL: a stale list is still a better start than none, and
+        discovery corrects it."""
+        entries = []
+        for p in projects:
+            entry: dict[str, Any] = {"name": p["name"], "registry_type": p.get("registry_type", "")}
+            if "hosts" in p:
+                entry["hosts"] = list(p["hosts"])
+            entries.append(entry)
+        value = json.dumps(entries, separators=(",", ":"))
         await self._call("set_projects", lambda r: r.set(self._projects_key, value))
 
     # -- hot names ----------------------------------------------------------------------------
@@ -638,7 +645,7 @@ class SharedStore:
 
     async def warm_start(
         self, timeout: float | None = None, *, limit: int | None = None
-    ) -> tuple[list[dict[str, str]] | None, dict[str, tuple[str, float]]]:
+    ) -> tuple[list[dict[str, Any]] | None, dict[str, tuple[str, float]]]:
         """``(projects or None, {name: (project, stored_at)})`` for the hottest names — whatever
         Redis gave within ``timeout`` seconds (default ``warm_start_timeout``), counted from
         the call. Waits for the first connection attempt only within that time; never raises.
@@ -646,7 +653,7 @@ class SharedStore:
         loop = asyncio.get_running_loop()
         budget = self.warm_start_timeout if timeout is None else timeout
         end = loop.time() + budget
-        projects: list[dict[str, str]] | None = None
+        projects: list[dict[str, Any]] | None = None
         mappings: dict[str, tuple[str, float]] = {}
         if self._decided is not None and not self._decided.is_set() and budget > 0:
             with contextlib.suppress(TimeoutError):

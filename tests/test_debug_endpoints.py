@@ -28,6 +28,7 @@ def test_projects_with_breaker_states(
     assert status == 200
     assert [p["name"] for p in data["projects"]] == ["dockerhub", "ghcr", "quay"]
     assert [p["registry_type"] for p in data["projects"]] == ["docker-hub", "github-ghcr", "quay"]
+    assert [p["hosts"][0] for p in data["projects"]] == ["docker.io", "ghcr.io", "quay.io"]
     assert {p["breaker"] for p in data["projects"]} == {"closed"}
     harbor.set_fault("quay", status=500)
     image = seeded.get("ghcr", "acme/tool")

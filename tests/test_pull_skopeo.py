@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from conftest import Seeded, SeedImage
 from harbor_emulator import HarborEmulator
 from oci_images import skopeo_env
 from router_runner import RunningRouter
-from support_tools import require_tool
+from support_tools import free_port, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -258,3 +259,113 @@ def test_anonymous_client_gets_harbors_challenge(
     assert result.returncode != 0
     assert not (tmp_path / "copy" / "manifest.json").exists()
     assert harbor.count(path_contains="/manifests/") == 0
+
+
+# -- routing hints: host-prefixed names and registries.conf mirrors (issue 11) ----------------
+
+HOSTED_IMAGES = [
+    pytest.param("docker.io", "dockerhub", "library/alpine", "library/alpine", id="docker.io"),
+    pytest.param("docker.io", "dockerhub", "nginx", "library/nginx", id="docker.io-one-segment"),
+    pytest.param("ghcr.io", "ghcr", "acme/tool", "acme/tool", id="ghcr.io"),
+    pytest.param("quay.io", "quay", "coreos/etcd", "coreos/etcd", id="quay.io"),
+    pytest.param("quay.io", "quay", "shared/app", "shared/app", id="quay.io-also-in-ghcr"),
+]
+
+
+def assert_only(harbor: HarborEmulator, project: str, upstream_repo: str) -> None:
+    """Every content request went to ``project`` under ``upstream_repo``: no fan-out at all."""
+    served = harbor.requests(project)
+    assert served, f"{project} was never asked"
+    assert all(r.path.startswith(f"/v2/{project}/{upstream_repo}/") for r in served), [
+        r.path for r in served
+    ]
+    for other in (*PROXY_PROJECTS, "proxy"):
+        if other != project:
+            assert harbor.count(other) == 0, [r.path for r in harbor.requests(other)]
+
+
+@pytest.mark.parametrize(("host", "project", "name", "repo"), HOSTED_IMAGES)
+def test_copy_host_prefixed_name(
+    host: str,
+    project: str,
+    name: str,
+    repo: str,
+    router: RunningRouter,
+    seeded: Seeded,
+    harbor: HarborEmulator,
+    skopeo: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+) -> None:
+    """``proxy/ghcr.io/acme/tool`` is pulled from the project mirroring ghcr.io, and only
+    from it; ``docker.io/nginx`` is Docker Hub's ``library/nginx``."""
+    image = seeded.get(project, repo)
+    harbor.clear_log()
+
+    copy_image(skopeo, router, f"{host}/{name}:{image.tag}", tmp_path / "copy")
+
+    assert_copied(tmp_path / "copy", image)
+    assert_only(harbor, project, repo)
+    for digest in image.blobs:
+        assert harbor.count(project, f"/blobs/{digest}") >= 1
+
+
+def unused_loopback_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (connection refused), for a primary location
+    that must never serve: the image can only have come from the mirror."""
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    return port
+
+
+def test_registries_conf_mirror_pulls_every_upstream(
+    router: RunningRouter,
+    seeded: Seeded,
+    harbor: HarborEmulator,
+    tmp_path: Path,
+) -> None:
+    """A registries.conf as docs/deployment.md gives it (one mirror per upstream, all on the
+    router), with the primary locations unreachable: skopeo pulls ``docker.io/...``,
+    ``ghcr.io/...`` and ``quay.io/...`` by their usual names and gets the registry's bytes."""
+    binary = require_tool("skopeo")
+    dead = unused_loopback_port()
+    workdir = tmp_path / "skopeo"
+    workdir.mkdir()
+    conf = workdir / "registries.conf"
+    blocks = ["unqualified-search-registries = []\n"]
+    for host in ("docker.io", "ghcr.io", "quay.io"):
+        blocks.append(
+            f"""
+[[registry]]
+prefix = "{host}"
+location = "127.0.0.1:{dead}"
+insecure = true
+
+[[registry.mirror]]
+location = "{router.address}/proxy/{host}"
+insecure = true
+"""
+        )
+    conf.write_text("".join(blocks))
+    env = skopeo_env(workdir)
+    assert env["CONTAINERS_REGISTRIES_CONF"] == str(conf)
+    pulls = [
+        ("docker.io/library/alpine", seeded.get("dockerhub", "library/alpine"), "dockerhub"),
+        ("docker.io/library/nginx", seeded.get("dockerhub", "library/nginx"), "dockerhub"),
+        ("ghcr.io/acme/tool", seeded.get("ghcr", "acme/tool"), "ghcr"),
+        ("quay.io/shared/app", seeded.get("quay", "shared/app"), "quay"),
+    ]
+    for reference, image, project in pulls:
+        harbor.clear_log()
+        dest = tmp_path / reference.replace("/", "_")
+        result = subprocess.run(
+            [binary, "--insecure-policy", "--registries-conf", str(conf), "copy",
+             "--retry-times=0", "--src-no-creds", f"docker://{reference}:{image.tag}",
+             f"dir:{dest}"],
+            env=env, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=SKOPEO_TIMEOUT, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"skopeo copy {reference} failed:\n{result.stderr}"
+        assert_copied(dest, image)
+        assert_only(harbor, project, image.repo)

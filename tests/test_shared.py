@@ -148,6 +148,26 @@ async def test_projects_are_json_with_registry_types(store: SharedStore, master:
     assert json.loads(master.get("hr:projects")) == projects
 
 
+async def test_projects_keep_their_hosts_and_read_entries_without(
+    store: SharedStore, master: Any
+) -> None:
+    projects = [
+        {"name": "dockerhub", "registry_type": "docker-hub", "hosts": ["docker.io", "x.io"]},
+        {"name": "ghcr", "registry_type": "github-ghcr", "hosts": []},
+    ]
+    await store.set_projects(projects)
+    assert await store.get_projects() == projects
+    # an older version's entry (no hosts) and junk hosts
+    master.set(
+        "hr:projects",
+        json.dumps([{"name": "quay", "registry_type": "quay"}, {"name": "a", "hosts": [1, "b"]}]),
+    )
+    assert await store.get_projects() == [
+        {"name": "quay", "registry_type": "quay"},
+        {"name": "a", "registry_type": "", "hosts": ["b"]},
+    ]
+
+
 async def test_hot_set_is_bounded_and_warm_start_returns_the_hottest(
     redis_sentinel: RedisTopology, stores: list[SharedStore], master: Any
 ) -> None:
