@@ -115,11 +115,15 @@ def connection_tokens(bytes value):
 
 
 def end_to_end(list headers, bytes needle, bytes replacement):
-    """Headers to send on, in order, multi-valued ones intact; and whether ``Content-Length``
-    frames the body (present, and no ``Transfer-Encoding``)."""
+    """Headers to send on, in order, multi-valued ones intact; and the body's length when
+    ``Content-Length`` frames it (present, digits, no ``Transfer-Encoding``), else -1."""
     cdef list out = []
     cdef object extra = None
     cdef bint has_length = False, chunked = False
+    cdef bytes length_value = b""
+    cdef long long length = 0
+    cdef Py_ssize_t i
+    cdef unsigned char c
     cdef bytes name, value, lower
     for name, value in headers:
         lower = name.lower()
@@ -131,7 +135,9 @@ def end_to_end(list headers, bytes needle, bytes replacement):
                 chunked = True
             continue
         if lower == b"content-length":
-            has_length = True
+            if not has_length:
+                has_length = True
+                length_value = value.strip()
         elif lower in _REWRITTEN and needle in value:
             value = value.replace(needle, replacement)
         out.append((name, value))
@@ -139,7 +145,16 @@ def end_to_end(list headers, bytes needle, bytes replacement):
         out = [(n, v) for n, v in out if n.lower() not in extra]
     if chunked and has_length:
         out = [(n, v) for n, v in out if n.lower() != b"content-length"]
-    return out, has_length and not chunked
+    if not has_length or chunked:
+        return out, -1
+    if PyBytes_GET_SIZE(length_value) == 0 or PyBytes_GET_SIZE(length_value) > 18:
+        return out, -1
+    for i in range(PyBytes_GET_SIZE(length_value)):
+        c = length_value[i]
+        if c < 48 or c > 57:
+            return out, -1
+        length = length * 10 + (c - 48)
+    return out, length
 
 
 def build_head(bytes status_line, headers, bytes extra, long content_length, bint close):

@@ -61,12 +61,13 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 
 def end_to_end(
     headers: list[tuple[bytes, bytes]], needle: bytes, replacement: bytes
-) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """Headers to send on, in order, multi-valued ones intact; and whether ``Content-Length``
-    frames the body (present, and no ``Transfer-Encoding``)."""
+) -> tuple[list[tuple[bytes, bytes]], int]:
+    """Headers to send on, in order, multi-valued ones intact; and the body's length when
+    ``Content-Length`` frames it (present, digits, no ``Transfer-Encoding``), else -1."""
     out = []
     extra: frozenset[bytes] | None = None
     has_length = False
+    length_value = b""
     chunked = False
     for name, value in headers:
         lower = name.lower()
@@ -78,7 +79,9 @@ def end_to_end(
                 chunked = True
             continue
         if lower == b"content-length":
-            has_length = True
+            if not has_length:
+                has_length = True
+                length_value = value.strip()
         elif lower in _REWRITTEN and needle in value:
             value = value.replace(needle, replacement)
         out.append((name, value))
@@ -86,7 +89,11 @@ def end_to_end(
         out = [(n, v) for n, v in out if n.lower() not in extra]
     if chunked and has_length:
         out = [(n, v) for n, v in out if n.lower() != b"content-length"]
-    return out, has_length and not chunked
+    if not has_length or chunked:
+        return out, -1
+    if not length_value.isdigit() or len(length_value) > 18:
+        return out, -1
+    return out, int(length_value)
 
 
 def build_head(

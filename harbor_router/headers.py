@@ -34,9 +34,9 @@ class Rewriter:
 
     def end_to_end(
         self, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """Upstream response headers to send on, in order, multi-valued ones intact; and
-        whether ``Content-Length`` frames the body (present, and no ``Transfer-Encoding``)."""
+    ) -> tuple[list[tuple[bytes, bytes]], int]:
+        """Upstream response headers to send on, in order, multi-valued ones intact; and the
+        body's length when ``Content-Length`` frames it (no ``Transfer-Encoding``), else -1."""
         return end_to_end(headers, self._needle, self._replacement)
 
 
@@ -55,7 +55,7 @@ class HintRewriter(Rewriter):
 
     def end_to_end(
         self, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+    ) -> tuple[list[tuple[bytes, bytes]], int]:
         out, framed = end_to_end(headers, self._needle, self._replacement)
         if self._extra:
             out.extend(self._extra)

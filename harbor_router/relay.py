@@ -42,14 +42,6 @@ SPLICE_MIN_BYTES = 64 * 1024
 SPLICE_STATUSES = frozenset({200, 206})
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            value = value.strip()
-            return int(value) if value.isdigit() else -1
-    return -1
-
-
 def _client_fd(client: HttpProtocol) -> int:
     """The client's socket descriptor when its transport is plain TCP, else -1."""
     transport = client.transport
@@ -232,13 +224,13 @@ class Relay:
         if not self._relay_status(status) or client.closing:
             self.headers = headers
             return
-        out, length_known = self._rewriter.end_to_end(headers)
+        out, length = self._rewriter.end_to_end(headers)
         framing = b""
-        if length_known and self._splice_eligible(status, out):
+        if length >= 0 and self._splice_eligible(status, length):
             self.mode = SPLICE
             self.conn.pause_reading()  # uvloop must not read what the kernel will splice
             asyncio.get_running_loop().call_soon(self._begin_splice)
-        elif length_known or self.head_only or status in (204, 304):
+        elif length >= 0 or self.head_only or status in (204, 304):
             self.mode = RAW
         else:  # chunked or close-delimited upstream: the router frames the body itself
             out = [(n, v) for n, v in out if n.lower() != b"content-length"]
@@ -314,12 +306,11 @@ class Relay:
         self._finish(UpstreamError("the client closed the connection", True))
 
     # splice
-    def _splice_eligible(self, status: int, out: list[tuple[bytes, bytes]]) -> bool:
+    def _splice_eligible(self, status: int, length: int) -> bool:
         minimum = self._splice_min
-        if minimum is None or self.head_only or status not in SPLICE_STATUSES:
+        if minimum is None or length < minimum or self.head_only or status not in SPLICE_STATUSES:
             return False
-        length = _content_length(out)
-        if length < minimum or not self.conn.plain or _client_fd(self._client) < 0:
+        if not self.conn.plain or _client_fd(self._client) < 0:
             return False
         self._length = length
         return True

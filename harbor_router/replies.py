@@ -35,9 +35,9 @@ async def stream_winner(
     response = winner.response
     assert response is not None
     rewriter = winner.project.rewriter if rewriter is None else rewriter
-    headers, has_length = rewriter.end_to_end(winner.headers)
+    headers, length = rewriter.end_to_end(winner.headers)
     head_only = request.method == "HEAD"
-    chunked = not head_only and not has_length and winner.status not in NO_BODY
+    chunked = not head_only and length < 0 and winner.status not in NO_BODY
     if chunked and not client.http11:
         client.keep_alive = False
         chunked = False

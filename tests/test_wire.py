@@ -99,11 +99,22 @@ def test_end_to_end(wire: ModuleType) -> None:
         (b"Warning", b"b"),
         (b"Content-Length", b"5"),
     ]
-    assert known is True
+    assert known == 5
     out, known = wire.end_to_end(
         [(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")], b"/v2/x/", b"/v2/y/"
     )
-    assert (out, known) == ([], False)
+    assert (out, known) == ([], -1)
+
+
+def test_end_to_end_content_length_values(wire: ModuleType) -> None:
+    """The length is the first Content-Length's digits (spaces around them allowed); anything
+    else does not frame the body."""
+    cases = {b"0": 0, b" 42 ": 42, b"1073741824": 1 << 30, b"": -1, b"12a": -1, b"-1": -1,
+             b"+5": -1, b"9" * 19: -1, b"9" * 18: int(b"9" * 18)}  # fmt: skip
+    for value, expected in cases.items():
+        assert wire.end_to_end([(b"Content-Length", value)], b"/a/", b"/b/")[1] == expected
+    two = [(b"Content-Length", b"3"), (b"content-length", b"3")]
+    assert wire.end_to_end(two, b"/a/", b"/b/")[1] == 3
 
 
 def test_build_head(wire: ModuleType) -> None:
