@@ -213,6 +213,7 @@ class HttpProtocol(asyncio.Protocol):
         "_status",
         "_task",
         "_url",
+        "_version",
         "closing",
         "http11",
         "keep_alive",
@@ -250,6 +251,7 @@ class HttpProtocol(asyncio.Protocol):
         self._paused_writing = False
         self._client_ip = ""
         self._url = b""
+        self._version = ""  # of the request whose head is complete
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._in_headers = False
@@ -359,7 +361,8 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._head_since = 0.0
-        if self.parser.get_http_version() not in _HTTP_VERSIONS:
+        self._version = version = self.parser.get_http_version()
+        if version not in _HTTP_VERSIONS:
             raise errors.VersionNotSupported("HTTP version not supported: 1.0 and 1.1 only")
         if self._url[:1] != b"/":
             # absolute-form (a proxy request), authority-form or "*": never a registry path
@@ -458,7 +461,7 @@ class HttpProtocol(asyncio.Protocol):
     def _make_request(self, error: errors.RegistryError | None = None) -> Request:
         parser = self.parser
         method = parser.get_method().decode("ascii", "replace")
-        http11 = parser.get_http_version() == "1.1"
+        http11 = self._version == "1.1"
         keep_alive = bool(parser.should_keep_alive()) and not self._conns.draining
         headers = self._headers
         path = query = ""
@@ -554,6 +557,14 @@ class HttpProtocol(asyncio.Protocol):
                            sent))  # fmt: skip
 
     # used by handlers and relays
+    def write_response(self, data: bytes, status: int) -> None:
+        """Write bytes that begin with the head of a response with ``status``."""
+        if self.transport is not None and not self.closing:
+            if not self._status:
+                self._status = status
+            self._sent += len(data)
+            self.transport.write(data)
+
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closing:
             if not self._status and data[:5] == b"HTTP/":

@@ -117,6 +117,7 @@ class Relay:
         "_deadlines",
         "_early",
         "_future",
+        "_head_status",
         "_length",
         "_out",
         "_relay_status",
@@ -161,6 +162,7 @@ class Relay:
         self.on_done: Callable[[Relay], None] | None = None
         self._future: asyncio.Future[None] | None = None
         self._out: list[bytes] = []  # what the current read produced for the client
+        self._head_status = 0  # the status of a head waiting in _out
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
@@ -247,6 +249,7 @@ class Relay:
             client.write(head)
         else:
             self._out.append(head)  # goes out with the body bytes of the same read
+            self._head_status = status
 
     def on_body(self, data: bytes) -> None:
         mode = self.mode
@@ -263,8 +266,14 @@ class Relay:
     def flush(self) -> None:
         out = self._out
         if out:
-            self._client.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
+            status = self._head_status
+            if status:
+                self._head_status = 0
+                self._client.write_response(data, status)
+            else:
+                self._client.write(data)
 
     def on_complete(self) -> None:
         if self.mode == CHUNKED and not self.head_only:
