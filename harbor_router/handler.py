@@ -7,6 +7,13 @@ background refresh for the repository. A mapped project that answers 404 is drop
 other projects are asked before the client hears 404. A *miss* fans out (``resolver.py``) and
 records the winner; a miss every project answered with a definite 404 is remembered in the
 negative cache, and a negative hit costs no upstream request at all.
+
+With ``AUTH_MODE=harbor`` (``auth.HarborAuth``) the client's right to pull is checked for the
+project that will answer, right before anything is sent to it: the mapped project on a hit, the
+fan-out's winner on a miss (the fan-out itself runs with the robot, as the router must find the
+project first). Credentials are checked on their own before a fan-out, so that a client with a
+wrong password costs no fan-out and learns nothing from a 404. A cached allow keeps the hit on
+the fast path; everything else takes the task path.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Sequence
 from typing import Final, Protocol
 
 from . import errors, replies, responses, routes
-from .auth import HEADER, ChallengeCache
+from .auth import HEADER, ChallengeCache, HarborAuth, client_credentials
 from .breaker import CLOSED, Breakers
 from .discovery import Discovery
 from .forwarding import (
@@ -78,6 +85,7 @@ class RequestHandler:
         max_fanout: int,
         limiter: Guard | None = None,
         metrics: Metrics | None = None,
+        harbor_auth: HarborAuth | None = None,
     ) -> None:
         self._router = router
         self._proxy_project = proxy_project
@@ -88,6 +96,7 @@ class RequestHandler:
         self._breakers = breakers
         self._challenges = challenges
         self._auth_header = auth_mode == HEADER
+        self._harbor_auth = harbor_auth
         self._max_fanout = max_fanout
         self._limiter = limiter
         self._metrics = metrics if metrics is not None else Metrics()
@@ -124,6 +133,8 @@ class RequestHandler:
         if self._auth_header and request.header(b"authorization") is None:
             await self._challenge(request)
         if kind == routes.BASE:
+            if self._harbor_auth is not None:
+                await self._harbor_auth.login(request.header(b"authorization"))
             client.write(_BASE_HEAD if request.method == "HEAD" else _BASE_GET)
             return
         await self._repository(request, client, route)
@@ -137,6 +148,7 @@ class RequestHandler:
         if tiers.is_negative(kind, name, reference):
             request.cache = NEGATIVE
             lookups[NEGATIVE] += 1
+            await self._verify(request)
             raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": name})
         projects = self._discovery.projects
         exclude: str | None = None
@@ -149,6 +161,7 @@ class RequestHandler:
             project = projects.get(mapped)
             if project is not None:
                 request.project = mapped
+                await self._authorize(request, project, name)
                 if state == STALE:
                     self._metrics.stale_serves += 1
                     self._revalidate(request, route, mapped)
@@ -159,6 +172,7 @@ class RequestHandler:
         elif await tiers.is_negative_shared(kind, name, reference):
             request.cache = NEGATIVE
             lookups[NEGATIVE] += 1
+            await self._verify(request)
             raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": name})
         else:
             request.cache = MISS
@@ -195,6 +209,11 @@ class RequestHandler:
             return None
         breaker = self._breakers.get(project.name)
         if breaker.state is not CLOSED:
+            return None
+        harbor_auth = self._harbor_auth
+        if harbor_auth is not None and not harbor_auth.allowed(
+            request.header(b"authorization"), project.name, name
+        ):
             return None
         started = self._forwarder.try_start(
             client,
@@ -238,6 +257,8 @@ class RequestHandler:
         tiers = self._tiers
         projects = self._discovery.projects
         candidates = [p for p in projects.ordered[: self._max_fanout] if p.name != exclude]
+        if client_credentials(request.header(b"authorization")) is not None:
+            await self._verify(request)
         try:
             if kind == routes.BLOB:
                 await self._blob_miss(request, client, route, candidates)
@@ -248,9 +269,11 @@ class RequestHandler:
         except errors.RegistryError as exc:
             if exc.definite:
                 tiers.record_negative(kind, name, reference)
+                await self._verify(request)
             raise
         tiers.record(name, winner.project.name)
         request.project = winner.project.name
+        await self._authorize(request, winner.project, name)
         self._write(request, client, route, winner)
 
     def _write(
@@ -350,6 +373,7 @@ class RequestHandler:
         if found is not None:
             request.project = found.project.name
             self._tiers.record(route.name, found.project.name)
+            await self._authorize(request, found.project, route.name)
             if request.method == "HEAD":
                 replies.write_winner(request, client, found)
                 return
@@ -359,6 +383,7 @@ class RequestHandler:
         request.project = winner.project.name
         try:
             self._tiers.record(route.name, winner.project.name)
+            await self._authorize(request, winner.project, route.name)
             await replies.stream_winner(request, client, winner)
         finally:
             winner.release()
@@ -390,6 +415,17 @@ class RequestHandler:
             breaker=None,
             relay_status=relay_all,
         )
+
+    async def _authorize(self, request: Request, project: Project, name: str) -> None:
+        """AUTH_MODE=harbor: may this client pull ``name`` from ``project``? (else it raises)"""
+        if self._harbor_auth is not None:
+            await self._harbor_auth.authorize(request.header(b"authorization"), project, name)
+
+    async def _verify(self, request: Request) -> None:
+        """AUTH_MODE=harbor, before an answer that names no project (a fan-out, a 404): the
+        credentials must be good; a client without any is asked for them."""
+        if self._harbor_auth is not None:
+            await self._harbor_auth.login(request.header(b"authorization"))
 
     async def _challenge(self, request: Request) -> None:
         assert self._challenges is not None
