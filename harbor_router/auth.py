@@ -243,7 +243,7 @@ def grants_pull(claims: dict[str, Any], repository: str) -> bool:
 class Decisions:
     """Access decisions per (credential hash, project, repository), each with its expiry."""
 
-    __slots__ = ("_clock", "_entries", "_max_entries", "_negative_ttl", "_secret", "_ttl")
+    __slots__ = ("_clock", "_entries", "_hasher", "_max_entries", "_negative_ttl", "_ttl")
 
     def __init__(
         self,
@@ -253,7 +253,8 @@ class Decisions:
         max_entries: int = MAX_DECISIONS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._secret = secrets.token_bytes(32)
+        # Keyed once: each value costs a copy of this state and one compression, not two.
+        self._hasher = hashlib.blake2b(digest_size=16, key=secrets.token_bytes(32))
         self._ttl = ttl
         self._negative_ttl = min(ttl, NEGATIVE_TTL_MAX) if negative_ttl is None else negative_ttl
         self._max_entries = max_entries
@@ -264,7 +265,20 @@ class Decisions:
         """The cache's name for an ``Authorization`` value: a keyed hash (b"" for none)."""
         if authorization is None:
             return b""
-        return hashlib.blake2b(authorization, digest_size=16, key=self._secret).digest()
+        hasher = self._hasher.copy()
+        hasher.update(authorization)
+        return hasher.digest()
+
+    def allowed(self, authorization: bytes | None, project: str, name: str) -> bool:
+        """The fast path's question, in one call: is an allow for this request cached?"""
+        if authorization is None or authorization in _EMPTY_BASIC:
+            credential = b""
+        else:
+            hasher = self._hasher.copy()
+            hasher.update(authorization)
+            credential = hasher.digest()
+        entry = self._entries.get((credential, project, name))
+        return entry is not None and entry[0] == ALLOWED and self._clock() < entry[1]
 
     def get(self, credential: bytes, project: str, name: str) -> int | None:
         key = (credential, project, name)
@@ -309,12 +323,8 @@ class HarborAuth:
         self.decisions = decisions if decisions is not None else Decisions(ttl)
         self._inflight: dict[tuple[bytes, str, str], asyncio.Future[int]] = {}
         self.token_requests = 0  # asked of Harbor (tests, benchmarks)
-
-    def allowed(self, authorization: bytes | None, project: str, name: str) -> bool:
-        """The fast path's question: is an allow for this request cached? No I/O."""
-        decisions = self.decisions
-        credential = decisions.credential(client_credentials(authorization))
-        return decisions.get(credential, project, name) == ALLOWED
+        #: ``allowed(authorization, project, name)``: is an allow cached? No I/O (fast path).
+        self.allowed = self.decisions.allowed
 
     async def login(self, authorization: bytes | None) -> None:
         """``GET /v2/``: a client without credentials is asked for them; credentials are

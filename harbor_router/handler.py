@@ -97,6 +97,7 @@ class RequestHandler:
         self._challenges = challenges
         self._auth_header = auth_mode == HEADER
         self._harbor_auth = harbor_auth
+        self._auth_allowed = harbor_auth.allowed if harbor_auth is not None else None
         self._max_fanout = max_fanout
         self._limiter = limiter
         self._metrics = metrics if metrics is not None else Metrics()
@@ -210,8 +211,8 @@ class RequestHandler:
         breaker = self._breakers.get(project.name)
         if breaker.state is not CLOSED:
             return None
-        harbor_auth = self._harbor_auth
-        if harbor_auth is not None and not harbor_auth.allowed(
+        allowed = self._auth_allowed
+        if allowed is not None and not allowed(
             request.header(b"authorization"), project.name, name
         ):
             return None
