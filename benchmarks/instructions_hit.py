@@ -1,6 +1,7 @@
 """Instructions per cache hit, counted by callgrind: an A/B measure that a busy machine cannot blur.
 
     .venv/bin/python benchmarks/instructions_hit.py [--requests 2000] [--tree DIR ...]
+        [--auth-mode none|harbor] [--credentials]
 
 Requests per CPU-second (``loadtest.py``) is the figure the targets are set in, but on a shared
 2-core machine two runs of the same tree can differ by 30 %. callgrind counts the instructions
@@ -10,11 +11,17 @@ run to run to within about 1 %. For each ``--tree`` (default: this checkout) a r
 (nginx); after a warm-up, instrumentation goes on for exactly ``--requests`` manifest GET cache
 hits, sent sequentially over ``--connections`` keep-alive connections in turn, and the
 instruction count is read from the dump. Prints instructions per request per tree.
+
+``--auth-mode harbor`` runs the router with ``AUTH_MODE=harbor`` and sends HTTP Basic
+credentials with every request (the static Harbor's ``/service/token`` grants pull on the hot
+repository), so after the warm-up every hit is one with its decision cached; ``--credentials``
+sends the same header with ``AUTH_MODE=none``, for a like-for-like comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import site
@@ -33,6 +40,7 @@ from harness.system import free_port, plan_pinning, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = f"/v2/{PREFIX}/{REPO}/manifests/{TAG}"
+BASIC = "Basic " + base64.b64encode(b"bench-user:bench-password-0123456789").decode()
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -58,7 +66,15 @@ def _total(path: Path) -> int:
     raise RuntimeError(f"no instruction total in {path}")
 
 
-def count(tree: Path, upstream: Upstream, root: Path, requests: int, connections: int) -> float:
+def count(
+    tree: Path,
+    upstream: Upstream,
+    root: Path,
+    requests: int,
+    connections: int,
+    auth_mode: str = "none",
+    credentials: bool = False,
+) -> float:
     port = free_port()
     out = root / f"callgrind.{os.getpid()}.{port}"
     env = {
@@ -69,7 +85,7 @@ def count(tree: Path, upstream: Upstream, root: Path, requests: int, connections
         "HARBOR_PASSWORD": "bench",
         "LISTEN_ADDR": f"127.0.0.1:{port}",
         "METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "AUTH_MODE": "none",
+        "AUTH_MODE": auth_mode,
         "LOG_LEVEL": "warning",
         "WORKERS": "1",
         "PROXY_PROJECT": PREFIX,
@@ -83,13 +99,16 @@ def count(tree: Path, upstream: Upstream, root: Path, requests: int, connections
     try:
         _wait_ready(port, proc, 180)
         clients = [Client(port, timeout=60) for _ in range(connections)]
+        headers = {"Accept": ACCEPT}
+        if credentials or auth_mode == "harbor":
+            headers["Authorization"] = BASIC
         for i in range(200):  # warm: mapping, pool, caches
-            status, _, _ = clients[i % connections].request("GET", PATH, {"Accept": ACCEPT})
+            status, _, _ = clients[i % connections].request("GET", PATH, headers)
             assert status == 200, status
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
                        capture_output=True)  # fmt: skip
         for i in range(requests):
-            status, _, _ = clients[i % connections].request("GET", PATH, {"Accept": ACCEPT})
+            status, _, _ = clients[i % connections].request("GET", PATH, headers)
             assert status == 200, status
         subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
                        capture_output=True)  # fmt: skip
@@ -111,6 +130,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--tree", type=Path, action="append", default=None)
+    parser.add_argument("--auth-mode", choices=("none", "harbor"), default="none")
+    parser.add_argument(
+        "--credentials", action="store_true", help="send Basic credentials with AUTH_MODE=none"
+    )
     args = parser.parse_args()
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     with tempfile.TemporaryDirectory(prefix="hr-instr-") as tmp:
@@ -119,8 +142,19 @@ def main() -> int:
         upstream = Upstream(root, plan_pinning())
         try:
             for tree in trees:
-                per = count(tree, upstream, root, args.requests, args.connections)
-                print(f"{per:12,.0f} instructions per cache hit  {tree}", flush=True)
+                per = count(
+                    tree,
+                    upstream,
+                    root,
+                    args.requests,
+                    args.connections,
+                    args.auth_mode,
+                    args.credentials,
+                )
+                print(
+                    f"{per:12,.0f} instructions per cache hit  {tree}  AUTH_MODE={args.auth_mode}",
+                    flush=True,
+                )
         finally:
             upstream.close()
     return 0

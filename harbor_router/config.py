@@ -605,7 +605,7 @@ _LOG_LEVELS = {
     "warn": "warning",
     "error": "error",
 }
-_AUTH_REFUSED = {"harbor": "AUTH_MODE=harbor is not implemented yet; use none or header"}
+_AUTH_MODES = {"none": "none", "header": "header", "harbor": "harbor"}
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("HARBOR_URL", Kind(_harbor_url, _show_text),
@@ -651,9 +651,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CIRCUIT_BREAKER_THRESHOLD", _INT_1,
              "consecutive failures that open a project's breaker"),
     Variable("CIRCUIT_BREAKER_TIMEOUT", _DURATION, "how long a breaker stays open before a probe"),
-    Variable("AUTH_MODE", Kind(_choice({"none": "none", "header": "header"}, _AUTH_REFUSED),
-                               _show_text),
-             "client authentication: none or header (harbor is not implemented)"),
+    Variable("AUTH_MODE", Kind(_choice(_AUTH_MODES), _show_text),
+             "client authentication: none, header or harbor"),
+    Variable("AUTH_CACHE_TTL", _DURATION_0,
+             "AUTH_MODE=harbor: how long Harbor's pull decisions are remembered; 0 = off"),
     Variable("WORKERS", _INT_1, "worker processes sharing the listen port (SO_REUSEPORT)"),
     Variable("CACHE_MAX_ENTRIES", _INT_1, "most entries in each worker's in-process cache"),
     Variable("PROJECT_PRIORITY", Kind(_project_list, _show_list),
@@ -719,6 +720,7 @@ class Config:
     circuit_breaker_threshold: int = 5
     circuit_breaker_timeout: float = 30.0
     auth_mode: str = "header"
+    auth_cache_ttl: float = 60.0
     workers: int = 1
     cache_max_entries: int = 500_000
     project_priority: tuple[str, ...] = ()

@@ -89,6 +89,10 @@ class Unauthorized(RegistryError):
     status, code = 401, "UNAUTHORIZED"
 
 
+class Denied(RegistryError):
+    status, code = 403, "DENIED"
+
+
 class TooManyRequests(RegistryError):
     status, code = 429, "TOOMANYREQUESTS"
 

@@ -13,6 +13,13 @@ host: a host-prefixed name (``ghcr.io/acme/tool``) never fans out beyond them, a
 project mirrors is a 404; an ``ns`` parameter no project mirrors is dropped and the request
 resolves as if it had none. Hinted requests keep their mapping under a host-qualified key, so
 they never disturb (or follow) the mapping of the bare name.
+
+With ``AUTH_MODE=harbor`` (``auth.HarborAuth``) the client's right to pull is checked for the
+project that will answer, right before anything is sent to it: the mapped project on a hit, the
+fan-out's winner on a miss (the fan-out itself runs with the robot, as the router must find the
+project first). Credentials are checked on their own before a fan-out, so that a client with a
+wrong password costs no fan-out and learns nothing from a 404. A cached allow keeps the hit on
+the fast path; everything else takes the task path.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from collections.abc import Sequence
 from typing import Final, Protocol
 
 from . import errors, replies, responses, routes
-from .auth import HEADER, ChallengeCache
+from .auth import HEADER, ChallengeCache, HarborAuth, client_credentials
 from .breaker import CLOSED, Breakers
 from .discovery import Discovery
 from .forwarding import (
@@ -100,6 +107,7 @@ class RequestHandler:
         max_fanout: int,
         limiter: Guard | None = None,
         metrics: Metrics | None = None,
+        harbor_auth: HarborAuth | None = None,
     ) -> None:
         self._router = router
         self._proxy_project = proxy_project
@@ -110,6 +118,8 @@ class RequestHandler:
         self._breakers = breakers
         self._challenges = challenges
         self._auth_header = auth_mode == HEADER
+        self._harbor_auth = harbor_auth
+        self._auth_allowed = harbor_auth.allowed if harbor_auth is not None else None
         self._max_fanout = max_fanout
         self._limiter = limiter
         self._metrics = metrics if metrics is not None else Metrics()
@@ -146,6 +156,8 @@ class RequestHandler:
         if self._auth_header and request.header(b"authorization") is None:
             await self._challenge(request)
         if kind == routes.BASE:
+            if self._harbor_auth is not None:
+                await self._harbor_auth.login(request.header(b"authorization"))
             client.write(_BASE_HEAD if request.method == "HEAD" else _BASE_GET)
             return
         await self._repository(request, client, route)
@@ -168,6 +180,7 @@ class RequestHandler:
         if tiers.is_negative(kind, key, reference):
             request.cache = NEGATIVE
             lookups[NEGATIVE] += 1
+            await self._verify(request)
             raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": route.name})
         exclude: str | None = None
         found = await tiers.lookup_from(key)
@@ -179,6 +192,7 @@ class RequestHandler:
             project = projects.get(mapped)
             if project is not None and (hinted is None or project in hinted):
                 request.project = mapped
+                await self._authorize(request, project, route.upstream)
                 if state == STALE:
                     self._metrics.stale_serves += 1
                     self._revalidate(request, route, mapped)
@@ -189,6 +203,7 @@ class RequestHandler:
         elif await tiers.is_negative_shared(kind, key, reference):
             request.cache = NEGATIVE
             lookups[NEGATIVE] += 1
+            await self._verify(request)
             raise NOT_FOUND_ERRORS[kind](_NEGATIVE_MESSAGE, {"name": route.name})
         else:
             request.cache = MISS
@@ -231,6 +246,11 @@ class RequestHandler:
             rewriter = _hint_rewriter(route, project)
         breaker = self._breakers.get(project.name)
         if breaker.state is not CLOSED:
+            return None
+        allowed = self._auth_allowed
+        if allowed is not None and not allowed(
+            request.header(b"authorization"), project.name, route.upstream
+        ):
             return None
         started = self._forwarder.try_start(
             client,
@@ -293,6 +313,8 @@ class RequestHandler:
         kind, key, reference = route.kind, route.key, route.reference
         tiers = self._tiers
         candidates = self._candidates(request.method, route, exclude, hinted)
+        if client_credentials(request.header(b"authorization")) is not None:
+            await self._verify(request)
         try:
             if not candidates and hinted is not None:
                 raise definite_not_found(kind, route.name)  # every mirror of the host said 404
@@ -305,9 +327,11 @@ class RequestHandler:
         except errors.RegistryError as exc:
             if exc.definite:
                 tiers.record_negative(kind, key, reference)
+                await self._verify(request)
             raise
         tiers.record(key, winner.project.name)
         request.project = winner.project.name
+        await self._authorize(request, winner.project, route.upstream)
         self._write(request, client, route, winner)
 
     def _write(
@@ -414,6 +438,7 @@ class RequestHandler:
         if found is not None:
             request.project = found.project.name
             self._tiers.record(route.key, found.project.name)
+            await self._authorize(request, found.project, route.upstream)
             if request.method == "HEAD":
                 replies.write_winner(request, client, found, _hint_rewriter(route, found.project))
                 return
@@ -423,6 +448,7 @@ class RequestHandler:
         request.project = winner.project.name
         try:
             self._tiers.record(route.key, winner.project.name)
+            await self._authorize(request, winner.project, route.upstream)
             await replies.stream_winner(
                 request, client, winner, _hint_rewriter(route, winner.project)
             )
@@ -456,6 +482,17 @@ class RequestHandler:
             breaker=None,
             relay_status=relay_all,
         )
+
+    async def _authorize(self, request: Request, project: Project, name: str) -> None:
+        """AUTH_MODE=harbor: may this client pull ``name`` from ``project``? (else it raises)"""
+        if self._harbor_auth is not None:
+            await self._harbor_auth.authorize(request.header(b"authorization"), project, name)
+
+    async def _verify(self, request: Request) -> None:
+        """AUTH_MODE=harbor, before an answer that names no project (a fan-out, a 404): the
+        credentials must be good; a client without any is asked for them."""
+        if self._harbor_auth is not None:
+            await self._harbor_auth.login(request.header(b"authorization"))
 
     async def _challenge(self, request: Request) -> None:
         assert self._challenges is not None

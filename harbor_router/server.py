@@ -28,7 +28,7 @@ import aiohttp
 
 from . import __version__, _cache, _wire, logs, routes
 from .admin import Admin, Aggregator
-from .auth import NONE, ChallengeCache, Credentials
+from .auth import HARBOR, HEADER, ChallengeCache, Credentials, HarborAuth
 from .breaker import OPEN, Breakers
 from .config import Config
 from .discovery import Discovery
@@ -72,6 +72,8 @@ class App:
         self.config = config
         self._server: asyncio.Server | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._auth_session: aiohttp.ClientSession | None = None
+        self.harbor_auth: HarborAuth | None = None
         self.discovery: Discovery | None = None
         self.pool: UpstreamPool | None = None
         self.mapping: MappingCache | None = None
@@ -167,8 +169,27 @@ class App:
             metrics=metrics,
         )
         challenges = (
-            None if config.auth_mode == NONE else ChallengeCache(self._session, config.harbor_url)
+            ChallengeCache(self._session, config.harbor_url) if config.auth_mode == HEADER else None
         )
+        if config.auth_mode == HARBOR:
+            # Clients' credentials go to Harbor on a session of their own that keeps no
+            # cookies: nothing one client's token request brings back reaches another's.
+            self._auth_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=0,
+                    ssl=tls if tls is not None else True,
+                    keepalive_timeout=config.idle_conn_timeout,
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+            self.harbor_auth = HarborAuth(
+                self._auth_session,
+                config.harbor_url,
+                ttl=config.auth_cache_ttl,
+                timeout=config.resolver_timeout,
+            )
         router = routes.Router(config.proxy_project, passthrough=config.passthrough_unmatched)
         limiter = RateLimitGuard.from_config(config)
         self.handler = handler = RequestHandler(
@@ -184,6 +205,7 @@ class App:
             max_fanout=config.max_fanout_projects,
             limiter=limiter,
             metrics=metrics,
+            harbor_auth=self.harbor_auth,
         )
         sources = metrics.sources
         sources.discovery, sources.breakers = self.discovery, self.breakers
@@ -333,6 +355,8 @@ class App:
             self.pool.close()
         if self._session is not None:
             await self._session.close()
+        if self._auth_session is not None:
+            await self._auth_session.close()
         if self.access is not None:
             self.access.close()
 

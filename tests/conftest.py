@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,12 @@ from typing import Any
 import pytest
 from distribution import DistributionRegistry
 from harbor_emulator import HarborEmulator, default_projects
-from oci_images import build_image, push
+from oci_images import build_image, push, skopeo_env
 from redis_topology import RedisTopology
 from router_runner import RunningRouter, router_config
 from support_tools import free_port, require_tool
 
+SKOPEO_TIMEOUT = 60.0
 RANDOM_LAYER_BYTES = 200 * 1024
 BIG_LAYER_BYTES = 4 * 1024 * 1024
 
@@ -119,13 +121,15 @@ def harbor_server(distribution: DistributionRegistry, seeded: Seeded) -> Iterato
 @pytest.fixture
 def harbor(harbor_server: HarborEmulator) -> Iterator[HarborEmulator]:
     """The session emulator, reset for this test: listening, no faults, empty log, no blob
-    cached."""
+    cached, no account but the router's robot, every project private."""
     harbor_server.start_listening()
     harbor_server.clear_faults()
+    harbor_server.reset_accounts()
     harbor_server.clear_log()
     harbor_server.forget_cached_blobs()
     yield harbor_server
     harbor_server.clear_faults()
+    harbor_server.reset_accounts()
     harbor_server.start_listening()
 
 
@@ -148,6 +152,29 @@ def make_router(harbor: HarborEmulator) -> Iterator[Callable[..., RunningRouter]
 @pytest.fixture
 def router(make_router: Callable[..., RunningRouter]) -> RunningRouter:
     return make_router()
+
+
+@pytest.fixture
+def skopeo(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run skopeo in a private environment; return the finished process (never raises)."""
+    binary = require_tool("skopeo")
+    workdir = tmp_path / "skopeo"
+    workdir.mkdir()
+    env = skopeo_env(workdir)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, "--insecure-policy", *args],
+            env=env,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=SKOPEO_TIMEOUT,
+            check=False,
+        )
+
+    return run
 
 
 # --- Redis Sentinel topologies (tests/redis_topology.py) ----------------------------------------

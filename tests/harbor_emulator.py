@@ -5,8 +5,18 @@ Theory of operation: the router only ever talks to Harbor's projects API and to 
 (``NOT_FOUND`` misses, HEAD on an uncached blob is 404, ``"tags": []`` for unknown repositories,
 the Docker Hub ``library/`` 301, Bearer challenge built from ``Host``/``X-Forwarded-Proto``),
 while content comes from a real registry that stores proxy project ``P``'s repository ``name``
-as ``P/name``. The app runs on its own event loop in a daemon thread so that sync tests, async
-tests and the router (in its own loop or process) can all use it; every public method is a
+as ``P/name``.
+
+The token service (``/service/token``) behaves as Harbor's (``src/core/service/token``): users
+and robot accounts (``robot$name``) with passwords, public and private projects, per-user pull
+rights per project; a JWT-shaped token whose ``access`` claim lists, for every scope asked, the
+actions granted (empty for a project the user may not pull from, or that does not exist).
+Credentials Harbor cannot verify make the request anonymous, as Harbor's security middleware
+does: 401 without a scope, an anonymous token (``sub`` empty) with one. The router's own robot
+may pull everything (a system robot).
+
+The app runs on its own event loop in a daemon thread so that sync tests, async tests and the
+router (in its own loop or process) can all use it; every public method is a
 thread-safe, non-blocking call guarded by one lock.
 """
 
@@ -133,6 +143,18 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"errors": [{"code": code, "message": message}]}).encode()
 
 
+def _b64url(data: Mapping[str, Any]) -> str:
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """The claims of a token the emulator issued (for tests)."""
+    part = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return claims
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -177,6 +199,11 @@ class HarborEmulator:
         self._log: list[RecordedRequest] = []
         self._cached_blobs: set[tuple[str, str]] = set()
         self._tokens: dict[str, bool] = {}  # token -> grants access (False: anonymous)
+        self._users: dict[str, str] = {}  # token service accounts: name -> password
+        self._pulls: dict[str, frozenset[str] | None] = {}  # name -> projects (None: all)
+        self._public: set[str] = set()
+        self._token_fault: Fault | None = None
+        self.reset_accounts()
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -344,10 +371,55 @@ class HarborEmulator:
         with self._lock:
             self._api_fault = Fault(delay, status, reset, body, headers, times)
 
+    def set_token_fault(
+        self,
+        status: int | None = None,
+        delay: float | None = None,
+        reset: bool = False,
+        times: int | None = None,
+    ) -> None:
+        """Same as :meth:`set_fault`, for ``/service/token``."""
+        with self._lock:
+            self._token_fault = Fault(delay, status, reset, None, None, times)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
             self._api_fault = None
+            self._token_fault = None
+
+    # -- accounts of the token service ---------------------------------------------------------
+
+    def add_user(
+        self, name: str, password: str, *, pull: Sequence[str] = (), all_projects: bool = False
+    ) -> None:
+        """A user (or a robot account, ``robot$...``) that may pull from ``pull`` (a list of
+        project names) or, with ``all_projects``, from every project."""
+        with self._lock:
+            self._users[name] = password
+            self._pulls[name] = None if all_projects else frozenset(pull)
+
+    def set_public(self, project: str, public: bool = True) -> None:
+        """A public project: everyone, anonymous clients included, may pull from it."""
+        if project not in self._by_name:
+            raise KeyError(project)
+        with self._lock:
+            if public:
+                self._public.add(project)
+            else:
+                self._public.discard(project)
+
+    def reset_accounts(self) -> None:
+        """Only the router's robot (pull everywhere); every project private."""
+        with self._lock:
+            self._users = {self.username: self.password}
+            self._pulls = {self.username: None}
+            self._public.clear()
+
+    def token_requests(self) -> list[RecordedRequest]:
+        """The token service requests, oldest first."""
+        with self._lock:
+            return [r for r in self._log if r.path.startswith("/service/token")]
 
     def requests(self, project: str | None = None) -> list[RecordedRequest]:
         """Recorded requests, oldest first; only those of ``project`` if given."""
@@ -378,9 +450,11 @@ class HarborEmulator:
 
     # -- request handling --------------------------------------------------------------------
 
-    def _take_fault(self, project: str | None, api: bool) -> Fault | None:
+    def _take_fault(self, project: str | None, api: bool | str) -> Fault | None:
         with self._lock:
-            if api:
+            if api == "token":
+                fault = self._token_fault
+            elif api:
                 fault = self._api_fault
             elif project is not None:
                 fault = self._faults.get(project)
@@ -391,7 +465,9 @@ class HarborEmulator:
             if fault.times is not None:
                 fault.times -= 1
                 if fault.times <= 0:
-                    if api:
+                    if api == "token":
+                        self._token_fault = None
+                    elif api:
                         self._api_fault = None
                     elif project is not None:
                         self._faults.pop(project, None)
@@ -409,7 +485,8 @@ class HarborEmulator:
         with self._lock:
             self._log.append(RecordedRequest(project, request.method, request.raw_path, headers))
 
-        fault = self._take_fault(project, api=path.startswith("/api/"))
+        token = path == "/service/token"
+        fault = self._take_fault(project, api="token" if token else path.startswith("/api/"))
         if fault is not None:
             if fault.truncate is not None:
                 request[TRUNCATE] = fault.truncate
@@ -535,17 +612,63 @@ class HarborEmulator:
             headers={"Docker-Distribution-API-Version": "registry/2.0"},
         )
 
-    def _token(self, request: web.Request) -> web.Response:
-        value = request.headers.get("Authorization", "")
-        granted = False
-        if value:
-            ok = self._basic_ok(value)
-            if not ok:
-                return self._error(401, "UNAUTHORIZED", "invalid credentials")
-            granted = True
-        token = secrets.token_urlsafe(24)
+    def _subject(self, value: str) -> str:
+        """The user a token request authenticates as; "" for anonymous or unverifiable."""
+        scheme, _, param = value.partition(" ")
+        if scheme.lower() != "basic":
+            return ""
+        try:
+            user, sep, password = (
+                base64.b64decode(param.strip(), validate=True).decode().partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
         with self._lock:
-            self._tokens[token] = granted  # anonymous tokens grant nothing: projects are private
+            known = self._users.get(user)
+        if not sep or known is None or not secrets.compare_digest(password, known):
+            return ""
+        return user
+
+    def _actions(self, subject: str, scope: str) -> dict[str, Any]:
+        """One ``access`` entry: the actions ``subject`` has on the scope's resource."""
+        kind, _, rest = scope.partition(":")
+        name, _, _ = rest.rpartition(":")
+        project = name.split("/", 1)[0]
+        actions: list[str] = []
+        if kind == "repository" and project in self._by_name:
+            with self._lock:
+                pulls = self._pulls.get(subject, frozenset()) if subject else frozenset()
+                if project in self._public or pulls is None or project in pulls:
+                    actions = ["pull"]
+        return {"type": kind, "name": name, "actions": actions}
+
+    def _token(self, request: web.Request) -> web.Response:
+        query = request.rel_url.query
+        if query.get("service") != SERVICE:
+            return self._error(
+                400, "BAD_REQUEST", f"Unable to handle service: {query.get('service')}"
+            )
+        scopes = [part for value in query.getall("scope", []) for part in value.split(" ") if part]
+        subject = self._subject(request.headers.get("Authorization", ""))
+        if not subject and not scopes:
+            return web.Response(status=401)  # "docker login" with bad or no credentials
+        now = int(time.time())
+        claims = {
+            "iss": "harbor-token-issuer",
+            "sub": subject,
+            "aud": SERVICE,
+            "exp": now + 1800,
+            "nbf": now,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": [self._actions(subject, scope) for scope in scopes],
+        }
+        token = ".".join(
+            (_b64url({"typ": "JWT", "alg": "RS256", "kid": "EMULATOR"}), _b64url(claims),
+             base64.urlsafe_b64encode(secrets.token_bytes(64)).rstrip(b"=").decode())
+        )  # fmt: skip
+        with self._lock:
+            self._tokens[token] = subject == self.username  # Bearer on /v2/: the robot only
         body = {"token": token, "access_token": token, "expires_in": 1800, "issued_at": _now_iso()}
         return web.json_response(body)
 
@@ -564,7 +687,7 @@ class HarborEmulator:
             "update_time": "2024-01-01T00:00:00.000Z",
             "current_user_role_id": 3,
             "current_user_role_ids": [3],
-            "metadata": {"public": "false"},
+            "metadata": {"public": "true" if entry.project.name in self._public else "false"},
             "cve_allowlist": {"id": 0, "items": [], "project_id": entry.project_id},
         }
         if entry.project.is_proxy:

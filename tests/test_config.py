@@ -106,6 +106,7 @@ def test_defaults() -> None:
     assert config.circuit_breaker_threshold == 5
     assert config.circuit_breaker_timeout == 30
     assert config.auth_mode == "header"
+    assert config.auth_cache_ttl == 60
     assert config.workers == 1
     assert config.cache_max_entries == 500_000
     assert config.project_priority == ()
@@ -532,9 +533,17 @@ def test_auth_mode() -> None:
 
 
 @pytest.mark.parametrize("text", ["harbor", "HARBOR"])
-def test_auth_mode_harbor_is_refused(text: str) -> None:
-    error = refused("AUTH_MODE", text)
-    assert "AUTH_MODE=harbor is not implemented yet" in error.reason
+def test_auth_mode_harbor(text: str) -> None:
+    config = load(AUTH_MODE=text)
+    assert config.auth_mode == "harbor"
+    assert config.auth_cache_ttl == 60
+
+
+def test_auth_cache_ttl() -> None:
+    assert load(AUTH_CACHE_TTL="5s").auth_cache_ttl == 5
+    assert load(AUTH_CACHE_TTL="0").auth_cache_ttl == 0
+    assert "unit" in refused("AUTH_CACHE_TTL", "60").reason
+    assert "negative" in refused("AUTH_CACHE_TTL", "-1s").reason
 
 
 INT_VARIABLES = [
@@ -898,7 +907,8 @@ def test_describe_round_trips(tmp_path: Path) -> None:
         "STALE_WHILE_REVALIDATE": "300ms",
         "CIRCUIT_BREAKER_THRESHOLD": "3",
         "CIRCUIT_BREAKER_TIMEOUT": "10s",
-        "AUTH_MODE": "none",
+        "AUTH_MODE": "harbor",
+        "AUTH_CACHE_TTL": "15s",
         "WORKERS": "4",
         "CACHE_MAX_ENTRIES": "1000",
         "PROJECT_PRIORITY": "a,b",
@@ -1038,7 +1048,7 @@ def test_cli_bad_config_does_not_start_the_server(
     fake.run = run  # type: ignore[attr-defined]
     environ.setitem(sys.modules, "harbor_router.server", fake)
     environ.setenv("HARBOR_URL", URL)
-    environ.setenv("AUTH_MODE", "harbor")
+    environ.setenv("AUTH_MODE", "basic")
     assert main([]) == 2
     assert "AUTH_MODE" in capsys.readouterr().err
 

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import RANDOM_LAYER_BYTES, Seeded
-from harbor_emulator import HarborEmulator, default_projects
+from harbor_emulator import HarborEmulator, default_projects, jwt_claims
 from oci_images import DOCKER_MANIFEST, OCI_MANIFEST
 from support_tools import free_port
 
@@ -232,14 +232,71 @@ async def test_ping_with_basic_and_with_issued_bearer_token(
 async def test_token_service_anonymous_token_grants_nothing_and_bad_credentials_fail(
     api: HarborEmulator, client: aiohttp.ClientSession
 ) -> None:
-    async with client.get(f"{api.url}/service/token") as resp:
+    scoped = f"{api.url}/service/token?service=harbor-registry&scope=repository:ghcr/a/b:pull"
+    async with client.get(scoped) as resp:
         assert resp.status == 200
         token = (await resp.json())["token"]
+    assert jwt_claims(token)["sub"] == ""
+    assert jwt_claims(token)["access"] == [
+        {"type": "repository", "name": "ghcr/a/b", "actions": []}
+    ]
     async with client.get(f"{api.url}/v2/", headers={"Authorization": f"Bearer {token}"}) as resp:
         assert resp.status == 401
+    login = f"{api.url}/service/token?service=harbor-registry"
+    async with client.get(login) as resp:
+        assert resp.status == 401  # no credentials and no scope: "docker login" fails
     bad = _basic(api.username, "wrong")
-    async with client.get(f"{api.url}/service/token", headers=bad) as resp:
+    async with client.get(login, headers=bad) as resp:
         assert resp.status == 401
+    # With a scope, credentials Harbor cannot verify make the request anonymous.
+    async with client.get(scoped, headers=bad) as resp:
+        assert resp.status == 200
+        assert jwt_claims((await resp.json())["token"])["sub"] == ""
+    async with client.get(f"{api.url}/service/token?service=other") as resp:
+        assert resp.status == 400
+
+
+@pytest.mark.parametrize(
+    ("who", "project", "actions"),
+    [
+        ("robot", "ghcr", ["pull"]),  # the router's robot: every project
+        ("alice", "ghcr", ["pull"]),
+        ("alice", "quay", []),
+        ("robot$ci", "quay", ["pull"]),
+        ("robot$ci", "ghcr", []),
+        ("anonymous", "ghcr", []),
+        ("anonymous", "dockerhub", ["pull"]),  # public
+        ("alice", "dockerhub", ["pull"]),
+        ("alice", "no-such-project", []),
+    ],
+)
+async def test_token_service_grants_pull_as_harbor_does(
+    api: HarborEmulator, client: aiohttp.ClientSession, who: str, project: str, actions: list[str]
+) -> None:
+    api.add_user("alice", "alice-pw", pull=["ghcr"])
+    api.add_user("robot$ci", "ci-secret", pull=["quay"])
+    api.set_public("dockerhub")
+    try:
+        headers = {
+            "robot": _auth(api),
+            "alice": _basic("alice", "alice-pw"),
+            "robot$ci": _basic("robot$ci", "ci-secret"),
+            "anonymous": {},
+        }[who]
+        scope = f"repository:{project}/library/app:pull"
+        url = f"{api.url}/service/token?service=harbor-registry&scope={scope}"
+        async with client.get(url, headers=headers) as resp:
+            assert resp.status == 200
+            claims = jwt_claims((await resp.json())["token"])
+        expected_sub = {"robot": api.username, "anonymous": ""}.get(who, who)
+        assert claims["sub"] == expected_sub
+        assert claims["aud"] == "harbor-registry"
+        assert claims["access"] == [
+            {"type": "repository", "name": f"{project}/library/app", "actions": actions}
+        ]
+        assert api.token_requests()[-1].path.startswith("/service/token?")
+    finally:
+        api.reset_accounts()
 
 
 def test_sync_clients_can_use_the_emulator(api: HarborEmulator) -> None:

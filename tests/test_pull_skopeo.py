@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Seeded, SeedImage
+from conftest import SKOPEO_TIMEOUT, Seeded, SeedImage
 from harbor_emulator import HarborEmulator
 from oci_images import skopeo_env
 from router_runner import RunningRouter
@@ -25,30 +25,6 @@ from support_tools import free_port, require_tool
 pytestmark = pytest.mark.integration
 
 PROXY_PROJECTS = ("dockerhub", "ghcr", "quay")
-SKOPEO_TIMEOUT = 60.0
-
-
-@pytest.fixture
-def skopeo(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run skopeo in a private environment; return the finished process (never raises)."""
-    binary = require_tool("skopeo")
-    workdir = tmp_path / "skopeo"
-    workdir.mkdir()
-    env = skopeo_env(workdir)
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [binary, "--insecure-policy", *args],
-            env=env,
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=SKOPEO_TIMEOUT,
-            check=False,
-        )
-
-    return run
 
 
 def sha256_file(path: Path) -> str:

@@ -7,6 +7,7 @@ killed as a process group without touching anything else, and every one is stopp
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -50,6 +51,36 @@ MANIFEST = json.dumps(
 )
 TAGS = json.dumps({"name": f"{HOT_PROJECT}/{REPO}", "tags": [f"3.{i}" for i in range(40)]})
 
+
+def _jwt_part(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+# Harbor's token service for AUTH_MODE=harbor runs: whoever asks may pull the hot repository.
+TOKEN = json.dumps(
+    {
+        "token": ".".join(
+            (
+                _jwt_part({"typ": "JWT", "alg": "RS256"}),
+                _jwt_part(
+                    {
+                        "sub": "bench",
+                        "aud": "harbor-registry",
+                        "access": [
+                            {
+                                "type": "repository",
+                                "name": f"{HOT_PROJECT}/{REPO}",
+                                "actions": ["pull"],
+                            }
+                        ],
+                    }
+                ),
+                "c2lnbmF0dXJl",
+            )
+        )
+    }
+)
+
 _HTTP_COMMON = """
   access_log off;
   keepalive_requests 10000000;
@@ -81,6 +112,10 @@ http {{"""
       try_files /projects.json =404;
     }}
     location /api/ {{ default_type application/json; }}
+    location = /service/token {{
+      default_type application/json;
+      try_files /token.json =404;
+    }}
     location /v2/ {{ default_type """
     + MANIFEST_TYPE
     + """; }}
@@ -176,6 +211,7 @@ def write_upstream_tree(root: Path, blob_size: int) -> None:
     ]
     www.mkdir()
     (www / "projects.json").write_text(json.dumps(projects))
+    (www / "token.json").write_text(TOKEN)
     for project in projects:
         summary = www / "api/v2.0/projects" / str(project["name"])
         summary.mkdir(parents=True)
