@@ -1,7 +1,9 @@
 """Build the optional compiled speedups from ``_speedups/``.
 
-Every ``_speedups/_<name>_c.pyx`` becomes ``harbor_router._<name>_c``. A failed build is not an
-error unless ``HARBOR_ROUTER_REQUIRE_EXTENSIONS=1``; ``HARBOR_ROUTER_NO_EXTENSIONS=1`` skips them.
+Every ``_speedups/_<name>_c.pyx`` becomes ``harbor_router._<name>_c``, and the data plane's
+modules (``_speedups/dataplane.py``) are compiled from their own source into
+``harbor_router/_compiled/``. A failed build is not an error unless
+``HARBOR_ROUTER_REQUIRE_EXTENSIONS=1``; ``HARBOR_ROUTER_NO_EXTENSIONS=1`` skips them.
 """
 
 import os
@@ -34,6 +36,13 @@ def extensions():  # type: ignore[no-untyped-def]
     exts = [
         Extension(f"harbor_router.{pathlib.Path(src).stem}", [src], extra_compile_args=["-O2"])
         for src in sources
+    ]
+    sys.path.insert(0, str(HERE / "_speedups"))
+    import dataplane
+
+    exts += [
+        Extension(name, [src], extra_compile_args=["-O2"])
+        for name, src in dataplane.prepare(HERE, HERE / "build" / "dataplane")
     ]
     return cythonize(exts, language_level=3, compiler_directives={"embedsignature": True})
 

@@ -32,6 +32,13 @@ def main(argv: list[str]) -> int:
         assert expected == module.IMPLEMENTATION, (module.__name__, module.IMPLEMENTATION)
     compiled = sorted(p.name for p in package.glob("_*_c*.so"))
     assert (compiled == []) == pure, compiled
+    assert expected == harbor_router.DATAPLANE, harbor_router.DATAPLANE
+    from harbor_router import handler, protocol, upstream
+
+    for module in (protocol, upstream, handler):  # the data plane, compiled or its source
+        origin = pathlib.Path(module.__file__ or "").resolve()
+        assert origin.parent == (package if pure else package / "_compiled"), origin
+        assert origin.suffix == (".py" if pure else ".so"), origin
     if not pure:
         from harbor_router import _cache_c, _wire_c
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import __version__, _cache, _wire, logs, routes
+from . import DATAPLANE, __version__, _cache, _wire, logs, routes
 from .admin import Admin, Aggregator
 from .auth import HARBOR, HEADER, ChallengeCache, Credentials, HarborAuth
 from .breaker import OPEN, Breakers
@@ -52,7 +52,7 @@ DRAIN_POLL = 0.05
 
 def speedups() -> str:
     """Which implementation each twin runs on (``c`` compiled, ``py`` pure Python)."""
-    return f"cache={_cache.IMPLEMENTATION} wire={_wire.IMPLEMENTATION}"
+    return f"cache={_cache.IMPLEMENTATION} wire={_wire.IMPLEMENTATION} dataplane={DATAPLANE}"
 
 
 def upstream_ssl_context(config: Config) -> ssl.SSLContext | None:

@@ -1,0 +1,87 @@
+"""The compiled data plane (``_speedups/dataplane.py``): what is compiled, and that it is used.
+
+The suite itself runs twice in CI, once on the compiled modules (``make test``) and once on their
+source (``make test-py``); these tests check which of the two a run is on, and the generator of
+the declarations the compiled modules are built with.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import os
+import pathlib
+from types import ModuleType
+
+import pytest
+
+import harbor_router
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("dataplane", ROOT / "_speedups" / "dataplane.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DATAPLANE = _generator()
+
+
+def test_compiled_data_plane_loaded_when_required() -> None:
+    if os.environ.get("HARBOR_ROUTER_REQUIRE_EXTENSIONS", "") in ("", "0"):
+        pytest.skip("HARBOR_ROUTER_REQUIRE_EXTENSIONS is not set")
+    assert harbor_router.DATAPLANE == "c"
+    for name, classes in DATAPLANE.MODULES.items():
+        module = importlib.import_module(f"harbor_router.{name}")
+        origin = pathlib.Path(module.__file__ or "")
+        assert origin.parent.name == "_compiled" and origin.suffix == ".so", origin
+        for cls in classes:
+            assert getattr(module, cls).__module__ == f"harbor_router._compiled.{name}"
+
+
+def test_source_used_without_extensions() -> None:
+    if os.environ.get("HARBOR_ROUTER_NO_EXTENSIONS", "") in ("", "0"):
+        pytest.skip("HARBOR_ROUTER_NO_EXTENSIONS is not set")
+    assert harbor_router.DATAPLANE == "py"
+    for name in DATAPLANE.MODULES:
+        module = importlib.import_module(f"harbor_router.{name}")
+        assert pathlib.Path(module.__file__ or "").parent == ROOT / "harbor_router"
+
+
+@pytest.mark.parametrize("name", sorted(DATAPLANE.MODULES))
+def test_every_attribute_a_class_sets_is_declared(name: str) -> None:
+    """An extension type has no __dict__: an attribute missing from the .pxd would be an
+    AttributeError only on the compiled build, at the first line that sets it."""
+    source = (ROOT / "harbor_router" / f"{name}.py").read_text()
+    pxd = DATAPLANE._pxd(source, DATAPLANE.MODULES[name])
+    declared: dict[str, set[str]] = {}
+    current = ""
+    for line in pxd.splitlines():
+        if line.startswith("cdef class "):
+            current = line.removeprefix("cdef class ").rstrip(":")
+            declared[current] = set()
+        elif line.startswith("    cdef public object "):
+            declared[current].add(line.split()[-1])
+    assert set(declared) == set(DATAPLANE.MODULES[name])
+    classes = {n.name: n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)}
+    for cls_name, attributes in declared.items():
+        assigned = {
+            node.attr
+            for node in ast.walk(classes[cls_name])
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "self"
+            and isinstance(node.ctx, ast.Store)
+        }
+        assert assigned <= attributes, (cls_name, assigned - attributes)
+
+
+def test_generator_drops_only_the_asyncio_protocol_base() -> None:
+    source = "class A(asyncio.Protocol):\n    pass\nclass B(Base):\n    pass\n"
+    out = DATAPLANE._strip_bases(source, ("A", "B"))
+    assert "class A:\n" in out and "class B(Base):" in out
