@@ -85,6 +85,10 @@ class Forwarder:
     def close(self) -> None:
         self._deadlines.close()
 
+    def reload_credentials(self) -> bool:
+        """Re-read the robot's ``*_FILE`` credentials; True when they changed."""
+        return self._credentials.refresh()
+
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
         name = project.upstream_name(route.name)
         if route.kind == routes.TAGS:
