@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 # Prerequisites run in the order written (system packages before the build).
 .NOTPARALLEL:
-.PHONY: install system-deps test test-py lint demo run bench bench-gate bench-wrk clean
+.PHONY: install system-deps test test-py lint demo run bench bench-gate bench-wrk soak clean
 
 install: $(STAMP)
 
@@ -49,6 +49,13 @@ bench: system-deps install
 # falls under its floor (FLOORS in benchmarks/loadtest.py).
 bench-gate: system-deps install
 	$(PY) benchmarks/loadtest.py --gate $(BENCH_ARGS)
+
+# Soak (a benchmark, not a test): 10 minutes of mixed traffic, the router's RSS and open fds
+# sampled every 10 s (benchmarks/soak.py); writes benchmarks/results/soak.json.
+# SOAK_ARGS='--duration 60' for a short look.
+SOAK_ARGS ?=
+soak: system-deps install
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 bench-wrk: system-deps install
 	$(PY) benchmarks/wrk_cache_hit.py && $(PY) benchmarks/wrk_static_upstream.py
