@@ -18,6 +18,8 @@ timeouts (``HEADER_TIMEOUT``, ``KEEPALIVE_TIMEOUT``) are not timers per request 
 sweep over every connection (:class:`Connections`): a request costs two timestamps, and a
 connection is judged a few times per timeout, which is as precise as a slowloris defence needs.
 The same registry of connections enforces ``MAX_CONNECTIONS`` and drains them on shutdown.
+A refusal at the limit and a close by a timeout are counted where they happen
+(``Metrics.connections_rejected``, ``Metrics.connections_closed``): nothing per request.
 """
 
 from __future__ import annotations
