@@ -25,9 +25,12 @@ rates (requests per second, ``--scale`` multiplies them all), each class paced o
 
 Every ``--sample`` seconds (default 10) the router's ``VmRSS`` (``/proc/<pid>/status``) and open
 fds (``/proc/<pid>/fd``) are read, with ``open_connections`` and ``cache_entries`` from its
-``/metrics``; a table row is printed per sample. The end: a summary (RSS and fds at start, at
-the end, maximum, growth; requests by class and outcome; latency per class) printed and written
-to ``benchmarks/results/soak.json``. Exit status 1 if any request got an answer it should not
+``/metrics``; a table row is printed per sample. After the load every client connection is
+closed and sampling goes on for ``--quiet`` seconds (default 45: past ``KEEPALIVE_TIMEOUT`` and
+``IDLE_CONN_TIMEOUT``), to see what the router still holds once nothing is open. The end: a
+summary (RSS and fds before the load, after the warm-up, at the end of the load, maximum, growth,
+after the quiet phase; requests by class and outcome; latency per class) printed and written to
+``benchmarks/results/soak.json``. Exit status 1 if any request got an answer it should not
 have (a 5xx, a wrong body, an error on a good request).
 
 Loopback only; the load is bounded by the rates (about 160 requests/s at ``--scale 1``).
@@ -75,6 +78,7 @@ ROUTER_ENV = {
     "NEGATIVE_CACHE_TTL": "15s",
     "HEADER_TIMEOUT": "5s",
     "KEEPALIVE_TIMEOUT": "30s",
+    "IDLE_CONN_TIMEOUT": "20s",  # upstream keep-alive: closed within the quiet phase
 }
 # requests per second at --scale 1
 RATES = {
@@ -158,6 +162,7 @@ class Soak:
         self.outstanding: Counter[str] = Counter()
         self.rng = random.Random(8)
         self.session: aiohttp.ClientSession | None = None
+        self.scraper: aiohttp.ClientSession | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -363,10 +368,10 @@ class Soak:
             self.outstanding[kind] -= 1
 
     async def scrape(self) -> dict[str, float]:
-        assert self.session is not None
+        assert self.scraper is not None
         out: dict[str, float] = {}
         try:
-            async with self.session.get(self.metrics_url) as resp:
+            async with self.scraper.get(self.metrics_url) as resp:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return out
@@ -402,66 +407,77 @@ COLUMNS = ("t_s", "rss_kib", "fds", "open_conns", "l1", "l1_neg", "requests", "r
 async def drive(router: Router, args: argparse.Namespace) -> dict[str, Any]:
     deadline = time.monotonic() + args.duration
     soak = Soak(router.port, router.metrics_port, deadline)
-    connector = aiohttp.TCPConnector(limit=128, force_close=False)
+    samples: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+
+    async def sample(phase: str) -> None:
+        rss, fds = proc_sample(router.proc.pid)
+        scraped = await soak.scrape()
+        elapsed = time.monotonic() - t0
+        total = soak.total()
+        previous = samples[-1] if samples else None
+        rate = (
+            (total - previous["requests"]) / max(1e-9, elapsed - previous["t_s"])
+            if previous
+            else 0.0
+        )
+        row = {
+            "t_s": round(elapsed, 1),
+            "rss_kib": rss,
+            "fds": fds,
+            "open_conns": scraped.get("open_connections", -1),
+            "l1": scraped.get("entries_l1", -1),
+            "l1_neg": scraped.get("entries_l1_negative", -1),
+            "requests": total,
+            "req_per_s": round(rate, 1),
+            "phase": phase,
+        }
+        samples.append(row)
+        print("  ".join(f"{row[c]:>10g}" for c in COLUMNS) + f"  {phase}", flush=True)
+
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        soak.session = session
-        # warm-up: the hot manifest, tags and blob mapped before the first sample
-        for make in (soak.hit_get, soak.tags, soak.blob):
-            await make()
-        samples: list[dict[str, float]] = []
-        t0 = time.monotonic()
-
-        async def sample() -> None:
-            rss, fds = proc_sample(router.proc.pid)
-            scraped = await soak.scrape()
-            elapsed = time.monotonic() - t0
-            total = soak.total()
-            previous = samples[-1] if samples else None
-            rate = (
-                (total - previous["requests"]) / max(1e-9, elapsed - previous["t_s"])
-                if previous
-                else 0.0
-            )
-            row = {
-                "t_s": round(elapsed, 1),
-                "rss_kib": rss,
-                "fds": fds,
-                "open_conns": scraped.get("open_connections", -1),
-                "l1": scraped.get("entries_l1", -1),
-                "l1_neg": scraped.get("entries_l1_negative", -1),
-                "requests": total,
-                "req_per_s": round(rate, 1),
-            }
-            samples.append(row)
-            print("  ".join(f"{row[c]:>10g}" for c in COLUMNS), flush=True)
-
-        print("  ".join(f"{c:>10}" for c in COLUMNS), flush=True)
-        await sample()
-        scale = args.scale
-        loops = [
-            asyncio.create_task(soak.paced(kind, rate * scale, getattr(soak, kind)))
-            for kind, rate in RATES.items()
-        ]
-        loops += [asyncio.create_task(soak.idle_holder()) for _ in range(args.idle)]
-        while time.monotonic() < deadline:
-            await asyncio.sleep(min(args.sample, max(0.0, deadline - time.monotonic())))
-            await sample()
-        await asyncio.gather(*loops)
-        if soak.tasks:  # requests still in flight finish (each is bounded by its timeout)
-            await asyncio.wait(soak.tasks, timeout=35)
-        await asyncio.sleep(1)
-        await sample()  # after the last responses: what is left open
+    async with aiohttp.ClientSession(timeout=timeout) as scraper:
+        soak.scraper = scraper  # its own keep-alive connection to METRICS_ADDR: one fd, always
+        connector = aiohttp.TCPConnector(limit=128)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            soak.session = session
+            # the hot manifest, tags and blob mapped before the first sample
+            for make in (soak.hit_get, soak.tags, soak.blob):
+                await make()
+            print("  ".join(f"{c:>10}" for c in COLUMNS) + "  phase", flush=True)
+            t0 = time.monotonic()
+            await sample("start")
+            scale = args.scale
+            loops = [
+                asyncio.create_task(soak.paced(kind, rate * scale, getattr(soak, kind)))
+                for kind, rate in RATES.items()
+            ]
+            loops += [asyncio.create_task(soak.idle_holder()) for _ in range(args.idle)]
+            while time.monotonic() < deadline:
+                await asyncio.sleep(min(args.sample, max(0.0, deadline - time.monotonic())))
+                await sample("load")
+            await asyncio.gather(*loops)
+            if soak.tasks:  # requests still in flight finish (each is bounded by its timeout)
+                await asyncio.wait(soak.tasks, timeout=35)
+        # Every client connection closed: after KEEPALIVE_TIMEOUT and IDLE_CONN_TIMEOUT the
+        # router should be back to what it held before the load, plus its caches.
+        quiet_until = time.monotonic() + args.quiet
+        while time.monotonic() < quiet_until:
+            await asyncio.sleep(min(args.sample, max(0.0, quiet_until - time.monotonic())))
+            await sample("quiet")
     return summarize(soak, samples, args)
 
 
 def summarize(
-    soak: Soak, samples: list[dict[str, float]], args: argparse.Namespace
+    soak: Soak, samples: list[dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
+    under_load = [s for s in samples if s["phase"] in ("start", "load")]
+    quiet = [s for s in samples if s["phase"] == "quiet"]
+
     def series(key: str) -> dict[str, float]:
-        values = [s[key] for s in samples]
-        warm = [s[key] for s in samples if s["t_s"] >= args.warmup] or values
-        return {
+        values = [s[key] for s in under_load]
+        warm = [s[key] for s in under_load if s["t_s"] >= args.warmup] or values
+        out = {
             "start": values[0],
             "after_warmup": warm[0],
             "end": values[-1],
@@ -469,6 +485,9 @@ def summarize(
             "growth": values[-1] - values[0],
             "growth_after_warmup": values[-1] - warm[0],
         }
+        if quiet:
+            out["after_quiet"] = quiet[-1][key]
+        return out
 
     latency = {
         kind: {
@@ -484,6 +503,8 @@ def summarize(
         "scale": args.scale,
         "rates_per_s": {k: v * args.scale for k, v in RATES.items()},
         "idle_connections": args.idle,
+        "quiet_s": args.quiet,
+        "warmup_s": args.warmup,
         "router_env": ROUTER_ENV,
         "rss_kib": series("rss_kib"),
         "fds": series("fds"),
@@ -497,13 +518,21 @@ def summarize(
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = ["", "metric      start    after warm-up      end      max   growth (after warm-up)"]
-    for key, unit in (("rss_kib", "KiB"), ("fds", "")):
+    lines = [
+        "",
+        f"{'':<9} {'start':>8} {'warm-up':>9} {'end':>8} {'max':>8} {'growth':>8}"
+        f" {'since warm-up':>14} {'quiet':>8}",
+    ]
+    for key in ("rss_kib", "fds"):
         s = result[key]
         lines.append(
-            f"{key:<9} {s['start']:>8g} {s['after_warmup']:>12g} {s['end']:>10g} {s['max']:>8g}"
-            f"   {s['growth']:+g} ({s['growth_after_warmup']:+g}) {unit}"
+            f"{key:<9} {s['start']:>8g} {s['after_warmup']:>9g} {s['end']:>8g} {s['max']:>8g}"
+            f" {s['growth']:>+8g} {s['growth_after_warmup']:>+14g} {s.get('after_quiet', -1):>8g}"
         )
+    lines.append(
+        f"(start: before the load; warm-up: at {result['warmup_s']:g} s; end: the last sample"
+        f" under load; quiet: {result['quiet_s']:g} s after every client connection closed)"
+    )
     lines.append("")
     lines.append(f"requests: {result['requests']}, unexpected answers: {result['unexpected']}")
     for kind, counts in result["counts"].items():
@@ -525,6 +554,9 @@ def main() -> int:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every rate")
+    parser.add_argument(
+        "--quiet", type=float, default=45.0, help="seconds sampled after the load (default 45)"
+    )
     parser.add_argument("--idle", type=int, default=IDLE_CONNECTIONS, help="idle connections")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     args = parser.parse_args()
