@@ -85,10 +85,6 @@ class Forwarder:
     def close(self) -> None:
         self._deadlines.close()
 
-    def reload_credentials(self) -> bool:
-        """Re-read the robot's ``*_FILE`` credentials; True when they changed."""
-        return self._credentials.refresh()
-
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
         name = project.upstream_name(route.name)
         if route.kind == routes.TAGS:
@@ -161,6 +157,10 @@ class Forwarder:
         self._metrics.upstream_done(label, upstream_status(relay.status),
                                     time.perf_counter() - start)  # fmt: skip
         return True
+
+    def reload_credentials(self) -> bool:
+        """Re-read the robot's ``*_FILE`` credentials; True when they changed."""
+        return self._credentials.refresh()
 
     def _send(
         self,
