@@ -174,6 +174,10 @@ class Forwarder:
         self._metrics.upstream_done(label, upstream_status(relay.status), now - start)
         return True
 
+    def reload_credentials(self) -> bool:
+        """Re-read the robot's ``*_FILE`` credentials; True when they changed."""
+        return self._credentials.refresh()
+
     def _send(
         self,
         client: HttpProtocol,

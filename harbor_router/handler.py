@@ -366,16 +366,24 @@ class RequestHandler:
                 headers=((b"Retry-After", str(retry).encode()),),
             )
         tags = route.kind == routes.TAGS
-        relay = await self._forwarder.forward(
-            client,
-            self._forwarder.request_head(request, route, project),
-            head_only=request.method == "HEAD",
-            label=project.name,
-            rewriter=_hint_rewriter(route, project),
-            breaker=breaker,
-            relay_status=capture_all if tags else default_relay_status,
-            started=started,
-        )
+        forwarder = self._forwarder
+        for attempt in (0, 1):
+            relay = await forwarder.forward(
+                client,
+                forwarder.request_head(request, route, project),
+                head_only=request.method == "HEAD",
+                label=project.name,
+                rewriter=_hint_rewriter(route, project),
+                breaker=breaker,
+                relay_status=capture_all if tags else default_relay_status,
+                started=started if attempt == 0 else None,
+            )
+            # Harbor refused the robot: if its secret files were rotated since they were last
+            # read, ask once more with the new credentials (else the next discovery pass would).
+            if relay.started or relay.status not in (401, 403) or attempt:
+                break
+            if not forwarder.reload_credentials():
+                break
         if relay.started:
             return True
         if tags and relay.status == 200:

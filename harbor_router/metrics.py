@@ -98,6 +98,10 @@ BREAKER_STATES: Final = {"closed": 0, "open": 1, "half_open": 2}  # the gauge's 
 HIT, STALE, REDIS_HIT, MISS, NEGATIVE = "hit", "stale", "redis_hit", "miss", "negative"
 LOOKUP_RESULTS: Final = (HIT, STALE, REDIS_HIT, MISS, NEGATIVE)
 
+# Why the router closed a client connection on its own (connections_closed_total{reason}).
+HEADER_TIMEOUT, KEEPALIVE_TIMEOUT = "header_timeout", "keepalive_timeout"
+CLOSE_REASONS: Final = (HEADER_TIMEOUT, KEEPALIVE_TIMEOUT)
+
 Histogram = list[float]
 
 
@@ -142,6 +146,9 @@ class Metrics:
         self.discovery_errors = 0
         self.discovery_last_success = 0.0
         self.transitions: dict[tuple[str, str, str], int] = {}
+        # client connections: refused at MAX_CONNECTIONS, closed by a timeout (not per request)
+        self.connections_rejected = 0
+        self.connections_closed = dict.fromkeys(CLOSE_REASONS, 0)
         self.sources = Sources()
 
     # -- the request boundary (protocol.py) -------------------------------------------------
@@ -373,7 +380,26 @@ class Metrics:
         for label, count in by_type.items():
             sent.add_metric([label], count)
         inflight = _single(_gauge, "inflight_requests", "Requests being answered", self.inflight)
-        return [total, duration, sent, inflight]
+        return [total, duration, sent, inflight, *self._connection_families()]
+
+    def _connection_families(self) -> list[Metric]:
+        src = self.sources
+        open_now = src.open_connections() if src.open_connections is not None else 0
+        opened = _single(_gauge, "open_connections", "Client connections open", open_now)
+        rejected = _single(
+            _counter,
+            "connections_rejected",
+            "Client connections refused with 503 at MAX_CONNECTIONS",
+            self.connections_rejected,
+        )
+        closed = _counter(
+            "connections_closed",
+            "Client connections the router closed by a timeout, by reason",
+            ["reason"],
+        )
+        for reason, count in self.connections_closed.items():
+            closed.add_metric([reason], count)
+        return [opened, rejected, closed]
 
     def _cache_families(self) -> list[Metric]:
         src = self.sources
@@ -411,6 +437,7 @@ class Sources:
         self.mapping: MappingCache | None = None
         self.ratelimit: TTLCache[Any] | None = None
         self.singleflight_inflight: Callable[[], int] | None = None
+        self.open_connections: Callable[[], int] | None = None
         self.speedups = ""
 
 

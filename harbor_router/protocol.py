@@ -18,6 +18,8 @@ timeouts (``HEADER_TIMEOUT``, ``KEEPALIVE_TIMEOUT``) are not timers per request 
 sweep over every connection (:class:`Connections`): a request costs two timestamps, and a
 connection is judged a few times per timeout, which is as precise as a slowloris defence needs.
 The same registry of connections enforces ``MAX_CONNECTIONS`` and drains them on shutdown.
+A refusal at the limit and a close by a timeout are counted where they happen
+(``Metrics.connections_rejected``, ``Metrics.connections_closed``): nothing per request.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import httptools
 
 from . import errors, responses
-from .metrics import CLIENT_CLOSED, KIND_TYPES, OTHER_KIND, Metrics
+from .metrics import (
+    CLIENT_CLOSED,
+    HEADER_TIMEOUT,
+    KEEPALIVE_TIMEOUT,
+    KIND_TYPES,
+    OTHER_KIND,
+    Metrics,
+)
 from .routes import ALLOW_HEADER, BLOB, PULL_METHODS
 
 if TYPE_CHECKING:
@@ -268,6 +277,7 @@ class HttpProtocol(asyncio.Protocol):
         conns = self._conns
         if len(conns.active) >= conns.max_connections:
             self.closing = True
+            self._metrics.connections_rejected += 1
             transport.write(_TOO_MANY_CONNECTIONS)
             transport.close()
             return
@@ -609,15 +619,18 @@ class HttpProtocol(asyncio.Protocol):
         conns = self._conns
         if self._in_headers:
             if now - self._head_since > conns.header_timeout:
+                self._metrics.connections_closed[HEADER_TIMEOUT] += 1
                 self._refuse(errors.RequestTimeout("the request head took too long"))
         elif conns.draining:
             self.close()
         elif self._head_since:  # connected, sent nothing yet
             if now - self._head_since > conns.header_timeout:
+                self._metrics.connections_closed[HEADER_TIMEOUT] += 1
                 self.close()
         elif not self._idle_since:
             self._idle_since = now
         elif now - self._idle_since > conns.keepalive_timeout:
+            self._metrics.connections_closed[KEEPALIVE_TIMEOUT] += 1
             self.close()
 
     def close(self) -> None:

@@ -212,6 +212,7 @@ class App:
         sources.shared, sources.mapping, sources.tiers = self.shared, self.mapping, self.tiers
         sources.ratelimit = limiter.limiter.buckets if limiter is not None else None
         sources.singleflight_inflight = lambda: resolver.inflight
+        sources.open_connections = lambda: len(self.connections.active)
         sources.speedups = speedups()
         self.admin = Admin(
             metrics=metrics,

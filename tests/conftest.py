@@ -120,15 +120,18 @@ def harbor_server(distribution: DistributionRegistry, seeded: Seeded) -> Iterato
 
 @pytest.fixture
 def harbor(harbor_server: HarborEmulator) -> Iterator[HarborEmulator]:
-    """The session emulator, reset for this test: listening, no faults, empty log, no blob
-    cached, no account but the router's robot, every project private."""
+    """The session emulator, reset for this test: listening, no faults, the robot's first
+    password, empty log, no blob cached, no account but the router's robot, every project
+    private."""
     harbor_server.start_listening()
     harbor_server.clear_faults()
+    harbor_server.reset_password()
     harbor_server.reset_accounts()
     harbor_server.clear_log()
     harbor_server.forget_cached_blobs()
     yield harbor_server
     harbor_server.clear_faults()
+    harbor_server.reset_password()
     harbor_server.reset_accounts()
     harbor_server.start_listening()
 

@@ -180,6 +180,7 @@ class HarborEmulator:
         self.registry_url = registry_url.rstrip("/")
         self.username = username
         self.password = password
+        self.initial_password = password
         entries: list[_ProjectEntry] = []
         registry_id = 0
         for project_id, raw in enumerate(projects, start=1):
@@ -443,6 +444,17 @@ class HarborEmulator:
     def is_blob_cached(self, project: str, digest: str) -> bool:
         with self._lock:
             return (project, digest) in self._cached_blobs
+
+    def set_password(self, password: str) -> None:
+        """Change the robot's password (a rotated robot secret): from the next request on,
+        only the new one is accepted (by the registry and by the token service)."""
+        with self._lock:
+            self.password = password
+            if self.username in self._users:
+                self._users[self.username] = password
+
+    def reset_password(self) -> None:
+        self.set_password(self.initial_password)
 
     def basic_auth_header(self) -> str:
         raw = f"{self.username}:{self.password}".encode()

@@ -44,6 +44,19 @@ def test_compiled_data_plane_loaded_when_required() -> None:
             assert getattr(module, cls).__module__ == f"harbor_router._compiled.{name}"
 
 
+def test_compiled_data_plane_is_built_from_the_current_source() -> None:
+    """A source edited after the build would otherwise be tested only as its twin."""
+    if harbor_router.DATAPLANE != "c":
+        pytest.skip("the data plane is not compiled in this run")
+    built = ROOT / "build" / "dataplane" / "harbor_router" / "_compiled"
+    if not built.is_dir():
+        pytest.skip("compiled elsewhere (an installed wheel): no build tree to compare")
+    for name, classes in DATAPLANE.MODULES.items():
+        source = (ROOT / "harbor_router" / f"{name}.py").read_text()
+        copy = (built / f"{name}.py").read_text()
+        assert copy == DATAPLANE._strip_bases(source, classes), f"{name}.py changed: make install"
+
+
 def test_source_used_without_extensions() -> None:
     if os.environ.get("HARBOR_ROUTER_NO_EXTENSIONS", "") in ("", "0"):
         pytest.skip("HARBOR_ROUTER_NO_EXTENSIONS is not set")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -173,6 +174,47 @@ def test_rate_limit_rejections(make_router: Callable[..., RunningRouter]) -> Non
     assert value(samples, P + "requests_total", type="v2check", status="4xx") == 2
     assert value(samples, P + "requests_total", type="v2check", status="2xx") == 1
     assert value(samples, P + "cache_entries", backend="ratelimit") == 1
+
+
+def test_connection_limit_and_timeout_counters(make_router: Callable[..., RunningRouter]) -> None:
+    router = make_router(MAX_CONNECTIONS="2", HEADER_TIMEOUT="1s", KEEPALIVE_TIMEOUT="1s")
+    good = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", router.port), timeout=5)
+
+    def closed(sock: socket.socket) -> bytes:
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    samples, _ = scrape(router)
+    assert value(samples, P + "open_connections") == 0
+    assert value(samples, P + "connections_rejected_total") == 0
+    for reason in metrics.CLOSE_REASONS:  # every reason exported from the start
+        assert (P + "connections_closed_total", {"reason": reason}, 0.0) in samples
+    slow, idle = connect(), connect()
+    with slow, idle:
+        slow.sendall(b"GET /v2/ HTTP/1.1\r\nHost")  # a head that never completes
+        idle.sendall(good)
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        assert wait_until(lambda: value(scrape(router)[0], P + "open_connections") == 2, 3)
+        for _ in range(2):  # both slots taken: refused at accept
+            with connect() as extra:
+                assert closed(extra).startswith(b"HTTP/1.1 503")
+        assert closed(slow).startswith(b"HTTP/1.1 408")  # HEADER_TIMEOUT
+        assert closed(idle) == b""  # KEEPALIVE_TIMEOUT: a silent close
+    with connect() as silent:  # connected, never sent a byte: HEADER_TIMEOUT, silently
+        assert closed(silent) == b""
+    assert wait_until(lambda: value(scrape(router)[0], P + "open_connections") == 0, 3)
+    samples, _ = scrape(router)
+    assert value(samples, P + "connections_rejected_total") == 2
+    assert value(samples, P + "connections_closed_total", reason="header_timeout") == 2
+    assert value(samples, P + "connections_closed_total", reason="keepalive_timeout") == 1
+    # refused connections are not requests: only the one GET /v2/ and the 408 were answered
+    assert value(samples, P + "requests_total", type="v2check") == 1
+    assert value(samples, P + "requests_total", status="5xx") == 0
 
 
 def test_redis_fallback_and_reconnection(

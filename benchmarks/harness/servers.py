@@ -287,12 +287,19 @@ class AiohttpProxy(Server):
 
 class Router(Server):
     def __init__(
-        self, upstream: Upstream, pinning: Pinning, workers: int = 1, tree: Path = ROOT
+        self,
+        upstream: Upstream,
+        pinning: Pinning,
+        workers: int = 1,
+        tree: Path = ROOT,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         """``tree``: the directory holding the ``harbor_router`` package to run (the checkout
-        by default; a snapshot to measure another commit)."""
+        by default; a snapshot to measure another commit). ``extra_env``: more configuration
+        (the soak's cache TTLs and timeouts)."""
         self.name = "router" if workers == 1 else f"router-w{workers}"
         port = free_port()
+        self.metrics_port = free_port()
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -300,7 +307,7 @@ class Router(Server):
             "HARBOR_USERNAME": "robot$bench",
             "HARBOR_PASSWORD": "bench",
             "LISTEN_ADDR": f"127.0.0.1:{port}",
-            "METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "METRICS_ADDR": f"127.0.0.1:{self.metrics_port}",
             "AUTH_MODE": "none",
             # BENCH_ROUTER_LOG_LEVEL=info measures the access log (off by default)
             "LOG_LEVEL": os.environ.get("BENCH_ROUTER_LOG_LEVEL", "warning"),
@@ -311,6 +318,7 @@ class Router(Server):
         for passed in ("HARBOR_ROUTER_NO_EXTENSIONS", "HARBOR_ROUTER_REQUIRE_EXTENSIONS"):
             if passed in os.environ:
                 env[passed] = os.environ[passed]
+        env.update(extra_env or {})
         if tree != ROOT:
             env["PYTHONPATH"] = str(tree)
         cmd = pinning.wrap([sys.executable, "-m", "harbor_router"], role="proxy")
