@@ -33,6 +33,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "breaker": ("Breaker", "Breakers"),
     "metrics": ("Metrics",),
     "responses": (),
+    "auth": ("Credentials", "Decisions"),
 }
 _DROPPED_BASES = ("asyncio.Protocol",)
 

@@ -171,6 +171,7 @@ TOKEN_SERVICE: Final = "harbor-registry"
 NEGATIVE_TTL_MAX: Final = 10.0
 #: Most decisions kept; past it the oldest are dropped first.
 MAX_DECISIONS: Final = 100_000
+MAX_NAMES: Final = 10_000  # Authorization hashes → digests kept (Decisions.credential)
 #: A token service answer larger than this is not a token.
 MAX_TOKEN_BYTES: Final = 64 * 1024
 
@@ -243,7 +244,8 @@ def grants_pull(claims: dict[str, Any], repository: str) -> bool:
 class Decisions:
     """Access decisions per (credential hash, project, repository), each with its expiry."""
 
-    __slots__ = ("_clock", "_entries", "_hasher", "_max_entries", "_negative_ttl", "_ttl")
+    __slots__ = ("_clock", "_entries", "_hasher", "_max_entries", "_names", "_negative_ttl",
+                 "_ttl")  # fmt: skip
 
     def __init__(
         self,
@@ -260,14 +262,26 @@ class Decisions:
         self._max_entries = max_entries
         self._clock = clock
         self._entries: dict[tuple[bytes, str, str], tuple[int, float]] = {}
+        # hash(value) → its keyed digest: a client's next request skips the digest. hash() is
+        # SipHash keyed with the process's own random secret; a 64-bit collision would have to
+        # be found without that secret, against a value the attacker does not know.
+        self._names: dict[int, bytes] = {}
 
     def credential(self, authorization: bytes | None) -> bytes:
         """The cache's name for an ``Authorization`` value: a keyed hash (b"" for none)."""
         if authorization is None:
             return b""
-        hasher = self._hasher.copy()
-        hasher.update(authorization)
-        return hasher.digest()
+        names = self._names
+        short = hash(authorization)
+        name = names.get(short)
+        if name is None:
+            hasher = self._hasher.copy()
+            hasher.update(authorization)
+            name = hasher.digest()
+            if len(names) >= MAX_NAMES:
+                names.clear()
+            names[short] = name
+        return name
 
     def allowed(self, authorization: bytes | None, project: str, name: str) -> bool:
         """The fast path's question, in one call: is an allow for this request cached?"""
@@ -275,9 +289,7 @@ class Decisions:
         if authorization is None or (len(authorization) == 10 and authorization in _EMPTY_BASIC):
             credential = b""
         else:
-            hasher = self._hasher.copy()
-            hasher.update(authorization)
-            credential = hasher.digest()
+            credential = self._names.get(hash(authorization)) or self.credential(authorization)
         entry = self._entries.get((credential, project, name))
         return entry is not None and entry[0] == ALLOWED and self._clock() < entry[1]
 

@@ -68,6 +68,29 @@ def test_credentials_are_kept_only_as_keyed_hashes() -> None:
     assert all(value not in repr(key).encode() for key in one._entries)
 
 
+def test_digest_names_are_remembered_by_hash_only_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The memo of hash(value) → digest holds no value, stays bounded, and gives each value
+    its own digest."""
+    decisions = auth.Decisions(60.0)
+    values = [b"Basic " + base64.b64encode(f"user{i}:pw{i}".encode()) for i in range(50)]
+    digests = [decisions.credential(v) for v in values]
+    assert len(set(digests)) == 50
+    assert [decisions.credential(v) for v in values] == digests  # from the memo, the same
+    assert all(isinstance(k, int) for k in decisions._names)
+    assert all(len(d) == 16 for d in decisions._names.values())
+    monkeypatch.setattr(auth, "MAX_NAMES", 10)
+    bounded = auth.Decisions(60.0)
+    for value in values:
+        bounded.credential(value)
+        assert len(bounded._names) <= 10
+    assert bounded.credential(values[0]) == auth.Decisions.credential(bounded, values[0])
+    decisions.put(digests[3], "p", "r", auth.ALLOWED)
+    assert decisions.allowed(values[3], "p", "r")
+    assert not decisions.allowed(values[4], "p", "r")
+
+
 @pytest.mark.parametrize(
     ("value", "anonymous"),
     [(None, True), (b"Basic Og==", True), (b"Basic YTpi", False), (b"Bearer x", False)],
