@@ -28,12 +28,15 @@ from typing import Final
 import aiohttp
 from multidict import CIMultiDict
 
-from . import errors, routes
+from . import __version__, errors, routes
 from .auth import Credentials
 from .breaker import Breakers, is_failure
 from .logs import event
 from .metrics import Metrics, upstream_status
 from .projects import Project
+
+#: The fan-out's User-Agent when the client sent none.
+USER_AGENT = f"harbor-router/{__version__}"
 
 log = logging.getLogger("harbor_router.resolver")
 
@@ -287,6 +290,9 @@ class Resolver:
         stream: bool,
     ) -> Winner:
         headers: CIMultiDict[str] = CIMultiDict(forward)
+        # What aiohttp would add otherwise: the encoding as it is, and no client name of its own
+        headers.setdefault("Accept-Encoding", "identity")
+        headers.setdefault("User-Agent", USER_AGENT)
         if self._credentials.header:
             headers["Authorization"] = self._credentials.header.decode("ascii")
         if route.kind == routes.TAGS:

@@ -72,6 +72,7 @@ class App:
         self.config = config
         self._server: asyncio.Server | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._fanout_session: aiohttp.ClientSession | None = None
         self._auth_session: aiohttp.ClientSession | None = None
         self.harbor_auth: HarborAuth | None = None
         self.discovery: Discovery | None = None
@@ -117,6 +118,15 @@ class App:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
+        # The fan-out's own session on the same connection pool: no skip_auto_headers (which
+        # costs every request aiohttp's slow header path), its requests name the encoding
+        # themselves (resolver.py), and no cookie jar (nothing Harbor sets is sent back).
+        self._fanout_session = aiohttp.ClientSession(
+            connector=connector,
+            connector_owner=False,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
         self.shared = SharedStore.from_config(config)
         self.discovery = Discovery(
             self._session,
@@ -150,7 +160,7 @@ class App:
             on_transition=self._breaker_moved,
         )
         resolver = Resolver(
-            self._session,
+            self._fanout_session,
             config.harbor_url,
             credentials,
             self.breakers,
@@ -354,6 +364,8 @@ class App:
             self.forwarder.close()
         if self.pool is not None:
             self.pool.close()
+        if self._fanout_session is not None:
+            await self._fanout_session.close()
         if self._session is not None:
             await self._session.close()
         if self._auth_session is not None:

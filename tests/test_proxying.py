@@ -343,6 +343,27 @@ def test_request_headers_forwarded_to_harbor(
         assert "x-custom" not in got
 
 
+def test_fan_out_names_identity_encoding_and_itself_without_a_client_user_agent(
+    router: RunningRouter, seeded: Seeded, harbor: HarborEmulator
+) -> None:
+    """A fan-out asks for the body as it is (the router relays bytes, it never decompresses)
+    and says who asks when the client did not; the hit path adds neither."""
+    image = seeded.get("dockerhub", "library/nginx")
+    harbor.clear_log()
+    status, _, _ = router.request("GET", manifest_path(image), {"Accept": image.media_type})
+    assert status == 200
+    fanned = recorded(harbor, f"/{image.repo}/manifests/")
+    assert fanned
+    for got in fanned:
+        assert got.get("accept-encoding") == "identity"
+        assert got.get("user-agent", "").startswith("harbor-router/")
+    harbor.clear_log()
+    status, _, _ = router.request("GET", manifest_path(image), {"Accept": image.media_type})
+    assert status == 200
+    (hit,) = recorded(harbor, f"/{image.repo}/manifests/")
+    assert "accept-encoding" not in hit and "user-agent" not in hit
+
+
 def test_blob_request_headers_use_the_robot_account(
     router: RunningRouter, seeded: Seeded, harbor: HarborEmulator
 ) -> None:
