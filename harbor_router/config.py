@@ -679,6 +679,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("KEEPALIVE_TIMEOUT", _DURATION, "an idle client connection is closed after this"),
     Variable("MAX_CONNECTIONS", _INT_1,
              "most client connections per worker (503 and close beyond it)"),
+    Variable("UPSTREAM_READ_TIMEOUT", _DURATION,
+             "a response body Harbor sends nothing of for this long is cut off"),
+    Variable("MAX_UPSTREAM_CONNECTIONS", _INT_1,
+             "most connections to Harbor open at once per worker (raw pool and fan-out each)"),
     Variable("SHUTDOWN_GRACE", _DURATION_0,
              "on SIGTERM, how long in-flight responses may take to finish"),
 )  # fmt: skip
@@ -736,6 +740,8 @@ class Config:
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     max_connections: int = 10_000
+    upstream_read_timeout: float = 60.0
+    max_upstream_connections: int = 1024
     shutdown_grace: float = 30.0
 
     def describe(self) -> list[tuple[str, str]]:

@@ -17,11 +17,19 @@ from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewrite
 from .metrics import Metrics, upstream_status
 from .projects import Project
 from .protocol import HttpProtocol, Request
-from .relay import SPLICE_MIN_BYTES, HeadDeadlines, HeadTimeout, Relay, default_relay_status
+from .relay import (
+    SPLICE_MIN_BYTES,
+    BodyWatch,
+    HeadDeadlines,
+    HeadTimeout,
+    ReadTimeout,
+    Relay,
+    default_relay_status,
+)
 from .resolver import SECTIONS
 from .splice import AVAILABLE as SPLICE_AVAILABLE
 from .splice import SpliceStats
-from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from .upstream import PoolFull, UpstreamConnection, UpstreamError, UpstreamPool
 
 # A request try_start() sent: its connection, its relay, and when it was sent.
 Started = tuple[UpstreamConnection, Relay, float]
@@ -29,6 +37,7 @@ Started = tuple[UpstreamConnection, Relay, float]
 # Client headers never passed through unchanged, even for PASSTHROUGH_UNMATCHED.
 _PASSTHROUGH_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"content-length"}
 IDENTITY = Rewriter("", "")
+_RETRY_SOON = ((b"Retry-After", b"1"),)
 #: Request heads' first lines kept (``Forwarder._head_start``); emptied when full.
 HEAD_STARTS = 4096
 
@@ -71,6 +80,7 @@ class Forwarder:
         timeout: float,
         max_body: int,
         splice_min_bytes: int | None = SPLICE_MIN_BYTES,
+        read_timeout: float = 60.0,
         metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
@@ -83,10 +93,12 @@ class Forwarder:
         self._timeout = timeout
         self._max_body = max_body
         self._deadlines = HeadDeadlines()
+        self._bodies = BodyWatch(read_timeout)
         self._starts: dict[tuple[routes.Route, str, str], tuple[bytes | None, bytes]] = {}
 
     def close(self) -> None:
         self._deadlines.close()
+        self._bodies.close()
 
     def _head_start(self, method: str, route: routes.Route, project: Project) -> bytes:
         """Request line, Host and Authorization of ``route`` at ``project``, kept per route
@@ -189,7 +201,8 @@ class Forwarder:
     ) -> Relay:
         relay = Relay(client, conn, rewriter, head_only=head_only,
                       relay_status=relay_status, capture_limit=self._max_body,
-                      splice_min=self.splice_min_bytes, stats=self.splice_stats)  # fmt: skip
+                      splice_min=self.splice_min_bytes, stats=self.splice_stats,
+                      bodies=self._bodies)  # fmt: skip
         conn.send(head, relay, head_only)
         relay.arm_timeout(self._deadlines, self._timeout)
         return relay
@@ -216,6 +229,11 @@ class Forwarder:
             else:
                 try:
                     conn = await self._pool.acquire()
+                except PoolFull as exc:  # the router's own limit: nothing learnt about Harbor
+                    metrics.connection_error("pool_full")
+                    raise errors.Unavailable(
+                        str(exc), {label: "too many connections"}, headers=_RETRY_SOON
+                    ) from None
                 except UpstreamError as exc:
                     if breaker is not None:
                         breaker.failure()
@@ -239,10 +257,11 @@ class Forwarder:
                     if breaker is not None:
                         breaker.abandon()
                     raise errors.ResponseAborted() from None
+                reason = "read_timeout" if isinstance(exc, ReadTimeout) else "reset"
                 if relay.started:  # Harbor died mid-body: the client can only be cut off
                     if breaker is not None:
                         breaker.failure()
-                    metrics.connection_error("reset")
+                    metrics.connection_error(reason)
                     metrics.upstream_done(label, "error", time.perf_counter() - start)
                     raise errors.ResponseAborted(str(exc)) from None
                 if attempt == 0 and conn.reused and not exc.received_any:
@@ -250,7 +269,7 @@ class Forwarder:
                     continue  # a keep-alive connection Harbor had already closed: retry once
                 if breaker is not None:
                     breaker.failure()
-                metrics.connection_error("reset")
+                metrics.connection_error(reason)
                 metrics.upstream_done(label, "error", time.perf_counter() - start)
                 raise errors.BadGateway(
                     f"connection to Harbor failed while asking project {label}",

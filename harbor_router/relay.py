@@ -60,6 +60,68 @@ class HeadTimeout(Exception):
     """No response head within the deadline; the upstream connection was closed."""
 
 
+class ReadTimeout(UpstreamError):
+    """Harbor sent nothing of a response body for ``UPSTREAM_READ_TIMEOUT`` while the router
+    was ready to read it; the upstream connection was closed."""
+
+
+class BodyWatch:
+    """Response bodies that outlast one read, checked once per ``tick`` for a stalled Harbor.
+
+    A relay is watched from the end of the first read that leaves its response unfinished
+    (a manifest that comes whole in one read never is) to its end. Each tick compares its
+    progress with the last tick's; time counts only while the relay waits on Harbor (reading
+    enabled, or a splice with an empty pipe), not while a slow client holds it back. No
+    timer per read: a stall is seen within ``timeout + tick``.
+    """
+
+    __slots__ = ("_handle", "_tick", "_watched", "timeout")
+
+    def __init__(self, timeout: float, tick: float = 1.0) -> None:
+        self.timeout = timeout
+        self._tick = min(tick, timeout / 2)
+        self._watched: dict[Relay, tuple[object, float]] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def watch(self, relay: Relay) -> None:
+        loop = asyncio.get_running_loop()
+        self._watched[relay] = (relay.progress(), loop.time())
+        if self._handle is None:
+            self._handle = loop.call_later(self._tick, self._check)
+
+    def unwatch(self, relay: Relay) -> None:
+        self._watched.pop(relay, None)
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def _check(self) -> None:
+        self._handle = None
+        watched = self._watched
+        if not watched:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        stalled = []
+        for relay, (seen, since) in watched.items():
+            progress = relay.progress()
+            if progress != seen or not relay.waiting_on_upstream():
+                watched[relay] = (progress, now)
+            elif now - since >= self.timeout:
+                stalled.append(relay)
+        for relay in stalled:
+            del watched[relay]
+            relay.stall(self.timeout)
+        if watched:
+            self._handle = loop.call_later(self._tick, self._check)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._watched.clear()
+
+
 class HeadDeadlines:
     """Response-head deadlines of every relay in flight, checked by one coarse ticker.
 
@@ -112,6 +174,7 @@ class HeadDeadlines:
 
 class Relay:
     __slots__ = (
+        "_bodies",
         "_capture_limit",
         "_client",
         "_deadlines",
@@ -120,11 +183,13 @@ class Relay:
         "_head_status",
         "_length",
         "_out",
+        "_received",
         "_relay_status",
         "_rewriter",
         "_splice",
         "_splice_min",
         "_stats",
+        "_watching",
         "body",
         "conn",
         "error",
@@ -148,8 +213,12 @@ class Relay:
         capture_limit: int = CAPTURE_LIMIT,
         splice_min: int | None = None,
         stats: SpliceStats | None = None,
+        bodies: BodyWatch | None = None,
     ) -> None:
         self._client = client
+        self._bodies = bodies  # watches a body that outlasts a read (None: never)
+        self._watching = False
+        self._received = 0  # body bytes from Harbor through the parser
         self.conn = conn
         self._rewriter = rewriter
         self._relay_status = relay_status
@@ -196,6 +265,10 @@ class Relay:
         if self.finished:
             return
         self.finished = True
+        if self._watching:
+            self._watching = False
+            assert self._bodies is not None
+            self._bodies.unwatch(self)
         self.error = error
         callback = self.on_done
         if callback is not None:
@@ -252,6 +325,7 @@ class Relay:
             self._head_status = status
 
     def on_body(self, data: bytes) -> None:
+        self._received += len(data)
         mode = self.mode
         if mode == RAW:
             self._out.append(data)
@@ -264,6 +338,15 @@ class Relay:
             self.body += data[: self._capture_limit - len(self.body)]
 
     def flush(self) -> None:
+        """After a read from Harbor: write what it produced; a response still unfinished is
+        watched for a stall from now on."""
+        if self._out:
+            self._write_out()
+        if not self._watching and not self.finished and self.status and self._bodies is not None:
+            self._watching = True
+            self._bodies.watch(self)
+
+    def _write_out(self) -> None:
         out = self._out
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
@@ -279,7 +362,7 @@ class Relay:
         if self.mode == CHUNKED and not self.head_only:
             self._out.append(b"0\r\n\r\n")
         if self.started:
-            self.flush()
+            self._write_out()
             self._client.end_response(self)
         self._finish(None)
 
@@ -290,11 +373,38 @@ class Relay:
         if self._deadlines is not None:
             self._disarm()
         if self.started:
-            self.flush()  # the client has what arrived, then the forwarder cuts it off
+            self._write_out()  # the client has what arrived, then the forwarder cuts it off
             self._client.end_response(self)
         if not self.finished:
             reason = f": {exc}" if exc else ""
             self._finish(UpstreamError(f"Harbor closed the connection{reason}", received_any))
+
+    # the body watch's questions, and its verdict
+    def progress(self) -> object:
+        """Changes whenever body bytes move (through the parser or the kernel)."""
+        job = self._splice
+        return self._received if job is None else (self._received, job.moved, job.in_pipe)
+
+    def waiting_on_upstream(self) -> bool:
+        """Is it Harbor's turn? Not when the client's back-pressure paused the reading, nor
+        while a splice still has bytes in its pipe for the client."""
+        job = self._splice
+        if job is not None:
+            return job.waits_for_src
+        return not self.conn.paused
+
+    def stall(self, timeout: float) -> None:
+        """Harbor sent nothing for ``timeout``: drop the connection, fail the response."""
+        if self.finished:
+            return
+        if self._splice is not None:
+            self._splice.cancel()
+            self._splice = None
+        self._out.clear()
+        self.conn.abandon()
+        if self.started:
+            self._client.end_response(self)
+        self._finish(ReadTimeout(f"Harbor sent nothing for {timeout:g}s", True))
 
     # flow control, called by the client protocol; a splice keeps the upstream paused itself
     def pause(self) -> None:
@@ -347,6 +457,9 @@ class Relay:
             return
         self._splice = job
         job.start(gate=lambda: transport.get_write_buffer_size() == 0)
+        if not self._watching and self._bodies is not None:
+            self._watching = True
+            self._bodies.watch(self)
 
     def _spliced(self, outcome: str, exc: OSError | None, leftover: bytes) -> None:
         job, self._splice = self._splice, None

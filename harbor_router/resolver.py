@@ -185,9 +185,16 @@ class Resolver:
         timeout: float,
         max_body: int,
         grace: float = 0.05,
+        read_timeout: float | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        """``timeout``: each project's time to answer (head, and a buffered body);
+        ``read_timeout``: the longest silence within a streamed winner's body (default:
+        ``timeout``)."""
         self._metrics = metrics if metrics is not None else Metrics()
+        self._client_timeout = aiohttp.ClientTimeout(
+            total=None, sock_read=timeout if read_timeout is None else read_timeout
+        )
         self._session = session
         self._harbor_url = harbor_url
         self._credentials = credentials
@@ -414,7 +421,7 @@ class Resolver:
                     self.url(project, route),
                     headers=headers,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_read=self._timeout),
+                    timeout=self._client_timeout,
                 )
                 raw = [(bytes(k), bytes(v)) for k, v in resp.raw_headers]
                 status = resp.status

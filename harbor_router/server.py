@@ -109,7 +109,7 @@ class App:
 
         credentials = Credentials.from_config(config)
         connector = aiohttp.TCPConnector(
-            limit=0,
+            limit=config.max_upstream_connections,
             ssl=tls if tls is not None else True,
             keepalive_timeout=config.idle_conn_timeout,
         )
@@ -146,6 +146,7 @@ class App:
             max_idle=config.max_idle_conns_per_host,
             idle_timeout=config.idle_conn_timeout,
             connect_timeout=min(CONNECT_TIMEOUT, config.resolver_timeout),
+            max_connections=config.max_upstream_connections,
         )
         self.mapping = MappingCache(
             config.cache_max_entries,
@@ -167,6 +168,7 @@ class App:
             timeout=config.resolver_timeout,
             max_body=config.manifest_max_bytes,
             grace=config.fanout_grace,
+            read_timeout=config.upstream_read_timeout,
             metrics=metrics,
         )
         self.forwarder = forwarder = Forwarder(
@@ -176,6 +178,7 @@ class App:
             base_path=url.path.rstrip("/"),
             timeout=config.resolver_timeout,
             max_body=config.manifest_max_bytes,
+            read_timeout=config.upstream_read_timeout,
             metrics=metrics,
         )
         challenges = (

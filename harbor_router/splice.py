@@ -112,6 +112,16 @@ class Splice:
     def active(self) -> bool:
         return self._on_done is not None
 
+    @property
+    def in_pipe(self) -> int:
+        """Bytes taken from ``src`` not yet delivered to ``dst``."""
+        return self._in_pipe
+
+    @property
+    def waits_for_src(self) -> bool:
+        """Nothing to deliver and past the gate: only ``src`` can make progress now."""
+        return self._gate is None and self._in_pipe == 0
+
     def start(self, gate: Callable[[], bool] | None = None) -> None:
         """Begin moving bytes; with ``gate``, only once it returns True (checked each time
         ``dst`` is writable: used to wait until the client transport has flushed its buffer)."""

@@ -15,8 +15,10 @@ allows keep-alive; idle ones are closed after ``IDLE_CONN_TIMEOUT`` and never mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
+from collections import deque
 from typing import Protocol, cast
 
 import httptools
@@ -43,6 +45,11 @@ class UpstreamError(Exception):
     def __init__(self, message: str, received_any: bool = False) -> None:
         super().__init__(message)
         self.received_any = received_any
+
+
+class PoolFull(UpstreamError):
+    """``MAX_UPSTREAM_CONNECTIONS`` were in use for the whole connect timeout: nothing is
+    wrong with Harbor, the router has as many requests towards it as it allows."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -167,6 +174,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     @property
+    def paused(self) -> bool:
+        """Reading is paused (the client's back-pressure, or a splice)."""
+        return self._paused
+
+    @property
     def plain(self) -> bool:
         """Plain TCP (no TLS): the socket itself carries the body bytes."""
         return self.pool.tls is False and self.transport is not None and not self.closed
@@ -215,7 +227,9 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Idle keep-alive connections to one Harbor address; LIFO reuse, bounded, expiring."""
+    """Keep-alive connections to one Harbor address: idle ones reused LIFO, bounded, expiring;
+    at most ``max_connections`` in use (a new one beyond waits for a release, FIFO, up to
+    ``connect_timeout``, then :class:`PoolFull`)."""
 
     def __init__(
         self,
@@ -226,6 +240,7 @@ class UpstreamPool:
         max_idle: int,
         idle_timeout: float,
         connect_timeout: float,
+        max_connections: int = 1024,
     ) -> None:
         self.host = host
         self.port = port
@@ -235,6 +250,9 @@ class UpstreamPool:
         self._connect_timeout = connect_timeout
         self._idle: list[UpstreamConnection] = []
         self._active: set[UpstreamConnection] = set()
+        self._max_connections = max_connections
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -281,6 +299,52 @@ class UpstreamPool:
         if self._closed:
             raise UpstreamError("the upstream pool is closed")
         loop = asyncio.get_running_loop()
+        if len(self._active) + self._connecting >= self._max_connections:
+            conn = await self._wait_for_slot(loop)
+            if conn is not None:
+                return conn
+        self._connecting += 1
+        try:
+            return await self._open(loop)
+        finally:
+            self._connecting -= 1
+
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> UpstreamConnection | None:
+        """Until a connection is released (then an idle one, or None: open one)."""
+        deadline = loop.time() + self._connect_timeout
+        while len(self._active) + self._connecting >= self._max_connections:
+            remaining = deadline - loop.time()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(max(0.0, remaining)):
+                    await waiter
+            except TimeoutError:
+                raise PoolFull(
+                    f"{self._max_connections} connections to Harbor in use "
+                    f"(MAX_UPSTREAM_CONNECTIONS) for {self._connect_timeout:g}s"
+                ) from None
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if self._closed:
+                raise UpstreamError("the upstream pool is closed")
+            conn = self.try_acquire()
+            if conn is not None:
+                return conn
+        return None
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> UpstreamConnection:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
@@ -302,6 +366,8 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         self._active.discard(conn)
+        if self._waiters:
+            self._wake()
         if not keep_alive or conn.closed or self._closed or len(self._idle) >= self._max_idle:
             conn.close()
             return
@@ -310,6 +376,8 @@ class UpstreamPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         self._active.discard(conn)
+        if self._waiters:
+            self._wake()
         # closed idle connections are skipped lazily by acquire() and the sweeper
 
     def _schedule_sweep(self) -> None:

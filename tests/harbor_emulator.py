@@ -50,6 +50,7 @@ START_TIMEOUT = 10.0
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=30.0)
 CHUNK = 64 * 1024
 TRUNCATE = web.RequestKey("truncate", int)
+STALL = web.RequestKey("stall", float)
 
 # Registry types as Harbor names them (adapter "type" of a registry endpoint) and their URLs.
 REGISTRY_URLS: dict[str, str] = {
@@ -130,6 +131,7 @@ class Fault:
     headers: Mapping[str, str] | None = None
     times: int | None = None  # None: until cleared; N: the next N requests only
     truncate: int | None = None  # answer normally, but reset after this many body bytes
+    stall: float | None = None  # with truncate: go silent that long there instead of a reset
 
 
 @dataclass(frozen=True)
@@ -351,13 +353,17 @@ class HarborEmulator:
         headers: Mapping[str, str] | None = None,
         times: int | None = None,
         truncate: int | None = None,
+        stall: float | None = None,
     ) -> None:
         """Misbehave on ``/v2/{project}/...``: sleep ``delay`` s, then answer ``status`` (Harbor
         error body unless ``body``), or abort the TCP connection (``reset``), or go on normally.
         ``truncate=N`` answers normally but resets the connection after N body bytes (a reset
-        mid-body). ``times`` limits the fault to the next N requests of that project."""
+        mid-body); with ``stall=S`` it goes silent for S seconds there instead, connection open,
+        then sends the rest. ``times`` limits the fault to the next N requests of that project."""
         with self._lock:
-            self._faults[project] = Fault(delay, status, reset, body, headers, times, truncate)
+            self._faults[project] = Fault(
+                delay, status, reset, body, headers, times, truncate, stall
+            )
 
     def set_api_fault(
         self,
@@ -502,6 +508,8 @@ class HarborEmulator:
         if fault is not None:
             if fault.truncate is not None:
                 request[TRUNCATE] = fault.truncate
+                if fault.stall is not None:
+                    request[STALL] = fault.stall
             response = await self._apply_fault(request, fault)
             if response is not None:
                 return response
@@ -839,8 +847,13 @@ class HarborEmulator:
             if request.method == "HEAD":
                 return response
             truncate: int | None = request.get(TRUNCATE)
+            stall: float | None = request.get(STALL)
             try:
                 async for chunk in upstream.content.iter_chunked(CHUNK):
+                    if truncate is not None and len(chunk) >= truncate and stall is not None:
+                        await response.write(chunk[:truncate])
+                        await asyncio.sleep(stall)  # silent, the connection kept open
+                        chunk, truncate = chunk[truncate:], None
                     if truncate is not None and len(chunk) >= truncate:
                         await response.write(chunk[:truncate])
                         await self._reset(request)

@@ -134,3 +134,51 @@ def test_stalled_client_stalls_upstream_then_gets_every_byte(big_harbor: BigBlob
         assert big_harbor.sent == BLOB_SIZE
     finally:
         router.close()
+
+
+@pytest.mark.parametrize("path", ["miss", "hit-splice", "hit-copy"])
+def test_a_client_that_stops_reading_is_not_cut_off_by_the_upstream_read_timeout(
+    path: str, big_harbor: BigBlobHarbor
+) -> None:
+    """UPSTREAM_READ_TIMEOUT=1s times Harbor, not the client: a client that reads nothing for
+    3 s (Harbor held back by the router's back-pressure meanwhile) still gets every byte, on
+    the fan-out's stream (a miss) and on the hit path, spliced or copied."""
+    config = router_config(
+        f"http://127.0.0.1:{big_harbor.port}",
+        "robot$x",
+        "pw",
+        free_port(),
+        UPSTREAM_READ_TIMEOUT="1s",
+    )
+    router = RunningRouter(config).start()
+    target = f"GET /v2/proxy/big/blobs/{DIGEST} HTTP/1.1\r\nHost: r\r\n\r\n".encode()
+    expected = hashlib.sha256(big_harbor.chunk * (BLOB_SIZE // CHUNK)).hexdigest()
+    try:
+        if path != "miss":
+            assert router.request("HEAD", f"/v2/proxy/big/blobs/{DIGEST}")[0] == 200  # mapped
+        if path == "hit-copy":
+            assert router.app.forwarder is not None
+            router.app.forwarder.splice_min_bytes = None
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+            sock.sendall(target)
+            time.sleep(3.0)  # reads nothing: three read timeouts' worth
+            digest = hashlib.sha256()
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                assert chunk, "closed before the head"
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            digest.update(rest)
+            received = len(rest)
+            while received < BLOB_SIZE:
+                chunk = sock.recv(1 << 20)
+                assert chunk, f"cut off after {received} of {BLOB_SIZE} bytes"
+                digest.update(chunk)
+                received += len(chunk)
+        assert received == BLOB_SIZE and digest.hexdigest() == expected
+        assert "read_timeout" not in router.app.metrics.connection_errors
+    finally:
+        router.close()
