@@ -176,15 +176,20 @@ class Forwarder:
         """Account a started request whose relay streamed a complete answer to the client
         (``now``: ``time.perf_counter()`` at its end); False (nothing accounted) for any other
         ending: :meth:`forward` takes it from there."""
-        _, relay, start = started
+        relay = started[1]
         if not relay.started or not relay.finished or relay.error is not None:
             return False
+        self.account(started, label, breaker, now)
+        return True
+
+    def account(self, started: Started, label: str, breaker: Breaker, now: float) -> None:
+        """A started request's outcome, for its project's breaker and the metrics."""
+        _, relay, start = started
         if is_failure(relay.status):
             breaker.failure()
         else:
             breaker.success()
         self._metrics.upstream_done(label, upstream_status(relay.status), now - start)
-        return True
 
     def reload_credentials(self) -> bool:
         """Re-read the robot's ``*_FILE`` credentials; True when they changed."""

@@ -224,7 +224,7 @@ class RequestHandler:
         except errors.RegistryError:
             return None
         kind = route.kind
-        if kind not in _FAST_KINDS:
+        if kind not in _FAST_KINDS and not (kind == routes.TAGS and request.method == "GET"):
             return None
         if self._auth_header and request.header(b"authorization") is None:
             return None
@@ -257,13 +257,14 @@ class RequestHandler:
             self._forwarder.request_head(request, route, project),
             head_only=request.method == "HEAD",
             rewriter=rewriter,
+            relay_status=capture_all if kind == routes.TAGS else default_relay_status,
         )
         if started is None:
             return None
         request.kind = kind
         request.cache = HIT
         request.project = project.name
-        request.fast = (route, project, breaker, started)
+        request.fast = (route, project, breaker, started, client)
         self.fast_starts += 1
         self._metrics.lookups[HIT] += 1
         if tiers.shared is not None:
@@ -273,14 +274,25 @@ class RequestHandler:
     def finish_fast(self, request: Request, now: float) -> bool:
         """The fast path's relay is done: True when it was a complete answer (accounted)."""
         assert request.fast is not None
-        _, project, breaker, started = request.fast
-        return self._forwarder.finish_started(started, project.name, breaker, now)
+        route, project, breaker, started, client = request.fast
+        if route.kind != routes.TAGS:
+            return self._forwarder.finish_started(started, project.name, breaker, now)
+        relay = started[1]  # a tag list is captured, then written with its name rewritten
+        if not relay.finished or relay.error is not None or relay.status != 200:
+            return False  # translated, or asked elsewhere, by resume()
+        winner = Winner(project, 200, relay.headers, bytes(relay.body))
+        try:
+            self._write(request, client, route, winner)
+        except errors.RegistryError:
+            return False  # resume() answers it at the boundary
+        self._forwarder.account(started, project.name, breaker, now)
+        return True
 
     async def resume(self, request: Request, client: HttpProtocol) -> None:
         """Everything after a fast start that did not simply succeed: retries, translation,
         a 404 from the mapped project (then the others are asked)."""
         assert request.fast is not None
-        route, project, _, started = request.fast
+        route, project, _, started, _ = request.fast
         if await self._hit(request, client, route, project, started=started):
             return
         self._tiers.forget(route.key, project.name)

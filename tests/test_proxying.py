@@ -404,6 +404,29 @@ def test_tags_list_name_is_rewritten_and_n_forwarded(
     assert harbor.count("quay", "/tags/list") == 2
 
 
+def test_a_mapped_tag_list_is_answered_on_the_fast_path_with_its_name_rewritten(
+    router: RunningRouter, seeded: Seeded, harbor: HarborEmulator
+) -> None:
+    """A tags/list hit is captured and rewritten from the upstream callbacks (no task); one
+    that is not a plain 200 (here: the mapped project fails) still gets its translated error."""
+    image = seeded.get("quay", "coreos/etcd")
+    path = f"/v2/proxy/{image.repo}/tags/list"
+    assert router.request("GET", path)[0] == 200  # the miss maps it
+    handler = router.app.handler
+    assert handler is not None
+    before = handler.fast_starts
+    answers = [router.request("GET", path) for _ in range(5)]
+    for status, headers, body in answers:
+        assert status == 200, body
+        assert json.loads(body) == {"name": f"proxy/{image.repo}", "tags": [image.tag]}
+        assert int(headers["Content-Length"]) == len(body)
+    assert handler.fast_starts - before >= 4  # the first may find no idle connection yet
+    harbor.set_fault("quay", status=500, times=1)
+    status, _, body = router.request("GET", path)
+    assert status == 502, body
+    assert json.loads(body)["errors"][0]["detail"] == {"quay": "500"}
+
+
 def test_second_request_goes_only_to_the_mapped_project(
     router: RunningRouter, seeded: Seeded, harbor: HarborEmulator
 ) -> None:
