@@ -473,6 +473,9 @@ class Relay:
             self.mode = RAW
             self.conn.body_moved()  # ends the response: on_complete, pool release
         elif outcome == splice.UNSUPPORTED:
+            # The connection had a splice set up and refused on it: finish this response on
+            # the copy path, then close it rather than pool it.
+            self.conn.retire()
             self._fall_back(leftover)
         else:
             if stats is not None and job is not None:

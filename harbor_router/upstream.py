@@ -61,6 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "_paused",
         "_reader",
+        "_retired",
         "_sink",
         "closed",
         "idle_since",
@@ -77,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)  # GET responses, reused
         self._reader: httptools.HttpResponseParser = self._parser  # the current one
         self._head_only = False
+        self._retired = False  # closed after the current response instead of pooled
         self._paused = False
         self._headers: list[tuple[bytes, bytes]] = []
         self.closed = False
@@ -215,9 +217,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.close()
 
     # internal
+    def retire(self) -> None:
+        """Close this connection once the current response is done (never pooled again)."""
+        self._retired = True
+
     def response_ended(self, keep_alive: bool) -> None:
         self.resume_reading()
-        self.pool.release(self, keep_alive)
+        self.pool.release(self, keep_alive and not self._retired)
 
     def _lost(self, exc: BaseException | None) -> None:
         sink = self._sink
