@@ -6,7 +6,8 @@ and digest validation as typed character loops instead of regular expressions; h
 rewriting and head joining with fewer temporary objects.
 """
 
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memcmp, memcpy
 
 HOP_BY_HOP = frozenset(
     {
@@ -175,3 +176,223 @@ def build_head(bytes status_line, headers, bytes extra, long content_length, bin
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+# scan_response: the strict subset of HTTP/1.1 responses it reads itself (see the twin).
+cdef inline bint _tchar(unsigned char c):
+    if (c >= 97 and c <= 122) or (c >= 65 and c <= 90) or (c >= 48 and c <= 57):
+        return True
+    return (c == 33 or (c >= 35 and c <= 39) or c == 42 or c == 43 or c == 45 or c == 46
+            or c == 94 or c == 95 or c == 96 or c == 124 or c == 126)
+
+
+cdef inline bint _vchar(unsigned char c):
+    return c > 32 and c != 127
+
+
+cdef inline bint _field_char(unsigned char c):
+    return c == 9 or (c >= 32 and c != 127)
+
+
+cdef inline bint _is(const unsigned char* p, Py_ssize_t n, const char* lower, Py_ssize_t m):
+    """``p[:n]`` equals the lowercase ASCII ``lower`` ignoring case."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n != m:
+        return False
+    for i in range(n):
+        c = p[i]
+        if c >= 65 and c <= 90:
+            c += 32
+        if c != <unsigned char>lower[i]:
+            return False
+    return True
+
+
+cdef enum:
+    _OTHER, _LENGTH, _REFUSE, _CONNECTION, _REWRITE, _HOP_LINE
+
+
+cdef int _classify(const unsigned char* p, Py_ssize_t n):
+    if n == 14 and _is(p, n, b"content-length", 14):
+        return _LENGTH
+    if (n == 17 and _is(p, n, b"transfer-encoding", 17)) or (n == 5 and _is(p, n, b"close", 5)):
+        return _REFUSE
+    if n == 10 and _is(p, n, b"connection", 10):
+        return _CONNECTION
+    if (n == 8 and _is(p, n, b"location", 8)) or (n == 4 and _is(p, n, b"link", 4)):
+        return _REWRITE
+    if ((n == 10 and _is(p, n, b"keep-alive", 10))
+            or (n == 18 and (_is(p, n, b"proxy-authenticate", 18)
+                             or _is(p, n, b"proxy-connection", 18)))
+            or (n == 19 and _is(p, n, b"proxy-authorization", 19))
+            or (n == 2 and _is(p, n, b"te", 2))
+            or (n == 7 and _is(p, n, b"trailer", 7))
+            or (n == 8 and _is(p, n, b"trailers", 8))
+            or (n == 7 and _is(p, n, b"upgrade", 7))):
+        return _HOP_LINE
+    return _OTHER
+
+
+# at most this many header lines are scanned (more: the parser reads the response)
+cdef enum:
+    _MAX_FIELDS = 64
+
+
+cdef struct _Field:
+    Py_ssize_t name, name_end, value, value_end
+    int kind
+
+
+cdef struct _Head:
+    int status
+    int count
+    bint keep_alive
+    bint rewrite
+    Py_ssize_t end  # where the blank line starts
+    long long length
+    _Field fields[_MAX_FIELDS]
+
+
+cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
+    """Reads the head at ``p`` into ``head``; False for anything but the plainest kind."""
+    cdef Py_ssize_t i, end = -1, line, name_end, value_start, value_end, j
+    cdef int kind
+    cdef long long length = -1
+    cdef unsigned char c
+    cdef _Field* field
+    head.keep_alive = True
+    head.rewrite = False
+    head.count = 0
+    # the head's end
+    for i in range(n - 3):
+        if p[i] == 13 and p[i + 1] == 10 and p[i + 2] == 13 and p[i + 3] == 10:
+            end = i
+            break
+    if end < 0:
+        return False
+    head.end = end
+    # status line: "HTTP/1.1 " 3DIGIT SP reason CRLF
+    if end < 14 or memcmp(p, b"HTTP/1.1 ", 9) != 0:
+        return False
+    if not (p[9] >= 50 and p[9] <= 53 and p[10] >= 48 and p[10] <= 57
+            and p[11] >= 48 and p[11] <= 57 and p[12] == 32):
+        return False
+    head.status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
+    i = 13
+    while i < end and p[i] != 13:
+        if not _field_char(p[i]):
+            return False
+        i += 1
+    if i == 13:
+        return False  # an empty reason phrase
+    # header lines
+    while i < end:
+        if p[i] != 13 or p[i + 1] != 10 or head.count == _MAX_FIELDS:
+            return False
+        line = i + 2
+        i = line
+        while i < end and _tchar(p[i]):
+            i += 1
+        name_end = i
+        if name_end == line or i >= end or p[i] != 58:  # ':'
+            return False
+        i += 1
+        while i < end and (p[i] == 32 or p[i] == 9):
+            i += 1
+        value_start = i
+        while i < end and p[i] != 13:
+            if not _field_char(p[i]):
+                return False
+            i += 1
+        value_end = i
+        if value_end == value_start or not _vchar(p[value_end - 1]):
+            return False  # an empty value, or whitespace at its end
+        kind = _classify(p + line, name_end - line)
+        if kind == _LENGTH:
+            if length >= 0 or value_end - value_start > 18:
+                return False
+            length = 0
+            for j in range(value_start, value_end):
+                c = p[j]
+                if c < 48 or c > 57:
+                    return False
+                length = length * 10 + (c - 48)
+        elif kind == _REFUSE:
+            return False
+        elif kind == _CONNECTION:
+            if _is(p + value_start, value_end - value_start, b"close", 5):
+                head.keep_alive = False
+            elif not _is(p + value_start, value_end - value_start, b"keep-alive", 10):
+                return False
+        elif kind == _REWRITE:
+            head.rewrite = True
+        field = &head.fields[head.count]
+        field.name, field.name_end = line, name_end
+        field.value, field.value_end = value_start, value_end
+        field.kind = kind
+        head.count += 1
+    if length < 0:
+        return False
+    head.length = length
+    return True
+
+
+def scan_response(bytes data, bint head_only):
+    """One whole response in ``data`` of the plainest kind, or None (see the twin)."""
+    cdef const unsigned char* p = data
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), body_at, body, size = 0, k, at
+    cdef _Head head
+    cdef _Field* field
+    cdef bytes block
+    cdef char* out
+    if not _scan_head(p, n, &head):
+        return None
+    body_at = head.end + 4
+    if head_only or head.status == 204 or head.status == 304:
+        body = 0
+    else:
+        body = <Py_ssize_t>head.length
+    if n != body_at + body:
+        return None
+    if head.rewrite:
+        return head.status, None, body_at, head.keep_alive
+    for k in range(head.count):
+        field = &head.fields[k]
+        if field.kind == _LENGTH or field.kind == _OTHER:
+            size += field.name_end - field.name + field.value_end - field.value + 4
+    block = PyBytes_FromStringAndSize(NULL, size)
+    out = PyBytes_AS_STRING(block)
+    at = 0
+    for k in range(head.count):
+        field = &head.fields[k]
+        if field.kind == _LENGTH or field.kind == _OTHER:
+            memcpy(out + at, p + field.name, field.name_end - field.name)
+            at += field.name_end - field.name
+            out[at] = 58
+            out[at + 1] = 32
+            at += 2
+            memcpy(out + at, p + field.value, field.value_end - field.value)
+            at += field.value_end - field.value
+            out[at] = 13
+            out[at + 1] = 10
+            at += 2
+    return head.status, block, body_at, head.keep_alive
+
+
+def head_fields(bytes data):
+    """The header fields of a head ``scan_response`` took, as the parser gives them."""
+    cdef const unsigned char* p = data
+    cdef _Head head
+    cdef _Field* field
+    cdef list fields = []
+    cdef Py_ssize_t k
+    if not _scan_head(p, PyBytes_GET_SIZE(data), &head):
+        raise ValueError("not a head scan_response takes")
+    for k in range(head.count):
+        field = &head.fields[k]
+        fields.append((
+            PyBytes_FromStringAndSize(<char*>p + field.name, field.name_end - field.name),
+            PyBytes_FromStringAndSize(<char*>p + field.value, field.value_end - field.value),
+        ))
+    return fields

@@ -1,9 +1,10 @@
 """Per-request byte work of the data plane; the pure-Python twin of ``_wire_c``.
 
-Three jobs, all on every request: validating a repository name, tag or digest (DESIGN §2),
+Four jobs, all on every request: validating a repository name, tag or digest (DESIGN §2),
 turning Harbor's response headers into the client's (hop-by-hop dropped, ``Location``/``Link``
-into ``/v2/{project}/`` rewritten to ``/v2/{P}/``), and joining a response head. This module is
-the specification; ``_speedups/_wire_c.pyx`` does the same with typed loops.
+into ``/v2/{project}/`` rewritten to ``/v2/{P}/``), joining a response head, and reading a
+whole small response that came in one read (``scan_response``). This module is the
+specification; ``_speedups/_wire_c.pyx`` does the same with typed loops.
 """
 
 from __future__ import annotations
@@ -115,3 +116,95 @@ def build_head(
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+# scan_response: the strict subset of HTTP/1.1 responses it reads itself.
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]+")
+_FIELD_LINE = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
+    rb"[\x21-\x7e\x80-\xff])?)"
+)
+_NO_BODY = (204, 304)
+#: At most this many header lines are scanned (more: the parser reads the response).
+MAX_FIELDS = 64
+Scanned = tuple[int, bytes | None, int, bool]
+
+
+def _scan_head(data: bytes) -> tuple[int, int, list[tuple[bytes, bytes]], bool, int] | None:
+    """(status, where the blank line starts, fields, keep-alive, Content-Length) of the
+    plainest kind of head at the start of ``data``, or None."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = data[:end].split(b"\r\n")
+    match = _STATUS_LINE.fullmatch(lines[0])
+    if match is None or len(lines) - 1 > MAX_FIELDS:
+        return None
+    fields = []
+    length = -1
+    keep_alive = True
+    for line in lines[1:]:
+        field = _FIELD_LINE.fullmatch(line)
+        if field is None:
+            return None
+        name, value = field.groups()
+        lower = name.lower()
+        if lower == b"content-length":
+            if length >= 0 or not value.isdigit() or len(value) > 18:
+                return None
+            length = int(value)
+        elif lower == b"transfer-encoding" or lower == b"close":
+            return None
+        elif lower == b"connection":
+            token = value.lower()
+            if token == b"close":
+                keep_alive = False
+            elif token != b"keep-alive":
+                return None
+        fields.append((name, value))
+    if length < 0:
+        return None
+    return int(match.group(1)), end, fields, keep_alive, length
+
+
+def scan_response(data: bytes, head_only: bool) -> Scanned | None:
+    """One whole response in ``data``, read without the parser when it is of the plainest
+    kind; None for anything else (then the parser reads ``data`` as usual).
+
+    Plainest: an ``HTTP/1.1`` status line with a final status and a reason phrase, at most
+    ``MAX_FIELDS`` header lines ``name: value`` (token name, no folding, no empty value, no
+    whitespace at the end of a value), exactly one decimal ``Content-Length``, no
+    ``Transfer-Encoding``, ``Connection`` absent or exactly ``keep-alive`` or ``close``, and
+    ``data`` ending exactly where the response does (after the head for HEAD, 204 and 304;
+    after Content-Length body bytes otherwise). Every such response is one the parser reads
+    the same way.
+
+    Returns ``(status, block, body_at, keep_alive)``: ``block`` is the end-to-end header
+    lines joined ``Name: value\\r\\n`` (hop-by-hop ones left out), or None when a
+    ``Location`` or ``Link`` header may need rewriting; ``body_at`` is where the body starts.
+    :func:`head_fields` gives the header fields themselves.
+    """
+    head = _scan_head(data)
+    if head is None:
+        return None
+    status, end, fields, keep_alive, length = head
+    body_at = end + 4
+    body = 0 if head_only or status in _NO_BODY else length
+    if len(data) != body_at + body:
+        return None
+    block: list[bytes] = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower in _REWRITTEN:
+            return status, None, body_at, keep_alive
+        if lower not in HOP_BY_HOP:
+            block.append(name + b": " + value + b"\r\n")
+    return status, b"".join(block), body_at, keep_alive
+
+
+def head_fields(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The header fields of a head :func:`scan_response` took, as the parser gives them."""
+    head = _scan_head(data)
+    if head is None:
+        raise ValueError("not a head scan_response takes")
+    return head[2]

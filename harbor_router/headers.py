@@ -26,11 +26,12 @@ __all__ = ("FORWARD_REQUEST", "FORWARD_REQUEST_LINES", "HOP_BY_HOP", "HintRewrit
 class Rewriter:
     """Rewrites ``/v2/{project}/`` to ``/v2/{P}/`` in Location and Link, drops hop-by-hop."""
 
-    __slots__ = ("_needle", "_replacement")
+    __slots__ = ("_needle", "_replacement", "lines")
 
     def __init__(self, project: str, proxy_project: str) -> None:
         self._needle = f"/v2/{project}/".encode()
         self._replacement = f"/v2/{proxy_project}/".encode()
+        self.lines = b""  # header lines added to every response, joined
 
     def end_to_end(
         self, headers: list[tuple[bytes, bytes]]
@@ -52,6 +53,7 @@ class HintRewriter(Rewriter):
     ) -> None:
         super().__init__(project, proxy_project)
         self._extra = extra
+        self.lines = b"".join(name + b": " + value + b"\r\n" for name, value in extra)
 
     def end_to_end(
         self, headers: list[tuple[bytes, bytes]]

@@ -24,7 +24,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import responses, splice
+from ._wire import build_head, head_fields
 from .headers import Rewriter
+from .responses import status_line
 from .splice import Splice, SpliceStats
 from .upstream import UpstreamConnection, UpstreamError
 
@@ -323,6 +325,25 @@ class Relay:
         else:
             self._out.append(head)  # goes out with the body bytes of the same read
             self._head_status = status
+
+    def on_scanned(self, status: int, block: bytes | None, data: bytes) -> None:
+        """:meth:`on_head` of a response that came whole in one read, ``data``, and was
+        scanned (``_wire.scan_response``): ``block`` holds its end-to-end header lines, so a
+        relayed one needs no rewriting (None: a Location or Link header, the rewriter's job);
+        the header fields are only read out when something else needs them."""
+        client = self._client
+        if block is None or not self._relay_status(status) or client.closing:
+            self.on_head(status, head_fields(data))
+            return
+        if self._deadlines is not None:
+            self._disarm()
+        self.status = status
+        self.mode = RAW  # the whole body is at hand: nothing to splice or frame
+        self.started = True
+        client.begin_response(self)
+        lines = block + self._rewriter.lines
+        self._out.append(build_head(status_line(status), (), lines, -1, not client.keep_alive))
+        self._head_status = status
 
     def on_body(self, data: bytes) -> None:
         self._received += len(data)

@@ -4,12 +4,15 @@ Theory of operation: a request borrows a connection from :class:`UpstreamPool`, 
 request head and hands the connection a *sink* (``relay.Relay``) that receives the response as
 httptools parses it: ``on_head`` once, ``on_body`` per chunk, then ``on_complete`` or ``on_lost``,
 and ``flush`` after every read, so that what one read produced reaches the client in one write.
-The connection keeps one parser for its GET responses (httptools starts over at each message
-end); a HEAD response, which the response parser cannot finish by itself, gets a fresh parser and
-simply ends at its headers, and so does the response after a spliced body (the parser never saw
-those bytes). A connection goes back to the idle stack only after a complete response that
-allows keep-alive; idle ones are closed after ``IDLE_CONN_TIMEOUT`` and never more than
-``MAX_IDLE_CONNS_PER_HOST`` are kept.
+A response that comes whole in its first read and is of the plainest kind (``_wire.scan_response``:
+a small manifest, a HEAD answer) is read by one compiled scan instead, and the sink gets
+``on_scanned`` (the status and the end-to-end header lines already joined), then its body. Every
+other response goes through httptools: the connection keeps one parser for its GET responses
+(httptools starts over at each message end); a HEAD response, which the response parser cannot
+finish by itself, gets a fresh parser and simply ends at its headers, and so does the response
+after a spliced body (the parser never saw those bytes). A connection goes back to the idle
+stack only after a complete response that allows keep-alive; idle ones are closed after
+``IDLE_CONN_TIMEOUT`` and never more than ``MAX_IDLE_CONNS_PER_HOST`` are kept.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from typing import Protocol, cast
 
 import httptools
 
+from ._wire import scan_response
+
 NO_BODY_STATUSES = frozenset({204, 304})
 READ_HIGH_WATER = 256 * 1024
 
 
 class Sink(Protocol):
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def on_scanned(self, status: int, block: bytes | None, data: bytes) -> None: ...
 
     def on_body(self, data: bytes) -> None: ...
 
@@ -56,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection; its own httptools callbacks feed the current sink."""
 
     __slots__ = (
+        "_fresh",
         "_head_only",
         "_headers",
         "_parser",
@@ -76,7 +84,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._sink: Sink | None = None  # the response in progress (None: none asked for)
         self._parser = httptools.HttpResponseParser(self)  # GET responses, reused
-        self._reader: httptools.HttpResponseParser = self._parser  # the current one
+        # the current one (None: a HEAD response's, made when the scan does not take it)
+        self._reader: httptools.HttpResponseParser | None = self._parser
+        self._fresh = False  # nothing of the current response read yet
         self._head_only = False
         self._retired = False  # closed after the current response instead of pooled
         self._paused = False
@@ -97,13 +107,41 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.received_any = True
+        if self._fresh:
+            self._fresh = False
+            scanned = scan_response(data, self._head_only)
+            if scanned is not None:
+                self._scanned(sink, data, scanned)
+                return
+        reader = self._reader
+        if reader is None:  # a HEAD response the scan did not take
+            reader = self._reader = httptools.HttpResponseParser(self)
         try:
-            self._reader.feed_data(data)
+            reader.feed_data(data)
         except httptools.HttpParserError as exc:
             self._lost(exc)
             self.close()
             return
         sink.flush()  # what this read produced goes to the client in one write
+
+    def _scanned(
+        self,
+        sink: Sink,
+        data: bytes,
+        scanned: tuple[int, bytes | None, int, bool],
+    ) -> None:
+        """The whole response came in ``data`` and the scan read it: the sink gets what the
+        parser's callbacks would have given it, in the same order."""
+        status, block, body_at, keep_alive = scanned
+        sink.on_scanned(status, block, data)
+        if self._sink is not sink:
+            return
+        if body_at < len(data):
+            sink.on_body(data[body_at:])
+        if self._head_only:
+            self._reader = self._parser
+        self._finish(keep_alive)
+        sink.flush()
 
     # httptools callbacks (of the current response)
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -113,7 +151,9 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self._sink
         if sink is None:
             return
-        status: int = self._reader.get_status_code()
+        reader = self._reader
+        assert reader is not None
+        status: int = reader.get_status_code()
         if status < 200:  # interim response: the real one follows
             self._headers = []
             return
@@ -127,14 +167,17 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_body(body)
 
     def on_message_complete(self) -> None:
-        if self._sink is not None:
-            keep_alive = bool(self._reader.should_keep_alive())
+        reader = self._reader
+        if self._sink is not None and reader is not None:
+            keep_alive = bool(reader.should_keep_alive())
             # the parser is still inside that body: the next response starts on a fresh one
             self._parser = self._reader = httptools.HttpResponseParser(self)
             self._finish(keep_alive)
 
     def _end(self) -> None:
-        keep_alive = bool(self._reader.should_keep_alive())
+        reader = self._reader
+        assert reader is not None
+        keep_alive = bool(reader.should_keep_alive())
         if self._head_only:
             self._reader = self._parser  # the HEAD parser is done with
         self._finish(keep_alive)
@@ -160,8 +203,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink = sink
         self._head_only = head_only
         self._headers = []
+        self._fresh = True
         if head_only:
-            self._reader = httptools.HttpResponseParser(self)
+            self._reader = None  # a fresh parser, made only if the scan does not take it
         self.received_any = False
         self.transport.write(head)
 
@@ -193,8 +237,9 @@ class UpstreamConnection(asyncio.Protocol):
     def body_moved(self) -> None:
         """The rest of the current response's body was moved past the parser (``splice``):
         end the response as if the parser had seen it, keep-alive rules unchanged."""
-        if self._sink is not None:
-            keep_alive = bool(self._reader.should_keep_alive())
+        reader = self._reader
+        if self._sink is not None and reader is not None:
+            keep_alive = bool(reader.should_keep_alive())
             # the parser is still inside that body: the next response starts on a fresh one
             self._parser = self._reader = httptools.HttpResponseParser(self)
             self._finish(keep_alive)

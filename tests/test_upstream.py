@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from harbor_router._wire import head_fields
 from harbor_router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 Script = Callable[[bytes], bytes | None]  # request head -> raw response (None: close at once)
@@ -52,10 +53,16 @@ class Recorder:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
+        self.block: bytes | None = None
+        self.scanned = False  # on_scanned (the whole response in one read) or on_head
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status, self.headers = status, headers
+
+    def on_scanned(self, status: int, block: bytes | None, data: bytes) -> None:
+        self.scanned, self.block = True, block
+        self.on_head(status, head_fields(data))
 
     def flush(self) -> None:
         pass
@@ -131,6 +138,37 @@ async def test_head_response_ends_at_headers(pool_for) -> None:  # type: ignore[
     rec2 = await exchange(conn2)
     assert rec2.body == b"after-head"
     assert server.connections == 1
+
+
+async def test_whole_plain_responses_are_scanned_the_rest_parsed(pool_for) -> None:  # type: ignore[no-untyped-def]
+    """On one connection, in turn: a plain response read by the scan, a chunked one the
+    parser reads, a HEAD answer (scanned: no parser made for it), a redirect (scanned, its
+    Location left to the rewriter), then a HEAD answer the scan refuses (parsed)."""
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    answers = {
+        b"/plain": ok(b"hello", b"Connection: keep-alive\r\nX-A: 1\r\n"),
+        b"/chunked": chunked,
+        b"/head": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+        b"/moved": ok(b"", b"Location: /v2/p/x\r\n"),
+        b"/head-spaced": b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX-A: 1 \r\n\r\n",
+    }
+    pool, server = await pool_for(lambda head: answers[head.split(b" ")[1]])
+    conn = await pool.acquire()
+    rec = await exchange(conn, b"GET /plain HTTP/1.1\r\n\r\n")
+    assert (rec.scanned, rec.status, rec.body) == (True, 200, b"hello")
+    assert rec.block == b"Content-Length: 5\r\nX-A: 1\r\n"
+    rec = await exchange(await pool.acquire(), b"GET /chunked HTTP/1.1\r\n\r\n")
+    assert (rec.scanned, rec.body) == (False, b"abc")
+    rec = await exchange(await pool.acquire(), b"HEAD /head HTTP/1.1\r\n\r\n", head_only=True)
+    assert (rec.scanned, rec.body, rec.headers) == (True, b"", [(b"Content-Length", b"1000")])
+    rec = await exchange(await pool.acquire(), b"GET /moved HTTP/1.1\r\n\r\n")
+    assert (rec.scanned, rec.block, rec.headers[1]) == (True, None, (b"Location", b"/v2/p/x"))
+    rec = await exchange(await pool.acquire(), b"HEAD /head-spaced HTTP/1.1\r\n\r\n",
+                         head_only=True)  # fmt: skip
+    assert (rec.scanned, rec.status, rec.body) == (False, 200, b"")
+    rec = await exchange(await pool.acquire(), b"GET /plain HTTP/1.1\r\n\r\n")
+    assert (rec.scanned, rec.body) == (True, b"hello")
+    assert server.connections == 1 and pool.idle_count == 1
 
 
 async def test_chunked_body_is_dechunked(pool_for) -> None:  # type: ignore[no-untyped-def]

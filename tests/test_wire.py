@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
+import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -127,3 +128,162 @@ def test_build_head(wire: ModuleType) -> None:
     assert wire.build_head(b"HTTP/1.1 204 No Content\r\n", [], b"", -1, False) == (
         b"HTTP/1.1 204 No Content\r\n\r\n"
     )
+
+
+# scan_response: the plainest whole responses, read without the parser
+MANIFEST_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+    b"Docker-Content-Digest: sha256:aa\r\nX-Tab:\ta\tb\r\n\r\n{}"
+)
+
+
+def test_scan_response_reads_a_whole_plain_response(wire: ModuleType) -> None:
+    status, block, body_at, keep_alive = wire.scan_response(MANIFEST_RESPONSE, False)
+    assert (status, keep_alive) == (200, True)
+    assert MANIFEST_RESPONSE[body_at:] == b"{}"
+    assert block == (
+        b"Server: nginx\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+        b"Docker-Content-Digest: sha256:aa\r\nX-Tab: a\tb\r\n"
+    )
+    assert wire.head_fields(MANIFEST_RESPONSE) == [
+        (b"Server", b"nginx"), (b"Content-Type", b"application/json"),
+        (b"Content-Length", b"2"), (b"Connection", b"keep-alive"),
+        (b"Keep-Alive", b"timeout=5"), (b"Docker-Content-Digest", b"sha256:aa"),
+        (b"X-Tab", b"a\tb"),
+    ]  # fmt: skip
+    closing = MANIFEST_RESPONSE.replace(b"Connection: keep-alive", b"connection: CLOSE")
+    assert wire.scan_response(closing, False)[3] is False
+    head_only = MANIFEST_RESPONSE[: -len(b"{}")]
+    assert wire.scan_response(head_only, True)[:3] == (200, block, len(head_only))
+    not_modified = head_only.replace(b"200 OK", b"304 Not Modified")
+    assert wire.scan_response(not_modified, False)[0] == 304
+    redirect = MANIFEST_RESPONSE.replace(b"Server: nginx", b"Location: /v2/p/a/blobs/x")
+    assert wire.scan_response(redirect, False)[1] is None  # Location: the rewriter's job
+    assert wire.scan_response(redirect.replace(b"Location", b"LINK"), False)[1] is None
+
+
+SCAN_REFUSED = {
+    "partial body": MANIFEST_RESPONSE[:-1],
+    "bytes after the body": MANIFEST_RESPONSE + b"H",
+    "partial head": MANIFEST_RESPONSE[:40],
+    "HEAD answer with a body": MANIFEST_RESPONSE,  # scanned with head_only below
+    "HTTP/1.0": MANIFEST_RESPONSE.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    "interim": MANIFEST_RESPONSE.replace(b"200 OK", b"100 Continue"),
+    "no reason": MANIFEST_RESPONSE.replace(b"200 OK", b"200 "),
+    "no length": MANIFEST_RESPONSE.replace(b"Content-Length: 2\r\n", b""),
+    "two lengths": MANIFEST_RESPONSE.replace(b"Server: nginx", b"Content-Length: 2"),
+    "signed length": MANIFEST_RESPONSE.replace(b"Length: 2", b"Length: +2"),
+    "long length": MANIFEST_RESPONSE.replace(b"Length: 2", b"Length: 0000000000000000002"),
+    "chunked": MANIFEST_RESPONSE.replace(b"Server: nginx", b"Transfer-Encoding: chunked"),
+    "connection list": MANIFEST_RESPONSE.replace(b"keep-alive\r\n", b"keep-alive, Server\r\n"),
+    "header named close": MANIFEST_RESPONSE.replace(b"Server", b"Close"),
+    "folded": MANIFEST_RESPONSE.replace(b"Server: nginx", b"Server: nginx\r\n x"),
+    "space before colon": MANIFEST_RESPONSE.replace(b"Server:", b"Server :"),
+    "empty value": MANIFEST_RESPONSE.replace(b"Server: nginx", b"Server:"),
+    "trailing space": MANIFEST_RESPONSE.replace(b"nginx", b"nginx "),
+    "bare LF": MANIFEST_RESPONSE.replace(b"nginx", b"ng\ninx"),
+    "NUL": MANIFEST_RESPONSE.replace(b"nginx", b"ng\x00inx"),
+    "bad name": MANIFEST_RESPONSE.replace(b"Server", b"Ser[ver"),
+    "too many fields": MANIFEST_RESPONSE.replace(b"Server: nginx\r\n", b"X: y\r\n" * 64),
+}
+
+
+@pytest.mark.parametrize("case", SCAN_REFUSED)
+def test_scan_response_leaves_the_rest_to_the_parser(wire: ModuleType, case: str) -> None:
+    assert wire.scan_response(SCAN_REFUSED[case], case.startswith("HEAD")) is None
+
+
+class _Parsed:
+    """What httptools' response parser makes of some bytes."""
+
+    def __init__(self, data: bytes, head_only: bool) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.head_done = self.complete = False
+        parser = self.parser = httptools.HttpResponseParser(self)
+        parser.feed_data(data)
+        self.status = parser.get_status_code()
+        if head_only and self.head_done:
+            self.complete = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+_NAMES = st.sampled_from([b"Content-Length", b"Transfer-Encoding", b"Connection",
+    b"Keep-Alive", b"Location", b"link", b"TE", b"Upgrade", b"X-A", b"Close", b"Server",
+    b"Docker-Content-Digest", b"ETag"])  # fmt: skip
+_VALUE_SAMPLES = [b"2", b"close", b"keep-alive", b"Keep-Alive", b"chunked", b"/v2/p/a", b"a b",
+                  b"\x80x", b'"sha256:aa"']  # fmt: skip
+_VALUES = st.one_of(st.sampled_from(_VALUE_SAMPLES), st.binary(min_size=1, max_size=4))
+_STATUS_LINES = st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found",
+    b"HTTP/1.1 304 Not Modified", b"HTTP/1.1 204 No Content", b"HTTP/1.0 200 OK",
+    b"HTTP/1.1 100 Continue", b"HTTP/1.1 599 X\x80", b"HTTP/1.1 200 "])  # fmt: skip
+# a byte replaced, inserted or removed somewhere (None: the response as built)
+_MUTATIONS = st.one_of(
+    st.none(),
+    st.tuples(st.sampled_from("rid"), st.integers(0, 400), st.sampled_from(b"\r\n\t :a\x00\x7f")),
+)
+
+
+@settings(max_examples=6000, derandomize=True, deadline=None)
+@given(
+    _STATUS_LINES,
+    st.lists(
+        st.tuples(_NAMES, st.sampled_from([b": ", b": ", b":", b":\t", b" : "]), _VALUES),
+        max_size=5,
+    ),
+    st.binary(max_size=8),
+    st.integers(-1, 1),
+    _MUTATIONS,
+    st.booleans(),
+)
+def test_scan_response_reads_what_the_parser_reads(
+    status_line: bytes,
+    lines: list[tuple[bytes, bytes, bytes]],
+    body: bytes,
+    length_off: int,
+    mutation: tuple[str, int, int] | None,
+    head_only: bool,
+) -> None:
+    """Whatever the scan takes, httptools reads the same way: status, fields, body, the end
+    of the message and keep-alive; both twins take exactly the same responses. The
+    responses are plausible ones (a Content-Length near the body's length) with a byte
+    changed here and there."""
+    lines = [*lines, (b"Content-Length", b": ", str(len(body) + length_off).encode())]
+    data = status_line + b"\r\n" + b"".join(n + s + v + b"\r\n" for n, s, v in lines)
+    data += b"\r\n" + (b"" if head_only else body)
+    if mutation is not None:
+        how, at, byte = mutation
+        at %= len(data)
+        cut = at + (how != "i")
+        data = data[:at] + (b"" if how == "d" else bytes([byte])) + data[cut:]
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    scanned = compiled.scan_response(data, head_only)
+    assert scanned == _wire_py.scan_response(data, head_only)
+    if scanned is None:
+        return
+    assert compiled.head_fields(data) == _wire_py.head_fields(data)
+    status, block, body_at, keep_alive = scanned
+    parsed = _Parsed(data, head_only)
+    assert parsed.complete
+    assert (parsed.status, parsed.fields, parsed.keep_alive) == (
+        status, compiled.head_fields(data), keep_alive
+    )  # fmt: skip
+    if not head_only:
+        assert parsed.body == data[body_at:]
+    if block is not None:
+        out, _ = _wire_py.end_to_end(parsed.fields, b"/v2/p/", b"/v2/q/")
+        assert block == b"".join(n + b": " + v + b"\r\n" for n, v in out)
