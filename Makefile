@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 # Prerequisites run in the order written (system packages before the build).
 .NOTPARALLEL:
-.PHONY: install system-deps test test-py lint demo run bench bench-gate bench-wrk soak clean
+.PHONY: install system-deps test test-py lint demo run bench bench-gate soak clean
 
 install: $(STAMP)
 
@@ -58,9 +58,6 @@ bench-gate: system-deps install
 SOAK_ARGS ?=
 soak: system-deps install
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
-
-bench-wrk: system-deps install
-	$(PY) benchmarks/wrk_cache_hit.py && $(PY) benchmarks/wrk_static_upstream.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks .demo $(STAMP) && find . -path ./$(VENV) -prune -o \( -name '__pycache__' -o -name '*.so' -o -path './_speedups/*.c' -o -path './_speedups/*.html' \) -print0 | xargs -0 rm -rf

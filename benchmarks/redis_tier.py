@@ -1,10 +1,11 @@
 """What the Redis tier costs a request that misses L1, measured in one run.
 
-    .venv/bin/python benchmarks/redis_tier.py [--duration 8s] [--connections 32]
+    .venv/bin/python benchmarks/redis_tier.py [--duration 8] [--connections 32]
 
-Starts a real Redis master + replica + three Sentinels (``tests/redis_topology.py``) and nginx
-as a static Harbor (two manifests), then runs the router in its own process three ways, each
-loaded by ``wrk`` alternating between the two repositories (a small Lua script):
+Starts a real Redis master + replica + three Sentinels (``tests/redis_topology.py``) and the load
+harness's static Harbor (nginx; a second repository beside the hot one), then runs the router
+in its own process (the harness's, pinned to the proxy CPU) three ways, each loaded by ``wrk``
+alternating between the two repositories (a small Lua script):
 
 1. L1 hits: the default cache; every request is an L1 hit (the reference);
 2. L1 misses that hit Redis: ``CACHE_MAX_ENTRIES=1``, so alternating names always evict each
@@ -19,27 +20,32 @@ hits Redis.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from harness.clients import ACCEPT, Client, run_wrk  # noqa: E402
+from harness.servers import (  # noqa: E402
+    MANIFEST,
+    PREFIX,
+    REPO,
+    TAG,
+    Router,
+    Upstream,
+    write_upstream_tree,
+)
+from harness.system import Pinning, plan_pinning  # noqa: E402
 from redis_topology import RedisTopology  # noqa: E402
-from support_tools import free_port  # noqa: E402
-from wrk_static_upstream import MANIFEST, NGINX_CONF  # noqa: E402
 
-NAMES = ("alpine", "busybox")
-LUA = """
-local paths = {"/v2/proxy/alpine/manifests/3.19", "/v2/proxy/busybox/manifests/3.19"}
+NAMES = (REPO, "busybox")
+PATHS = [f"/v2/{PREFIX}/{name}/manifests/{TAG}" for name in NAMES]
+LUA = f"""
+local paths = {{"{PATHS[0]}", "{PATHS[1]}"}}
 local i = 0
 request = function()
   i = i + 1
@@ -48,101 +54,51 @@ end
 """
 
 
-def wrk(url: str, script: Path, duration: str, connections: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--latency", "-s", str(script),
-         "-H", "Accept: application/vnd.oci.image.manifest.v1+json", url],
-        capture_output=True, text=True, timeout=600, check=True,
-    ).stdout  # fmt: skip
-    if "Non-2xx" in out:
-        raise SystemExit(f"wrk saw errors:\n{out}")
-
-    def latency(label: str) -> float:
-        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
-        assert m is not None, out
-        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-        return float(m.group(1)) * scale
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert rps is not None, out
-    return {"rps": float(rps.group(1)), "p50_ms": latency("50%"), "p99_ms": latency("99%")}
-
-
-def router(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "harbor_router"], env=env)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
-                break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("the router did not become ready") from None
-            time.sleep(0.1)
-    for name in NAMES:  # resolve both once: the mappings are then in L1 and in Redis
-        url = f"http://127.0.0.1:{port}/v2/proxy/{name}/manifests/3.19"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            assert resp.read() == MANIFEST.encode()
+def start_router(upstream: Upstream, pinning: Pinning, env: dict[str, str]) -> Router:
+    router = Router(upstream, pinning, extra_env=env)
+    with Client(router.port) as client:  # resolve both once: then in L1 and in Redis
+        for path in PATHS:
+            status, _, body = client.request("GET", path, {"Accept": ACCEPT})
+            if status != 200 or body != MANIFEST.encode():
+                router.close()
+                raise RuntimeError(f"GET {path} -> {status} {body[:200]!r}")
     time.sleep(0.3)  # the background writes to Redis
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
+    return router
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", default="8s")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
+    pinning = plan_pinning()
+    pinning.pin_self()
     with tempfile.TemporaryDirectory(prefix="hr-redis-bench-") as tmp:
         root = Path(tmp)
-        root.chmod(0o755)
-        www = root / "www"
-        (www / "api/v2.0/projects/hub").mkdir(parents=True)
-        (root / "tmp").mkdir()
-        (www / "projects.json").write_text('[{"project_id": 1, "name": "hub", "registry_id": 1}]')
-        (www / "api/v2.0/projects/hub/summary").write_text('{"registry": {"type": "docker-hub"}}')
-        for name in NAMES:
-            manifests = www / f"v2/hub/library/{name}/manifests"
-            manifests.mkdir(parents=True)
-            (manifests / "3.19").write_text(MANIFEST)
+        write_upstream_tree(root, 1 << 20, extra_repos=NAMES[1:])
         script = root / "alternate.lua"
         script.write_text(LUA)
-        nginx_port = free_port()
-        (root / "nginx.conf").write_text(NGINX_CONF.format(root=root, port=nginx_port))
-        nginx = subprocess.Popen(["nginx", "-c", str(root / "nginx.conf")])
+        upstream = Upstream(root, pinning)
         topology = RedisTopology(root / "redis").start()
         results: dict[str, dict[str, float]] = {}
         try:
             sentinels = ",".join(f"{h}:{p}" for h, p in topology.sentinel_addresses)
             for label, extra in (("l1-hit", {}), ("l1-miss-redis-hit", {"CACHE_MAX_ENTRIES": "1"})):
-                port = free_port()
-                env = {
-                    "PATH": os.environ.get("PATH", ""),
-                    "HARBOR_URL": f"http://127.0.0.1:{nginx_port}",
-                    "HARBOR_USERNAME": "robot$bench",
-                    "HARBOR_PASSWORD": "bench",
-                    "LISTEN_ADDR": f"127.0.0.1:{port}",
-                    "METRICS_ADDR": f"127.0.0.1:{free_port()}",
-                    "AUTH_MODE": "none",
-                    "LOG_LEVEL": "warning",
-                    "REDIS_SENTINELS": sentinels,
-                    **extra,
-                }
-                proc = router(env, port)
+                router = start_router(upstream, pinning, {"REDIS_SENTINELS": sentinels, **extra})
                 try:
-                    url = f"http://127.0.0.1:{port}"
-                    results[label] = wrk(url, script, args.duration, args.connections)
-                    results[label + " (1 connection)"] = wrk(url, script, args.duration, 1)
+                    for suffix, connections in (("", args.connections), (" (1 connection)", 1)):
+                        results[label + suffix] = run_wrk(
+                            router.base,
+                            duration=args.duration,
+                            connections=connections,
+                            pinning=pinning,
+                            script=script,
+                        )
                 finally:
-                    stop(proc)
+                    router.close()
         finally:
             topology.stop()
-            nginx.send_signal(signal.SIGQUIT)
-            nginx.wait(10)
+            upstream.close()
     for label, r in results.items():
         rps, p50, p99 = r["rps"], r["p50_ms"], r["p99_ms"]
         print(f"{label:32s} {rps:10.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms")

@@ -1,13 +1,15 @@
 """The operator docs, the Grafana dashboard and the alert rules name only metrics that exist.
 
 The contract below is the list of metric names agreed for harbor-router (DESIGN §7, the names of
-the Rust router). The dashboard and the rules may use only those (plus the standard
-``process_*``); ``docs/observability.md`` must describe every one of them, and every metric that
+the Rust router, and the client-connection metrics of ``docs/observability.md``). The dashboard
+and the rules may use only those (plus the standard ``process_*``), and the dashboard shows every
+one of them; ``docs/observability.md`` must describe every one of them, and every metric that
 ``harbor_router.metrics`` really exports, with the same type, labels and buckets.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -31,6 +33,9 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "inflight_requests": ("gauge", ()),
     "response_bytes_total": ("counter", ("req_type",)),
     "rate_limit_rejected_total": ("counter", ()),
+    "open_connections": ("gauge", ()),
+    "connections_rejected_total": ("counter", ()),
+    "connections_closed_total": ("counter", ("reason",)),
     "resolve_duration_seconds": ("histogram", ("result",)),
     "tags_resolve_duration_seconds": ("histogram", ("result",)),
     "cache_lookups_total": ("counter", ("result",)),
@@ -171,6 +176,27 @@ def check_promql(expr: str, where: str, families: Families | None = None) -> lis
     return problems
 
 
+_VALUE_MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def check_label_values(expr: str, where: str, docs: str) -> list[str]:
+    """Label values a query filters on (each plain word of a ``|`` list, not a pattern) that the
+    docs never name (as `` `value` `` or ``label="value"``): a misspelt value matches no series
+    and shows an empty panel."""
+    problems = []
+    for metric, body in _SELECTOR.findall(expr):
+        for label, value in _VALUE_MATCHER.findall(body):
+            if label in TARGET_LABELS:
+                continue
+            for word in value.split("|"):
+                named = re.search(rf'`{re.escape(word)}`|{label}="{re.escape(word)}"', docs)
+                if re.fullmatch(r"[\w-]+", word) and named is None:
+                    problems.append(
+                        f"{where}: {metric}: {label} value {word!r} is not in docs/observability.md"
+                    )
+    return problems
+
+
 # -- the files -------------------------------------------------------------------------------
 
 
@@ -288,13 +314,23 @@ def test_dashboard_is_a_grafana_dashboard_on_a_datasource_variable(
             assert target["expr"].strip(), panel["title"]
 
 
-def test_dashboard_queries_use_only_contract_metrics_and_labels(dashboard: dict[str, Any]) -> None:
+def dashboard_problems(dashboard: dict[str, Any], docs: str) -> tuple[list[str], set[str]]:
+    """Problems with the dashboard's queries, and the metric names they use."""
     problems = []
     used: set[str] = set()
     for panel in all_panels(dashboard["panels"]):
         for target in panel.get("targets", []):
-            problems += check_promql(target["expr"], f"panel {panel['title']!r}")
+            where = f"panel {panel['title']!r}"
+            problems += check_promql(target["expr"], where)
+            problems += check_label_values(target["expr"], where, docs)
             used |= promql_refs(target["expr"])[0]
+    return problems, used
+
+
+def test_dashboard_queries_use_only_contract_metrics_and_labels(
+    dashboard: dict[str, Any], docs: str
+) -> None:
+    problems, used = dashboard_problems(dashboard, docs)
     for variable in dashboard["templating"]["list"]:
         query = variable.get("query")
         if isinstance(query, dict):
@@ -309,6 +345,44 @@ def test_dashboard_queries_use_only_contract_metrics_and_labels(dashboard: dict[
     shown = {contract_series().get(name, name) for name in used}
     missing = {PREFIX + n for n in CONTRACT} - shown
     assert missing == set()
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        (
+            'sum(rate(harbor_router_connections_refused_total{job=~"$job"}[5m]))',
+            "'harbor_router_connections_refused_total' is not a known metric",
+        ),
+        (
+            "sum(harbor_router_l1_cache_events_total)",  # documented, but not in the contract
+            "'harbor_router_l1_cache_events_total' is not a known metric",
+        ),
+        (
+            'sum(harbor_router_open_connections{reason="header_timeout"})',
+            "harbor_router_open_connections has no label 'reason'",
+        ),
+        (
+            'sum(rate(harbor_router_connections_closed_total{reason="idle_timeout"}[5m]))',
+            "harbor_router_connections_closed_total: reason value 'idle_timeout' is not in "
+            "docs/observability.md",
+        ),
+        (
+            "sum(rate(harbor_router_upstream_connection_errors_total"
+            '{reason=~"read_timeout|pool-full"}[5m]))',
+            "harbor_router_upstream_connection_errors_total: reason value 'pool-full' is not in "
+            "docs/observability.md",
+        ),
+    ],
+)
+def test_dashboard_check_rejects_what_is_not_agreed(
+    dashboard: dict[str, Any], docs: str, expr: str, problem: str
+) -> None:
+    """The check above can fail: one query of a copy of the dashboard changed, one problem."""
+    broken = copy.deepcopy(dashboard)
+    panel = next(p for p in all_panels(broken["panels"]) if p.get("targets"))
+    panel["targets"][0]["expr"] = expr
+    assert dashboard_problems(broken, docs)[0] == [f"panel {panel['title']!r}: {problem}"]
 
 
 # -- the alert rules -------------------------------------------------------------------------

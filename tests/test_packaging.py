@@ -50,9 +50,10 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run(args: list[str | pathlib.Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _attempt(args: list[str | pathlib.Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end (``env`` defaults to :func:`_clean_env`), whatever its status."""
     kwargs.setdefault("env", _clean_env())
-    result = subprocess.run(
+    return subprocess.run(
         [str(a) for a in args],
         capture_output=True,
         text=True,
@@ -60,8 +61,27 @@ def _run(args: list[str | pathlib.Path], **kwargs: object) -> subprocess.Complet
         timeout=240,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def _run(args: list[str | pathlib.Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """:func:`_attempt`, which must succeed."""
+    result = _attempt(args, **kwargs)
     assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def _pip_install(python: pathlib.Path, *args: str | pathlib.Path) -> None:
+    """``pip install -q --no-index`` into the environment of ``python``: nothing downloaded."""
+    _run([python, "-m", "pip", "install", "-q", "--no-index", *args])
+
+
+def _load(path: pathlib.Path) -> Any:
+    """A module from a file outside the package (``_speedups/``, ``docker/``)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _require_build() -> None:
@@ -120,11 +140,7 @@ def test_sdist_carries_the_cython_sources_not_build_leftovers(dist: pathlib.Path
 
 
 def _dataplane_modules() -> list[str]:
-    spec = importlib.util.spec_from_file_location("dataplane", ROOT / "_speedups" / "dataplane.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return list(module.MODULES)
+    return list(_load(ROOT / "_speedups" / "dataplane.py").MODULES)
 
 
 def test_wheel_is_a_platform_wheel_with_the_speedups(dist: pathlib.Path) -> None:
@@ -167,20 +183,7 @@ def installed(
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", wheels, wheel])
     env_dir = base / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
-    python = env_dir / "bin" / "python"
-    _run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--find-links",
-            wheels,
-            "harbor-router",
-        ]
-    )
+    _pip_install(env_dir / "bin" / "python", "--find-links", wheels, "harbor-router")
     yield env_dir
 
 
@@ -190,14 +193,7 @@ def test_installed_wheel_runs_check_config(installed: pathlib.Path, tmp_path: pa
     assert "HARBOR_URL=https://harbor.example.com" in result.stdout
     version = _run([installed / "bin" / "harbor-router", "--version"], env=env, cwd=tmp_path)
     assert version.stdout.strip() == f"harbor-router {_version()}"
-    bad = subprocess.run(
-        [installed / "bin" / "harbor-router", "--check-config"],
-        env=_clean_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = _attempt([installed / "bin" / "harbor-router", "--check-config"], cwd=tmp_path)
     assert bad.returncode == 2 and "HARBOR_URL" in bad.stderr
 
 
@@ -237,57 +233,28 @@ def test_sdist_builds_a_pure_wheel_without_a_compiler(
         names = zf.namelist()
     assert not [n for n in names if n.endswith((".so", ".c", ".pyx"))]
     python = installed / "bin" / "python"
-    _run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--no-deps",
-            "--force-reinstall",
-            wheel,
-        ]
-    )
+    _pip_install(python, "--no-deps", "--force-reinstall", wheel)
     try:
         smoke = _run([python, DOCKER / "smoke.py", "--pure"], env=_clean_env(), cwd=tmp_path)
         assert "speedups py" in smoke.stdout
-        required = subprocess.run(
+        required = _attempt(
             [python, "-c", "import harbor_router._cache"],
             env=_clean_env(HARBOR_ROUTER_REQUIRE_EXTENSIONS="1"),
             cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=False,
         )
         assert required.returncode != 0 and "_compiled is missing" in required.stderr
     finally:
         platform = _one(dist, "harbor_router-*-cp3*-linux_*.whl")
-        _run(
-            [
-                python,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-index",
-                "--no-deps",
-                "--force-reinstall",
-                platform,
-            ]
-        )
+        _pip_install(python, "--no-deps", "--force-reinstall", platform)
 
 
 # -- the image: docker/entrypoint.py (WORKERS from the CPU quota) and docker/Dockerfile ---------
 
 
-def _entrypoint() -> Any:
-    spec = importlib.util.spec_from_file_location("entrypoint", DOCKER / "entrypoint.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def entrypoint() -> Any:
+    """``docker/entrypoint.py``, loaded afresh for each test (they patch its globals)."""
+    return _load(DOCKER / "entrypoint.py")
 
 
 @pytest.mark.parametrize(
@@ -304,13 +271,13 @@ def _entrypoint() -> Any:
     ],
 )
 def test_entrypoint_workers_follow_the_cgroup_cpu_limit(
+    entrypoint: Any,
     tmp_path: pathlib.Path,
     monkeypatch: pytest.MonkeyPatch,
     files: dict[str, str],
     cpus: int,
     workers: int,
 ) -> None:
-    entrypoint = _entrypoint()
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -318,8 +285,9 @@ def test_entrypoint_workers_follow_the_cgroup_cpu_limit(
     assert entrypoint.default_workers(tmp_path) == workers
 
 
-def test_entrypoint_keeps_workers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    entrypoint = _entrypoint()
+def test_entrypoint_keeps_workers_from_the_environment(
+    entrypoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[tuple[str, list[str]]] = []
     monkeypatch.setattr(entrypoint.os, "execvp", lambda f, a: calls.append((f, a)))
     monkeypatch.setattr(entrypoint, "default_workers", lambda: 7)
@@ -332,8 +300,9 @@ def test_entrypoint_keeps_workers_from_the_environment(monkeypatch: pytest.Monke
     assert os.environ["WORKERS"] == "7"
 
 
-def test_entrypoint_healthcheck_asks_healthz(monkeypatch: pytest.MonkeyPatch) -> None:
-    entrypoint = _entrypoint()
+def test_entrypoint_healthcheck_asks_healthz(
+    entrypoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[str] = []
 
     class Answer:

@@ -9,12 +9,13 @@ is ``docker.io``, its ghcr project ``ghcr.io`` and its quay project ``quay.io``.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import time
 from collections.abc import Callable
 
 import pytest
-from conftest import Seeded
+from conftest import Seeded, SeedImage
 from harbor_emulator import HarborEmulator
 from redis_topology import RedisTopology
 from router_runner import RunningRouter
@@ -48,6 +49,60 @@ def error_of(body: bytes) -> dict[str, object]:
     entry = json.loads(body)["errors"][0]
     assert isinstance(entry, dict)
     return entry
+
+
+def get_ok(
+    router: RunningRouter, path: str, headers: dict[str, str] | None = None
+) -> tuple[http.client.HTTPMessage, bytes]:
+    """A GET that must answer 200: its headers and body."""
+    status, got, body = router.request("GET", path, headers)
+    assert status == 200, (path, body[:300])
+    return got, body
+
+
+def get_manifest(router: RunningRouter, path: str, image: SeedImage) -> http.client.HTTPMessage:
+    """A manifest GET that must answer 200 with ``image``'s manifest: its headers."""
+    headers, body = get_ok(router, path, ACCEPT_ALL)
+    assert sha256(body) == image.digest
+    return headers
+
+
+def get_blobs(
+    router: RunningRouter, repo: str, image: SeedImage, query: str = ""
+) -> list[http.client.HTTPMessage]:
+    """GET every blob of ``image`` under ``repo`` (the path up to the repository); each must
+    answer 200 with its bytes. The headers of each answer."""
+    answers = []
+    for digest in image.blobs:
+        headers, body = get_ok(router, f"{repo}/blobs/{digest}{query}")
+        assert sha256(body) == digest
+        answers.append(headers)
+    return answers
+
+
+def get_error(router: RunningRouter, path: str, status: int) -> dict[str, object]:
+    """A GET (manifest Accept header) that must fail with ``status``: its registry error entry."""
+    got, _, body = router.request("GET", path, ACCEPT_ALL)
+    assert got == status, (path, body[:300])
+    return error_of(body)
+
+
+def mapped(router: RunningRouter, key: str) -> str | None:
+    """The project the router's L1 maps ``key`` to."""
+    assert router.app.mapping is not None
+    return router.app.mapping.get(key)
+
+
+def fast_starts(router: RunningRouter) -> int:
+    """Requests that started on the data plane's fast path."""
+    assert router.app.handler is not None
+    return router.app.handler.fast_starts
+
+
+@pytest.fixture
+def image(seeded: Seeded, project: str, repo: str) -> SeedImage:
+    """The seeded image of the test's ``project`` and ``repo`` parameters."""
+    return seeded.get(project, repo)
 
 
 # -- parsing (pure) ----------------------------------------------------------------------------
@@ -280,23 +335,19 @@ def test_ns_asks_exactly_one_project(
     ns: str,
     project: str,
     repo: str,
+    image: SeedImage,
     router: RunningRouter,
     harbor: HarborEmulator,
-    seeded: Seeded,
 ) -> None:
-    image = seeded.get(project, repo)
     path = f"{PREFIX}/{repo}/manifests/{image.tag}?ns={ns}"
     for attempt in range(3):  # a miss, then hits (the fast path)
         harbor.clear_log()
-        status, headers, body = router.request("GET", path, ACCEPT_ALL)
-        assert status == 200, body[:300]
-        assert sha256(body) == image.digest
+        headers = get_manifest(router, path, image)
         assert headers["OCI-Namespace"] == ns
         assert asked(harbor) == {p: int(p == project) for p in PROXY_PROJECTS}, attempt
         assert v2_requests(harbor) == [f"/v2/{project}/{repo}/manifests/{image.tag}"]
-    assert router.app.mapping is not None
-    assert router.app.mapping.get(f"{ns}/{repo}") == project
-    assert router.app.handler is not None and router.app.handler.fast_starts >= 1
+    assert mapped(router, f"{ns}/{repo}") == project
+    assert fast_starts(router) >= 1
 
 
 @pytest.mark.integration
@@ -305,20 +356,12 @@ def test_ns_routes_blobs_tags_and_referrers(
 ) -> None:
     image = seeded.get("quay", "shared/app")
     harbor.clear_log()
-    for digest in image.blobs:
-        status, headers, body = router.request(
-            "GET", f"{PREFIX}/shared/app/blobs/{digest}?ns=quay.io"
-        )
-        assert status == 200 and sha256(body) == digest
+    for headers in get_blobs(router, f"{PREFIX}/shared/app", image, "?ns=quay.io"):
         assert headers["OCI-Namespace"] == "quay.io"
-    status, headers, body = router.request("GET", f"{PREFIX}/shared/app/tags/list?ns=quay.io&n=5")
-    assert status == 200, body[:300]
+    headers, body = get_ok(router, f"{PREFIX}/shared/app/tags/list?ns=quay.io&n=5")
     assert json.loads(body) == {"name": "proxy/shared/app", "tags": [image.tag]}
     assert headers["OCI-Namespace"] == "quay.io"
-    status, headers, body = router.request(
-        "GET", f"{PREFIX}/shared/app/referrers/{image.digest}?ns=quay.io"
-    )
-    assert status == 200, body[:300]
+    headers, _ = get_ok(router, f"{PREFIX}/shared/app/referrers/{image.digest}?ns=quay.io")
     assert headers["OCI-Namespace"] == "quay.io"
     counts = asked(harbor)
     assert counts["dockerhub"] == counts["ghcr"] == 0
@@ -335,17 +378,13 @@ def test_unknown_ns_falls_back_to_the_fan_out(
     image = seeded.get("ghcr", "acme/tool")
     harbor.clear_log()
     path = f"{PREFIX}/acme/tool/manifests/{image.tag}?ns=registry.example.org"
-    status, headers, body = router.request("GET", path, ACCEPT_ALL)
-    assert status == 200, body[:300]
-    assert sha256(body) == image.digest
+    headers = get_manifest(router, path, image)
     assert "OCI-Namespace" not in headers, "an ns that chose nothing is not echoed"
     assert asked(harbor) == {"dockerhub": 1, "ghcr": 1, "quay": 1}
     assert all("ns=" not in p for p in v2_requests(harbor))
-    assert router.app.mapping is not None
-    assert router.app.mapping.get("acme/tool") == "ghcr"  # recorded as a plain name
+    assert mapped(router, "acme/tool") == "ghcr"  # recorded as a plain name
     harbor.clear_log()
-    status, _, _ = router.request("GET", path, ACCEPT_ALL)
-    assert status == 200
+    get_manifest(router, path, image)
     assert asked(harbor) == {"dockerhub": 0, "ghcr": 1, "quay": 0}
 
 
@@ -353,11 +392,8 @@ def test_unknown_ns_falls_back_to_the_fan_out(
 def test_ns_miss_is_one_request_and_a_404(router: RunningRouter, harbor: HarborEmulator) -> None:
     """coreos/etcd is in quay only: with ns=ghcr.io only ghcr is asked, and says 404."""
     harbor.clear_log()
-    status, _, body = router.request(
-        "GET", f"{PREFIX}/coreos/etcd/manifests/v3.5?ns=ghcr.io", ACCEPT_ALL
-    )
-    assert status == 404, body[:300]
-    assert error_of(body)["code"] == "MANIFEST_UNKNOWN"
+    entry = get_error(router, f"{PREFIX}/coreos/etcd/manifests/v3.5?ns=ghcr.io", 404)
+    assert entry["code"] == "MANIFEST_UNKNOWN"
     assert asked(harbor) == {"dockerhub": 0, "ghcr": 1, "quay": 0}
 
 
@@ -374,9 +410,7 @@ def test_invalid_ns_is_400_and_never_forwarded(
         f"{PREFIX}/library/alpine/blobs/{D256}",
         f"{PREFIX}/library/alpine/tags/list",
     ):
-        status, _, body = router.request("GET", f"{path}?{query}", ACCEPT_ALL)
-        assert status == 400, (path, body[:300])
-        assert error_of(body)["code"] == "NAME_INVALID"
+        assert get_error(router, f"{path}?{query}", 400)["code"] == "NAME_INVALID"
     assert v2_requests(harbor) == []
 
 
@@ -397,28 +431,20 @@ def test_host_prefixed_manifest_and_blobs_ask_one_project(
     host: str,
     project: str,
     repo: str,
+    image: SeedImage,
     router: RunningRouter,
     harbor: HarborEmulator,
-    seeded: Seeded,
 ) -> None:
-    image = seeded.get(project, repo)
     harbor.clear_log()
     for _ in range(2):
-        status, headers, body = router.request(
-            "GET", f"{PREFIX}/{host}/{repo}/manifests/{image.tag}", ACCEPT_ALL
-        )
-        assert status == 200, body[:300]
-        assert sha256(body) == image.digest
+        headers = get_manifest(router, f"{PREFIX}/{host}/{repo}/manifests/{image.tag}", image)
         assert "OCI-Namespace" not in headers
-    for digest in image.blobs:
-        status, _, body = router.request("GET", f"{PREFIX}/{host}/{repo}/blobs/{digest}")
-        assert status == 200 and sha256(body) == digest
+    get_blobs(router, f"{PREFIX}/{host}/{repo}", image)
     assert asked(harbor) == {p: (2 + len(image.blobs)) * (p == project) for p in PROXY_PROJECTS}
     assert all(p.startswith(f"/v2/{project}/{repo}/") for p in v2_requests(harbor))
-    assert router.app.mapping is not None
-    assert router.app.mapping.get(f"{host}/{repo}") == project
-    assert router.app.mapping.get(repo) is None, "the bare name is not touched"
-    assert router.app.handler is not None and router.app.handler.fast_starts >= 1
+    assert mapped(router, f"{host}/{repo}") == project
+    assert mapped(router, repo) is None, "the bare name is not touched"
+    assert fast_starts(router) >= 1
 
 
 @pytest.mark.integration
@@ -442,11 +468,7 @@ def test_docker_io_one_segment_name_gets_library(
 ) -> None:
     image = seeded.get("dockerhub", "library/nginx")
     harbor.clear_log()
-    status, _, body = router.request(
-        "GET", f"{PREFIX}/docker.io/nginx/manifests/{image.tag}", ACCEPT_ALL
-    )
-    assert status == 200, body[:300]
-    assert sha256(body) == image.digest
+    get_manifest(router, f"{PREFIX}/docker.io/nginx/manifests/{image.tag}", image)
     assert v2_requests(harbor) == [f"/v2/dockerhub/library/nginx/manifests/{image.tag}"]
 
 
@@ -455,11 +477,8 @@ def test_host_prefixed_miss_never_fans_out(router: RunningRouter, harbor: Harbor
     """coreos/etcd is in quay: under ghcr.io/ it is unknown, and quay is never asked."""
     harbor.clear_log()
     for _ in range(2):
-        status, _, body = router.request(
-            "GET", f"{PREFIX}/ghcr.io/coreos/etcd/manifests/v3.5", ACCEPT_ALL
-        )
-        assert status == 404, body[:300]
-        assert error_of(body)["code"] == "MANIFEST_UNKNOWN"
+        entry = get_error(router, f"{PREFIX}/ghcr.io/coreos/etcd/manifests/v3.5", 404)
+        assert entry["code"] == "MANIFEST_UNKNOWN"
     assert asked(harbor)["quay"] == 0 and asked(harbor)["dockerhub"] == 0
     assert asked(harbor)["ghcr"] >= 1
     status, _, body = router.request("GET", f"{PREFIX}/ghcr.io/coreos/etcd/tags/list")
@@ -479,9 +498,7 @@ def test_unknown_host_is_404_listing_the_mirrored_hosts(
         f"{PREFIX}/registry.example.org:5000/a/blobs/{D256}",
         f"{PREFIX}/localhost/a/tags/list",
     ):
-        status, _, body = router.request("GET", path, ACCEPT_ALL)
-        assert status == 404, body[:300]
-        entry = error_of(body)
+        entry = get_error(router, path, 404)
         assert entry["code"] == "NAME_UNKNOWN"
         message = str(entry["message"])
         for host in ("docker.io", "ghcr.io", "quay.io"):
@@ -526,8 +543,7 @@ def test_host_prefixed_tags_link_and_name_stay_under_the_host(
         headers={"Link": '</v2/ghcr/acme/multi/tags/list?last=a&n=1>; rel="next"'},
     )
     harbor.clear_log()
-    status, headers, body = router.request("GET", f"{PREFIX}/ghcr.io/acme/multi/tags/list?n=1")
-    assert status == 200, body[:300]
+    headers, body = get_ok(router, f"{PREFIX}/ghcr.io/acme/multi/tags/list?n=1")
     assert json.loads(body) == {"name": "proxy/ghcr.io/acme/multi", "tags": ["a"]}
     assert headers["Link"] == '</v2/proxy/ghcr.io/acme/multi/tags/list?last=a&n=1>; rel="next"'
     assert v2_requests(harbor) == ["/v2/ghcr/acme/multi/tags/list?n=1"]
@@ -539,10 +555,9 @@ def test_host_prefixed_referrers(
 ) -> None:
     image = seeded.get("ghcr", "acme/tool")
     harbor.clear_log()
-    status, _, body = router.request(
-        "GET", f"{PREFIX}/ghcr.io/acme/tool/referrers/{image.digest}?artifactType=x.y"
+    _, body = get_ok(
+        router, f"{PREFIX}/ghcr.io/acme/tool/referrers/{image.digest}?artifactType=x.y"
     )
-    assert status == 200, body[:300]
     assert json.loads(body)["manifests"] == []
     assert v2_requests(harbor) == [f"/v2/ghcr/acme/tool/referrers/{image.digest}?artifactType=x.y"]
 
@@ -577,13 +592,11 @@ def test_stale_hinted_mapping_refreshes_within_the_mirrors_only(
         f"{PREFIX}/shared/app/manifests/{image.tag}?ns=quay.io",
     ]
     for path in paths:
-        status, _, _ = router.request("GET", path, ACCEPT_ALL)
-        assert status == 200
+        get_manifest(router, path, image)
     time.sleep(1.1)  # past CACHE_TTL, well within STALE_WHILE_REVALIDATE
     harbor.clear_log()
     for path in paths:
-        status, _, body = router.request("GET", path, ACCEPT_ALL)
-        assert status == 200 and sha256(body) == image.digest
+        get_manifest(router, path, image)
     # One client request per path to quay; both hints share the key quay.io/shared/app, so
     # one background refresh (HEAD), and it asks quay only.
     deadline = time.monotonic() + 5
@@ -593,5 +606,4 @@ def test_stale_hinted_mapping_refreshes_within_the_mirrors_only(
     assert harbor.count("quay", "/manifests/") == 3
     assert sorted(r.method for r in harbor.requests("quay")) == ["GET", "GET", "HEAD"]
     assert harbor.count("ghcr") == harbor.count("dockerhub") == 0
-    assert router.app.mapping is not None
-    assert router.app.mapping.get("quay.io/shared/app") == "quay"
+    assert mapped(router, "quay.io/shared/app") == "quay"

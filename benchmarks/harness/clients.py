@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .system import Pinning
@@ -35,10 +36,14 @@ def run_wrk(
     duration: float,
     connections: int,
     pinning: Pinning,
+    script: Path | None = None,
 ) -> dict[str, float]:
-    """One ``wrk -t1 --latency`` run; raises on socket errors or non-2xx answers."""
+    """One ``wrk -t1 --latency`` run (``script``: a Lua script, ``wrk -s``); raises on socket
+    errors or non-2xx answers."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-H"]
     cmd += [f"Accept: {ACCEPT}"]
+    if script is not None:
+        cmd += ["-s", str(script)]
     cmd.append(url)
     out = subprocess.run(
         pinning.wrap(cmd, role="load"),

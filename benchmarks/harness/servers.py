@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from .system import Pinning, children, free_port, stop, wait_port
@@ -201,8 +202,9 @@ def _popen(
     return subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
 
 
-def write_upstream_tree(root: Path, blob_size: int) -> None:
-    """The static Harbor: 50 proxy-cache projects, manifests, tags/list and a sparse blob."""
+def write_upstream_tree(root: Path, blob_size: int, extra_repos: Sequence[str] = ()) -> None:
+    """The static Harbor: 50 proxy-cache projects, manifests, tags/list and a sparse blob.
+    ``extra_repos``: more repositories in the hot project, each with the manifest at ``TAG``."""
     root.chmod(0o755)  # nginx workers run as an unprivileged user and must read it all
     (root / "tmp").mkdir()
     www = root / "www"
@@ -216,9 +218,11 @@ def write_upstream_tree(root: Path, blob_size: int) -> None:
         summary = www / "api/v2.0/projects" / str(project["name"])
         summary.mkdir(parents=True)
         (summary / "summary").write_text('{"registry": {"type": "docker-registry"}}')
+    for name in (REPO, *extra_repos):
+        manifests = www / "v2" / HOT_PROJECT / name / "manifests"
+        manifests.mkdir(parents=True)
+        (manifests / TAG).write_text(MANIFEST)
     repo = www / "v2" / HOT_PROJECT / REPO
-    (repo / "manifests").mkdir(parents=True)
-    (repo / "manifests" / TAG).write_text(MANIFEST)
     (repo / "tags").mkdir()
     (repo / "tags" / "list").write_text(TAGS)
     (www / "cold-manifest.json").write_text(MANIFEST)
@@ -293,10 +297,12 @@ class Router(Server):
         workers: int = 1,
         tree: Path = ROOT,
         extra_env: dict[str, str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         """``tree``: the directory holding the ``harbor_router`` package to run (the checkout
         by default; a snapshot to measure another commit). ``extra_env``: more configuration
-        (the soak's cache TTLs and timeouts)."""
+        (the soak's cache TTLs and timeouts). ``command``: what runs instead of ``python -m
+        harbor_router``, with the same environment (a benchmark's own launcher)."""
         self.name = "router" if workers == 1 else f"router-w{workers}"
         port = free_port()
         self.metrics_port = free_port()
@@ -321,7 +327,7 @@ class Router(Server):
         env.update(extra_env or {})
         if tree != ROOT:
             env["PYTHONPATH"] = str(tree)
-        cmd = pinning.wrap([sys.executable, "-m", "harbor_router"], role="proxy")
+        cmd = pinning.wrap(command or [sys.executable, "-m", "harbor_router"], role="proxy")
         proc = _popen(cmd, env=env, cwd=tree)
         super().__init__(proc, port)
         self._wait_ready(workers)

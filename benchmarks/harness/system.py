@@ -80,16 +80,22 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """utime + stime (all threads) summed over ``pids``; a vanished process counts 0."""
-    total = 0
+def cpu_times(pids: Iterable[int]) -> tuple[float, float]:
+    """(utime, stime) seconds (all threads) summed over ``pids``; a vanished process counts 0."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICKS, system / TICKS
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """utime + stime (all threads) summed over ``pids``; a vanished process counts 0."""
+    return sum(cpu_times(pids))
 
 
 def rss_bytes(pids: Iterable[int]) -> int:
