@@ -7,6 +7,7 @@ rewriting and head joining with fewer temporary objects.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.string cimport memcmp, memcpy
 
 HOP_BY_HOP = frozenset(
@@ -254,6 +255,33 @@ cdef struct _Head:
     _Field fields[_MAX_FIELDS]
 
 
+cdef Py_ssize_t _next_field(const unsigned char* p, Py_ssize_t i, Py_ssize_t end, _Field* field):
+    """Reads the header line after the CRLF at ``p[i]`` into ``field``: where it ends (at
+    the next CR), or -1 when it is not a plain ``name: value`` line."""
+    cdef Py_ssize_t line
+    if p[i] != 13 or p[i + 1] != 10:
+        return -1
+    line = i = i + 2
+    while i < end and _tchar(p[i]):
+        i += 1
+    if i == line or i >= end or p[i] != 58:  # ':'
+        return -1
+    field.name, field.name_end = line, i
+    i += 1
+    while i < end and (p[i] == 32 or p[i] == 9):
+        i += 1
+    field.value = i
+    while i < end and p[i] != 13:
+        if not _field_char(p[i]):
+            return -1
+        i += 1
+    if i == field.value or not _vchar(p[i - 1]):
+        return -1  # an empty value, or whitespace at its end
+    field.value_end = i
+    field.kind = _classify(p + line, field.name_end - line)
+    return i
+
+
 cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
     """Reads the head at ``p`` into ``head``; False for anything but the plainest kind."""
     cdef Py_ssize_t i, end = -1, line, name_end, value_start, value_end, j
@@ -288,27 +316,14 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
         return False  # an empty reason phrase
     # header lines
     while i < end:
-        if p[i] != 13 or p[i + 1] != 10 or head.count == _MAX_FIELDS:
+        if head.count == _MAX_FIELDS:
             return False
-        line = i + 2
-        i = line
-        while i < end and _tchar(p[i]):
-            i += 1
-        name_end = i
-        if name_end == line or i >= end or p[i] != 58:  # ':'
+        field = &head.fields[head.count]
+        i = _next_field(p, i, end, field)
+        if i < 0:
             return False
-        i += 1
-        while i < end and (p[i] == 32 or p[i] == 9):
-            i += 1
-        value_start = i
-        while i < end and p[i] != 13:
-            if not _field_char(p[i]):
-                return False
-            i += 1
-        value_end = i
-        if value_end == value_start or not _vchar(p[value_end - 1]):
-            return False  # an empty value, or whitespace at its end
-        kind = _classify(p + line, name_end - line)
+        kind = field.kind
+        value_start, value_end = field.value, field.value_end
         if kind == _LENGTH:
             if length >= 0 or value_end - value_start > 18:
                 return False
@@ -327,10 +342,6 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
                 return False
         elif kind == _REWRITE:
             head.rewrite = True
-        field = &head.fields[head.count]
-        field.name, field.name_end = line, name_end
-        field.value, field.value_end = value_start, value_end
-        field.kind = kind
         head.count += 1
     if length < 0:
         return False
@@ -396,3 +407,92 @@ def head_fields(bytes data):
             PyBytes_FromStringAndSize(<char*>p + field.value, field.value_end - field.value),
         ))
     return fields
+
+
+# scan_request: the strict subset of request heads it reads itself (see the twin).
+cdef inline bint _target_char(unsigned char c):
+    return c > 32 and c < 127 and c != 35  # visible ASCII but '#'
+
+
+def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields):
+    """One whole GET or HEAD request head in ``data`` of the plainest kind, or None."""
+    cdef const unsigned char* p = data
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i, end, url, url_end, query = -1, line
+    cdef Py_ssize_t name_end, value_start, value_end, count = 0, fields = 0, j
+    cdef int kind
+    cdef bint http11, keep_alive, close = False, keep = False
+    cdef bytes name, value
+    cdef _Field field
+    cdef char* lower
+    cdef unsigned char c
+    cdef list headers = []
+    if n < 18 or p[n - 4] != 13 or p[n - 3] != 10 or p[n - 2] != 13 or p[n - 1] != 10:
+        return None
+    end = n - 4
+    if memcmp(p, b"GET ", 4) == 0:
+        method = u"GET"
+        i = 4
+    elif memcmp(p, b"HEAD ", 5) == 0:
+        method = u"HEAD"
+        i = 5
+    else:
+        return None
+    url = i
+    if p[i] != 47:  # '/'
+        return None
+    while i < end and _target_char(p[i]):
+        if p[i] == 63 and query < 0:  # '?'
+            query = i
+        i += 1
+    url_end = i
+    if i + 9 > end or p[i] != 32 or memcmp(p + i + 1, b"HTTP/1.", 7) != 0:
+        return None
+    if p[i + 8] == 49:
+        http11 = True
+    elif p[i + 8] == 48:
+        http11 = False
+    else:
+        return None
+    i += 9
+    count = url_end - url
+    if count > max_url:
+        return None
+    while i < end:
+        i = _next_field(p, i, end, &field)
+        if i < 0:
+            return None
+        kind = field.kind
+        line, name_end = field.name, field.name_end
+        value_start, value_end = field.value, field.value_end
+        if kind == _LENGTH or kind == _REFUSE:
+            return None  # a body, or what the parser judges
+        if _is(p + line, name_end - line, b"upgrade", 7):
+            return None
+        if kind == _CONNECTION:
+            if _is(p + value_start, value_end - value_start, b"close", 5):
+                close = True
+            elif _is(p + value_start, value_end - value_start, b"keep-alive", 10):
+                keep = True
+            else:
+                return None
+        fields += 1
+        count += name_end - line + value_end - value_start + 4
+        if fields > max_fields or count > max_bytes:
+            return None
+        name = PyBytes_FromStringAndSize(NULL, name_end - line)
+        lower = PyBytes_AS_STRING(name)
+        for j in range(name_end - line):
+            c = p[line + j]
+            lower[j] = c + 32 if c >= 65 and c <= 90 else c
+        value = PyBytes_FromStringAndSize(<char*>p + value_start, value_end - value_start)
+        headers.append((name, value))
+    if close and keep:
+        return None
+    keep_alive = (http11 and not close) or (not http11 and keep)
+    if query < 0:
+        path = PyUnicode_DecodeLatin1(<char*>p + url, url_end - url, NULL)
+        query_text = u""
+    else:
+        path = PyUnicode_DecodeLatin1(<char*>p + url, query - url, NULL)
+        query_text = PyUnicode_DecodeLatin1(<char*>p + query + 1, url_end - query - 1, NULL)
+    return method, path, query_text, headers, http11, keep_alive

@@ -130,6 +130,18 @@ MAX_FIELDS = 64
 Scanned = tuple[int, bytes | None, int, bool]
 
 
+def _plain_fields(lines: list[bytes]) -> list[tuple[bytes, bytes, bytes]] | None:
+    """(name, value, lowercased name) of each header line, or None if one is not plain."""
+    fields = []
+    for line in lines:
+        field = _FIELD_LINE.fullmatch(line)
+        if field is None:
+            return None
+        name, value = field.groups()
+        fields.append((name, value, name.lower()))
+    return fields
+
+
 def _scan_head(data: bytes) -> tuple[int, int, list[tuple[bytes, bytes]], bool, int] | None:
     """(status, where the blank line starts, fields, keep-alive, Content-Length) of the
     plainest kind of head at the start of ``data``, or None."""
@@ -143,12 +155,10 @@ def _scan_head(data: bytes) -> tuple[int, int, list[tuple[bytes, bytes]], bool, 
     fields = []
     length = -1
     keep_alive = True
-    for line in lines[1:]:
-        field = _FIELD_LINE.fullmatch(line)
-        if field is None:
-            return None
-        name, value = field.groups()
-        lower = name.lower()
+    plain = _plain_fields(lines[1:])
+    if plain is None:
+        return None
+    for name, value, lower in plain:
         if lower == b"content-length":
             if length >= 0 or not value.isdigit() or len(value) > 18:
                 return None
@@ -208,3 +218,61 @@ def head_fields(data: bytes) -> list[tuple[bytes, bytes]]:
     if head is None:
         raise ValueError("not a head scan_response takes")
     return head[2]
+
+
+# scan_request: the strict subset of request heads it reads itself.
+_REQUEST_LINE = re.compile(rb"(GET|HEAD) (/[\x21-\x22\x24-\x7e]*) HTTP/1\.([01])")
+ScannedRequest = tuple[str, str, str, list[tuple[bytes, bytes]], bool, bool]
+
+
+def scan_request(
+    data: bytes, max_bytes: int, max_url: int, max_fields: int
+) -> ScannedRequest | None:
+    """One whole request head in ``data``, read without the parser when it is of the
+    plainest kind; None for anything else (then the parser reads ``data`` as usual).
+
+    Plainest: ``GET`` or ``HEAD``, an origin-form target of visible ASCII without ``#``,
+    ``HTTP/1.1`` or ``HTTP/1.0``, header lines as :func:`scan_response` takes them, no
+    ``Content-Length``, ``Transfer-Encoding`` or ``Upgrade``, ``Connection`` absent or exactly
+    ``keep-alive`` or ``close``, within the limits (target bytes, header fields, and the
+    head's size counted as the protocol counts it: target plus name, value and 4 per field),
+    and ``data`` ending exactly at the blank line. Every such head is one the parser reads
+    the same way.
+
+    Returns ``(method, path, query, headers, http11, keep_alive)``, header names lowercased.
+    """
+    if not data.endswith(b"\r\n\r\n"):
+        return None
+    lines = data[:-4].split(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(lines[0])
+    if match is None:
+        return None
+    method, target, minor = match.groups()
+    count = len(target)
+    if count > max_url or len(lines) - 1 > max_fields:
+        return None
+    headers = []
+    close = keep = False
+    plain = _plain_fields(lines[1:])
+    if plain is None:
+        return None
+    for name, value, lower in plain:
+        if lower in (b"content-length", b"transfer-encoding", b"close", b"upgrade"):
+            return None
+        if lower == b"connection":
+            token = value.lower()
+            if token == b"close":
+                close = True
+            elif token == b"keep-alive":
+                keep = True
+            else:
+                return None
+        count += len(name) + len(value) + 4
+        headers.append((lower, value))
+    if count > max_bytes or (close and keep):
+        return None
+    http11 = minor == b"1"
+    keep_alive = not close if http11 else keep
+    path, _, query = target.partition(b"?")
+    return (method.decode(), path.decode("latin-1"), query.decode("latin-1"), headers, http11,
+            keep_alive)  # fmt: skip

@@ -13,6 +13,10 @@ response's status is read from the first bytes written for it, and :meth:`write`
 bytes. The accounting is a few integer updates; the access line is a tuple appended to a
 buffer that a timer formats later (``logs.AccessLog``).
 
+A request head that comes whole in one read, between requests, and is of the plainest kind
+(``_wire.scan_request``: a GET or HEAD without a body, within the limits) is read by one
+compiled scan instead of the parser; everything else, and every error, is the parser's.
+
 Limits (``MAX_HEADERS``, ``MAX_URL_BYTES``) are checked in the parser callbacks; the two
 timeouts (``HEADER_TIMEOUT``, ``KEEPALIVE_TIMEOUT``) are not timers per request but one periodic
 sweep over every connection (:class:`Connections`): a request costs two timestamps, and a
@@ -34,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import httptools
 
 from . import errors, responses
+from ._wire import scan_request
 from .metrics import (
     CLIENT_CLOSED,
     HEADER_TIMEOUT,
@@ -290,6 +295,18 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self._broken:
             return
+        if not self._in_headers:  # between requests: a whole plain head needs no parser
+            conns = self._conns
+            scanned = scan_request(data, self._max_header_bytes, conns.max_url_bytes,
+                                   conns.max_headers)  # fmt: skip
+            if scanned is not None:
+                self._head_since = self._idle_since = 0.0
+                method, path, query, headers, http11, keep_alive = scanned
+                request = Request(method, path, query, headers, http11=http11,
+                                  keep_alive=keep_alive and not conns.draining,
+                                  client_ip=self._client_ip)  # fmt: skip
+                self._enqueue(request)
+                return
         if self._in_headers:
             self._head_bytes += len(data)
             if self._head_bytes > self._max_header_bytes:

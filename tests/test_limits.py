@@ -153,6 +153,36 @@ def test_head_in_pieces_within_the_timeout_is_served(
         assert read_response(sock)[0] == 200
 
 
+def test_whole_heads_pieces_and_pipelines_alternate_on_one_connection(
+    make_router: Callable[..., RunningRouter],
+) -> None:
+    """Whole heads (read by the scan), a head in pieces and two pipelined heads (read by the
+    parser), a whole one with a target the parser must judge, in turn on one connection:
+    every one answered, in order."""
+    router = make_router()
+    with connect(router) as sock:
+        sock.sendall(GOOD)
+        assert read_response(sock)[0] == 200
+        for piece in (b"GET /v2/ HT", b"TP/1.1\r\nHost: x\r\n\r\n"):
+            sock.sendall(piece)
+            time.sleep(0.05)
+        assert read_response(sock)[0] == 200
+        sock.sendall(GOOD)
+        assert read_response(sock)[0] == 200
+        sock.sendall(GOOD.replace(b"/v2/", b"/v2/proxy/a/blobs/sha256:x") + GOOD)
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"{}"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        first, second = data.split(b"HTTP/1.1 ")[1:]
+        assert (first[:3], second[:3]) == (b"400", b"200")  # DIGEST_INVALID, then /v2/
+        sock.sendall(b"GET /v2/nope/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[0] == 404
+        sock.sendall(b"GET /v2/#x HTTP/1.1\r\nHost: x\r\n\r\n")  # a fragment: parsed
+        assert read_response(sock)[0] == 200
+
+
 def test_silent_connection_is_closed_without_an_answer(
     make_router: Callable[..., RunningRouter],
 ) -> None:

@@ -238,6 +238,15 @@ _MUTATIONS = st.one_of(
 )
 
 
+def _mutated(data: bytes, mutation: tuple[str, int, int] | None) -> bytes:
+    if mutation is None:
+        return data
+    how, at, byte = mutation
+    at %= len(data)
+    cut = at + (how != "i")
+    return data[:at] + (b"" if how == "d" else bytes([byte])) + data[cut:]
+
+
 @settings(max_examples=6000, derandomize=True, deadline=None)
 @given(
     _STATUS_LINES,
@@ -265,11 +274,7 @@ def test_scan_response_reads_what_the_parser_reads(
     lines = [*lines, (b"Content-Length", b": ", str(len(body) + length_off).encode())]
     data = status_line + b"\r\n" + b"".join(n + s + v + b"\r\n" for n, s, v in lines)
     data += b"\r\n" + (b"" if head_only else body)
-    if mutation is not None:
-        how, at, byte = mutation
-        at %= len(data)
-        cut = at + (how != "i")
-        data = data[:at] + (b"" if how == "d" else bytes([byte])) + data[cut:]
+    data = _mutated(data, mutation)
     compiled = pytest.importorskip("harbor_router._wire_c")
     scanned = compiled.scan_response(data, head_only)
     assert scanned == _wire_py.scan_response(data, head_only)
@@ -287,3 +292,165 @@ def test_scan_response_reads_what_the_parser_reads(
     if block is not None:
         out, _ = _wire_py.end_to_end(parsed.fields, b"/v2/p/", b"/v2/q/")
         assert block == b"".join(n + b": " + v + b"\r\n" for n, v in out)
+
+
+# scan_request: the plainest whole request heads, read without the parser
+PULL = (
+    b"GET /v2/proxy/library/nginx/manifests/latest?ns=docker.io&n=1 HTTP/1.1\r\n"
+    b"Host: registry\r\nUser-Agent: skopeo\r\nAccept: a/b, c/d\r\nX-Forwarded-For: 10.0.0.1\r\n"
+    b"Connection: Keep-Alive\r\n\r\n"
+)
+LIMITS = (16384, 8192, 100)  # head bytes, target bytes, header fields
+
+
+def test_scan_request_reads_a_whole_plain_head(wire: ModuleType) -> None:
+    method, path, query, headers, http11, keep_alive = wire.scan_request(PULL, *LIMITS)
+    assert (method, path, query) == ("GET", "/v2/proxy/library/nginx/manifests/latest",
+                                     "ns=docker.io&n=1")  # fmt: skip
+    assert headers == [(b"host", b"registry"), (b"user-agent", b"skopeo"),
+                       (b"accept", b"a/b, c/d"), (b"x-forwarded-for", b"10.0.0.1"),
+                       (b"connection", b"Keep-Alive")]  # fmt: skip
+    assert (http11, keep_alive) == (True, True)
+    head = PULL.replace(b"GET", b"HEAD").replace(b"Keep-Alive", b"close")
+    assert wire.scan_request(head, *LIMITS)[0::4] == ("HEAD", True)
+    assert wire.scan_request(head, *LIMITS)[5] is False
+    old = PULL.replace(b"HTTP/1.1", b"HTTP/1.0")
+    assert wire.scan_request(old, *LIMITS)[4:] == (False, True)
+    assert wire.scan_request(old.replace(b"Keep-Alive", b"close"), *LIMITS)[4:] == (False, False)
+    assert wire.scan_request(PULL.replace(b"?ns=docker.io&n=1", b""), *LIMITS)[2] == ""
+    # the limits as the protocol counts them: target, then name + value + 4 per field
+    target = len(b"/v2/proxy/library/nginx/manifests/latest?ns=docker.io&n=1")
+    size = target + sum(len(n) + len(v) + 4 for n, v in headers)
+    assert wire.scan_request(PULL, size, 8192, 100) is not None
+    assert wire.scan_request(PULL, size - 1, 8192, 100) is None
+    assert wire.scan_request(PULL, 16384, target, 100) is not None
+    assert wire.scan_request(PULL, 16384, target - 1, 100) is None
+    assert wire.scan_request(PULL, 16384, 8192, 5) is not None
+    assert wire.scan_request(PULL, 16384, 8192, 4) is None
+
+
+REQUEST_SCAN_REFUSED = {
+    "partial": PULL[:-2],
+    "two requests": PULL + PULL,
+    "a body follows": PULL + b"x",
+    "POST": PULL.replace(b"GET", b"POST"),
+    "lowercase method": PULL.replace(b"GET", b"get"),
+    "absolute form": PULL.replace(b"GET /", b"GET http://x/"),
+    "asterisk": PULL.replace(b"/v2/proxy/library/nginx/manifests/latest?ns=docker.io&n=1", b"*"),
+    "fragment": PULL.replace(b"&n=1", b"#n=1"),
+    "space in target": PULL.replace(b"nginx/", b"ng inx/"),
+    "non-ASCII target": PULL.replace(b"nginx", b"ngi\xc3\xa9nx"),
+    "HTTP/2.0": PULL.replace(b"HTTP/1.1", b"HTTP/2.0"),
+    "HTTP/1.10": PULL.replace(b"HTTP/1.1", b"HTTP/1.10"),
+    "content-length": PULL.replace(b"Host", b"Content-Length: 0\r\nHost"),
+    "chunked": PULL.replace(b"Host", b"Transfer-Encoding: chunked\r\nHost"),
+    "upgrade": PULL.replace(b"Host", b"Upgrade: h2c\r\nHost"),
+    "connection list": PULL.replace(b"Keep-Alive", b"Keep-Alive, Upgrade"),
+    "keep-alive and close": PULL.replace(b"Host", b"Connection: close\r\nHost"),
+    "folded": PULL.replace(b"skopeo", b"skopeo\r\n x"),
+    "space before colon": PULL.replace(b"Host:", b"Host :"),
+    "empty value": PULL.replace(b"Host: registry", b"Host:"),
+    "bare LF": PULL.replace(b"Host: registry\r\n", b"Host: registry\n"),
+    "NUL": PULL.replace(b"registry", b"regi\x00stry"),
+    "leading CRLF": b"\r\n" + PULL,
+}
+
+
+@pytest.mark.parametrize("case", REQUEST_SCAN_REFUSED)
+def test_scan_request_leaves_the_rest_to_the_parser(wire: ModuleType, case: str) -> None:
+    assert wire.scan_request(REQUEST_SCAN_REFUSED[case], *LIMITS) is None
+
+
+class _ParsedRequest:
+    """What httptools' request parser (and its URL parser) makes of some bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.url = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.messages = 0
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.feed_data(data)
+        url = httptools.parse_url(self.url)
+        self.path = (url.path or b"").decode("latin-1")
+        self.query = (url.query or b"").decode("latin-1")
+        self.method = self.parser.get_method().decode()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.version = self.parser.get_http_version()
+        self.keep_alive = bool(self.parser.should_keep_alive())
+
+    def on_message_complete(self) -> None:
+        self.messages += 1
+
+
+_REQUEST_LINES = st.sampled_from([b"GET", b"HEAD", b"POST", b"GET "])
+_TARGET_BYTES = st.binary(max_size=6).map(lambda b: b.replace(b"\r\n", b""))
+_REQUEST_NAMES = st.sampled_from([b"Host", b"Accept", b"Connection", b"Content-Length",
+    b"Transfer-Encoding", b"Upgrade", b"X-A", b"close", b"Keep-Alive"])  # fmt: skip
+_REQUEST_VALUES = st.one_of(
+    st.sampled_from([b"close", b"keep-alive", b"Upgrade", b"0", b"a, b", b"h2c"]),
+    st.binary(min_size=1, max_size=4),
+)
+
+
+@settings(max_examples=6000, derandomize=True, deadline=None)
+@given(
+    _REQUEST_LINES,
+    st.sampled_from([b"/v2/p/a/manifests/b", b"/v2/", b"/", b"/a?b=c?d", b"x"]),
+    _TARGET_BYTES,
+    st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2"]),
+    st.lists(
+        st.tuples(_REQUEST_NAMES, st.sampled_from([b": ", b":", b":\t", b" : "]), _REQUEST_VALUES),
+        max_size=4,
+    ),
+    _MUTATIONS,
+)
+def test_scan_request_reads_what_the_parser_reads(
+    method: bytes,
+    target: bytes,
+    noise: bytes,
+    version: bytes,
+    lines: list[tuple[bytes, bytes, bytes]],
+    mutation: tuple[str, int, int] | None,
+) -> None:
+    """Whatever the scan takes, httptools reads the same way (method, path and query as
+    parse_url splits them, lowercased fields, version, keep-alive, one whole message, no
+    error); both twins take exactly the same heads."""
+    data = method + b" " + target + noise + b" " + version + b"\r\n"
+    data += b"".join(n + s + v + b"\r\n" for n, s, v in lines) + b"\r\n"
+    data = _mutated(data, mutation)
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    scanned = compiled.scan_request(data, *LIMITS)
+    assert scanned == _wire_py.scan_request(data, *LIMITS)
+    if scanned is None:
+        return
+    parsed = _ParsedRequest(data)
+    assert parsed.messages == 1
+    method_text, path, query, headers, http11, keep_alive = scanned
+    assert (method_text, path, query, headers) == (
+        parsed.method, parsed.path, parsed.query, parsed.fields
+    )  # fmt: skip
+    assert (http11, keep_alive) == (parsed.version == "1.1", parsed.keep_alive)
+
+
+def test_scan_request_target_bytes_are_ones_the_parser_takes() -> None:
+    """Every byte the scan lets into a target, at any place in the path and the query,
+    is one httptools reads into the same path and query."""
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    taken = 0
+    for byte in range(256):
+        for target in (b"/a%cb" % byte, b"/a?b%cc" % byte, b"/%c" % byte):
+            data = b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+            scanned = compiled.scan_request(data, *LIMITS)
+            assert scanned == _wire_py.scan_request(data, *LIMITS)
+            if scanned is not None:
+                taken += 1
+                parsed = _ParsedRequest(data)
+                assert (parsed.messages, parsed.path, parsed.query) == (1, *scanned[1:3])
+    assert taken == 3 * 93  # visible ASCII but '#'
