@@ -180,11 +180,23 @@ def build_head(bytes status_line, headers, bytes extra, long content_length, bin
 
 
 # scan_response: the strict subset of HTTP/1.1 responses it reads itself (see the twin).
+# byte classes, one table lookup per byte
+cdef enum:
+    _TCHAR = 1  # a header name's (RFC 9110 token)
+    _FIELD = 2  # a header value's or a reason phrase's: HTAB, SP, VCHAR, obs-text
+    _TARGET = 4  # a request target's: visible ASCII but '#'
+cdef unsigned char _CLASS[256]
+for _c in range(256):
+    _CLASS[_c] = (
+        (_TCHAR if (48 <= _c <= 57 or 65 <= _c <= 90 or 97 <= _c <= 122
+                    or chr(_c) in "!#$%&'*+-.^_`|~") else 0)
+        | (_FIELD if _c == 9 or (_c >= 32 and _c != 127) else 0)
+        | (_TARGET if 32 < _c < 127 and _c != 35 else 0)
+    )
+
+
 cdef inline bint _tchar(unsigned char c):
-    if (c >= 97 and c <= 122) or (c >= 65 and c <= 90) or (c >= 48 and c <= 57):
-        return True
-    return (c == 33 or (c >= 35 and c <= 39) or c == 42 or c == 43 or c == 45 or c == 46
-            or c == 94 or c == 95 or c == 96 or c == 124 or c == 126)
+    return _CLASS[c] & _TCHAR
 
 
 cdef inline bint _vchar(unsigned char c):
@@ -192,7 +204,7 @@ cdef inline bint _vchar(unsigned char c):
 
 
 cdef inline bint _field_char(unsigned char c):
-    return c == 9 or (c >= 32 and c != 127)
+    return _CLASS[c] & _FIELD
 
 
 cdef inline bint _is(const unsigned char* p, Py_ssize_t n, const char* lower, Py_ssize_t m):
@@ -284,7 +296,7 @@ cdef Py_ssize_t _next_field(const unsigned char* p, Py_ssize_t i, Py_ssize_t end
 
 cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
     """Reads the head at ``p`` into ``head``; False for anything but the plainest kind."""
-    cdef Py_ssize_t i, end = -1, line, name_end, value_start, value_end, j
+    cdef Py_ssize_t i, value_start, value_end, j
     cdef int kind
     cdef long long length = -1
     cdef unsigned char c
@@ -292,34 +304,31 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
     head.keep_alive = True
     head.rewrite = False
     head.count = 0
-    # the head's end
-    for i in range(n - 3):
-        if p[i] == 13 and p[i + 1] == 10 and p[i + 2] == 13 and p[i + 3] == 10:
-            end = i
-            break
-    if end < 0:
-        return False
-    head.end = end
     # status line: "HTTP/1.1 " 3DIGIT SP reason CRLF
-    if end < 14 or memcmp(p, b"HTTP/1.1 ", 9) != 0:
+    if n < 18 or memcmp(p, b"HTTP/1.1 ", 9) != 0:
         return False
     if not (p[9] >= 50 and p[9] <= 53 and p[10] >= 48 and p[10] <= 57
             and p[11] >= 48 and p[11] <= 57 and p[12] == 32):
         return False
     head.status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
     i = 13
-    while i < end and p[i] != 13:
+    while i < n and p[i] != 13:
         if not _field_char(p[i]):
             return False
         i += 1
     if i == 13:
         return False  # an empty reason phrase
-    # header lines
-    while i < end:
+    # header lines, up to the blank line
+    while True:
+        if i + 3 >= n:
+            return False
+        if p[i] == 13 and p[i + 1] == 10 and p[i + 2] == 13 and p[i + 3] == 10:
+            head.end = i
+            break
         if head.count == _MAX_FIELDS:
             return False
         field = &head.fields[head.count]
-        i = _next_field(p, i, end, field)
+        i = _next_field(p, i, n, field)
         if i < 0:
             return False
         kind = field.kind
@@ -411,7 +420,7 @@ def head_fields(bytes data):
 
 # scan_request: the strict subset of request heads it reads itself (see the twin).
 cdef inline bint _target_char(unsigned char c):
-    return c > 32 and c < 127 and c != 35  # visible ASCII but '#'
+    return _CLASS[c] & _TARGET
 
 
 def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields):
