@@ -40,11 +40,20 @@ def extensions():  # type: ignore[no-untyped-def]
     sys.path.insert(0, str(HERE / "_speedups"))
     import dataplane
 
-    exts += [
+    plane = [
         Extension(name, [src], extra_compile_args=["-O2"])
         for name, src in dataplane.prepare(HERE, HERE / "build" / "dataplane")
     ]
-    return cythonize(exts, language_level=3, compiler_directives={"embedsignature": True})
+    directives = {"embedsignature": True}
+    threads = os.cpu_count() or 1
+    return cythonize(
+        exts, language_level=3, compiler_directives=directives, nthreads=threads
+    ) + cythonize(
+        plane,
+        language_level=3,
+        compiler_directives={**directives, **dataplane.DIRECTIVES},
+        nthreads=threads,
+    )
 
 
 class OptionalBuildExt(build_ext):
@@ -57,6 +66,11 @@ class OptionalBuildExt(build_ext):
             if REQUIRE_EXTENSIONS:
                 raise
             print(f"building extensions failed, using pure Python: {exc}", file=sys.stderr)
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if self.parallel is None:  # one compiler per CPU (the data plane is 14 modules)
+            self.parallel = os.cpu_count() or 1
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:

@@ -423,6 +423,22 @@ cdef inline bint _target_char(unsigned char c):
     return _CLASS[c] & _TARGET
 
 
+# request header names clients send on every pull, handed out as one object each (their
+# hash is computed once, and dictionary lookups by them compare identity first)
+cdef tuple _COMMON = (b"host", b"accept", b"user-agent", b"range", b"if-range",
+                      b"if-none-match", b"x-forwarded-for", b"authorization",
+                      b"accept-encoding", b"connection")
+
+
+cdef object _common_name(const unsigned char* p, Py_ssize_t n):
+    """The common lowercase name ``p[:n]`` is (ignoring case), or None."""
+    cdef bytes known
+    for known in _COMMON:
+        if PyBytes_GET_SIZE(known) == n and _is(p, n, known, n):
+            return known
+    return None
+
+
 def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields):
     """One whole GET or HEAD request head in ``data`` of the plainest kind, or None."""
     cdef const unsigned char* p = data
@@ -488,11 +504,13 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
         count += name_end - line + value_end - value_start + 4
         if fields > max_fields or count > max_bytes:
             return None
-        name = PyBytes_FromStringAndSize(NULL, name_end - line)
-        lower = PyBytes_AS_STRING(name)
-        for j in range(name_end - line):
-            c = p[line + j]
-            lower[j] = c + 32 if c >= 65 and c <= 90 else c
+        name = _common_name(p + line, name_end - line)
+        if name is None:
+            name = PyBytes_FromStringAndSize(NULL, name_end - line)
+            lower = PyBytes_AS_STRING(name)
+            for j in range(name_end - line):
+                c = p[line + j]
+                lower[j] = c + 32 if c >= 65 and c <= 90 else c
         value = PyBytes_FromStringAndSize(<char*>p + value_start, value_end - value_start)
         headers.append((name, value))
     if close and keep:

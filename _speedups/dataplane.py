@@ -2,9 +2,13 @@
 
 The modules below are written once, in Python; that source is the pure-Python twin and the
 specification. For the compiled build each is copied to ``build/dataplane/`` with a generated
-augmenting ``.pxd`` that declares the listed classes as extension types (every attribute the
-class assigns on ``self``, as a C slot holding an object), and compiled by Cython into
-``harbor_router/_compiled/<module>``. Attribute access, method calls and instance creation then
+augmenting ``.pxd`` that declares the listed classes as extension types: every attribute the
+class assigns on ``self`` as a C slot (typed with its data plane class when the source's
+annotations say which one it holds, so that reading its attributes is a C struct access), and
+every plain method as a ``cpdef`` one (called through the class's C method table from compiled
+code that knows the class), its parameters typed likewise. The copies are compiled by Cython
+into ``harbor_router/_compiled/<module>``; the declarations cimport each other by the modules'
+run-time names (``harbor_router.<module>``). Attribute access, method calls and instance creation then
 cost what they cost in C instead of the interpreter's dictionary and frame work; the behaviour
 is the source's. ``harbor_router/__init__.py`` puts ``_compiled/`` first on the package's path
 unless ``HARBOR_ROUTER_NO_EXTENSIONS`` is set, so ``harbor_router.protocol`` is the compiled
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 # module → the classes that become extension types (the rest of the module is compiled as is)
 MODULES: dict[str, tuple[str, ...]] = {
@@ -36,6 +41,10 @@ MODULES: dict[str, tuple[str, ...]] = {
     "auth": ("Credentials", "Decisions"),
 }
 _DROPPED_BASES = ("asyncio.Protocol",)
+# The declarations alone type the compiled modules: the source's annotations are mypy's
+# (Cython would read ``float`` as a C double, and a method's declared signature must be
+# the whole truth about its arguments).
+DIRECTIVES = {"annotation_typing": False}
 
 
 def _attributes(cls: ast.ClassDef) -> list[str]:
@@ -80,26 +89,156 @@ def _attributes(cls: ast.ClassDef) -> list[str]:
     return [n for n in names if not (n in seen or seen.add(n)) and n not in own]
 
 
-def _pxd(source: str, classes: tuple[str, ...]) -> str:
+# every extension type of the data plane → its module
+KNOWN: dict[str, str] = {cls: module for module, names in MODULES.items() for cls in names}
+
+
+def _annotated_class(node: ast.expr | None) -> str | None:
+    """The data plane class an annotation names (``X``, ``X | None``, ``module.X``), if any."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        node = ast.parse(node.value, mode="eval").body
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        sides = [
+            side
+            for side in (node.left, node.right)
+            if not (isinstance(side, ast.Constant) and side.value is None)
+        ]
+        return _annotated_class(sides[0]) if len(sides) == 1 else None
+    if isinstance(node, ast.Name) and node.id in KNOWN:
+        return node.id
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and KNOWN.get(node.attr) == node.value.id
+    ):
+        return node.attr
+    return None
+
+
+def _value_class(value: ast.expr, params: dict[str, str | None]) -> str | None:
+    """The data plane class an assigned value is (``"None"`` for None), if the source
+    says: an annotated parameter, a constructor call, either branch of ``a if c else b``."""
+    if isinstance(value, ast.Constant) and value.value is None:
+        return "None"
+    if isinstance(value, ast.Name):
+        return params.get(value.id)
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+        return value.func.id if value.func.id in KNOWN else None
+    if isinstance(value, ast.IfExp):
+        answers = {_value_class(value.body, params), _value_class(value.orelse, params)} - {"None"}
+        return answers.pop() if len(answers) == 1 else None
+    return None
+
+
+def _attribute_classes(cls: ast.ClassDef) -> dict[str, str]:
+    """Attributes that hold one data plane class (or None), from what the source says of
+    them: ``self.x: X = ...``, ``self.x = param`` with ``param: X``, ``self.x = X(...)``
+    (mypy holds the source to these). An attribute with two different answers, or one the
+    source does not give, holds any object."""
+    found: dict[str, set[str | None]] = {}
+    for method in cls.body:
+        if not isinstance(method, ast.FunctionDef):
+            continue
+        params = {
+            arg.arg: _annotated_class(arg.annotation)
+            for arg in (*method.args.args, *method.args.kwonlyargs)
+        }
+        for node in ast.walk(method):
+            if isinstance(node, ast.AnnAssign):
+                targets, answer = [node.target], _annotated_class(node.annotation)
+            elif isinstance(node, ast.Assign):
+                targets, answer = node.targets, _value_class(node.value, params)
+                if answer == "None":
+                    continue  # None fits any extension type
+            else:
+                continue
+            for target in targets:
+                if (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "self"
+                ):
+                    found.setdefault(target.attr, set()).add(answer)
+    return {
+        attr: next(iter(answers))
+        for attr, answers in found.items()
+        if len(answers) == 1 and None not in answers
+    }
+
+
+_CLOSURES = (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.GeneratorExp, ast.Yield,
+             ast.YieldFrom, ast.Await)  # fmt: skip
+
+
+def _cpdef(method: ast.stmt) -> str | None:
+    """The C-callable declaration of a plain method (its parameters typed where they are
+    annotated with a data plane class), or None for one that must stay a Python method:
+    a decorated, special, async or generator method, one with ``*args``, ``**kwargs`` or
+    keyword-only parameters, or one that makes a closure (Cython compiles none of these as
+    a C method)."""
+    if not isinstance(method, ast.FunctionDef) or method.decorator_list:
+        return None
+    args = method.args
+    if method.name.startswith("__") or args.vararg or args.kwarg or args.kwonlyargs:
+        return None
+    inner = (node for node in ast.walk(method) if node is not method)
+    if args.posonlyargs or any(isinstance(node, _CLOSURES) for node in inner):
+        return None
+    positional = args.args
+    defaults = len(positional) - len(args.defaults)
+    params = []
+    for index, arg in enumerate(positional):
+        kind = _annotated_class(arg.annotation) if index else None
+        text = f"{kind} {arg.arg}" if kind else arg.arg
+        params.append(text + ("=*" if index >= defaults else ""))
+    returns = _annotated_class(method.returns)
+    return f"cpdef {returns + ' ' if returns else ''}{method.name}({', '.join(params)})"
+
+
+def _pxd(source: str, module: str, classes: tuple[str, ...]) -> str:
     tree = ast.parse(source)
     found = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     lines = ["# generated by _speedups/dataplane.py from the module's source", ""]
+    body: list[str] = []
+    cimports: set[str] = set()
     for name in classes:
         cls = found.get(name)
         if cls is None:
             raise SystemExit(f"dataplane: no class {name} at the top of the module")
-        lines.append(f"cdef class {name}:")
-        attributes = _attributes(cls)
-        lines += [f"    cdef public object {attr}" for attr in attributes] or ["    pass"]
-        lines.append("")
-    return "\n".join(lines)
+        body.append(f"cdef class {name}:")
+        typed = _attribute_classes(cls)
+        for attr in _attributes(cls):
+            kind = typed.get(attr, "object")
+            if kind != "object" and KNOWN[kind] != module:
+                cimports.add(kind)
+            body.append(f"    cdef public {kind} {attr}")
+        for method in cls.body:
+            declared = _cpdef(method)
+            if declared is not None:
+                body.append(f"    {declared}")
+                assert isinstance(method, ast.FunctionDef)
+                named = [arg.annotation for arg in method.args.args[1:]] + [method.returns]
+                for kind in map(_annotated_class, named):
+                    if kind is not None and KNOWN[kind] != module:
+                        cimports.add(kind)
+        if body[-1].startswith("cdef class"):
+            body.append("    pass")
+        body.append("")
+    # by the name the module has at run time (``harbor_router.<module>``, from ``_compiled/``)
+    lines += [f"from harbor_router.{KNOWN[c]} cimport {c}" for c in sorted(cimports)]
+    return "\n".join([*lines, "", *body])
 
 
 def _strip_bases(source: str, classes: tuple[str, ...]) -> str:
+    """The copy that is compiled: the dropped bases gone, and relative imports spelt with
+    the package's name (what they mean at run time, where the module is
+    ``harbor_router.<module>``), so that a class imported here and cimported in the
+    declarations is one name."""
     for name in classes:
         for base in _DROPPED_BASES:
             source = source.replace(f"class {name}({base}):", f"class {name}:")
-    return source
+    source = re.sub(r"^(\s*)from \. import ", r"\1from harbor_router import ", source, flags=re.M)
+    return re.sub(r"^(\s*)from \.(\w)", r"\1from harbor_router.\2", source, flags=re.M)
 
 
 def prepare(root: pathlib.Path, build: pathlib.Path) -> list[tuple[str, str]]:
@@ -116,9 +255,10 @@ def prepare(root: pathlib.Path, build: pathlib.Path) -> list[tuple[str, str]]:
         text = _strip_bases(source, classes)
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
-        pxd = out / f"{module}.pxd"
-        text = _pxd(source, classes)
-        if not pxd.exists() or pxd.read_text() != text:
-            pxd.write_text(text)
+        text = _pxd(source, module, classes)
+        # the module's own declarations, and the same under its run-time name for cimports
+        for pxd in (out / f"{module}.pxd", build / "harbor_router" / f"{module}.pxd"):
+            if not pxd.exists() or pxd.read_text() != text:
+                pxd.write_text(text)
         pairs.append((f"harbor_router._compiled.{module}", str(target.relative_to(root))))
     return pairs

@@ -159,7 +159,6 @@ class Forwarder:
         self,
         client: HttpProtocol,
         head: bytes,
-        *,
         head_only: bool,
         rewriter: Rewriter,
         relay_status: Callable[[int], bool] = default_relay_status,

@@ -71,14 +71,14 @@ def test_every_attribute_a_class_sets_is_declared(name: str) -> None:
     """An extension type has no __dict__: an attribute missing from the .pxd would be an
     AttributeError only on the compiled build, at the first line that sets it."""
     source = (ROOT / "harbor_router" / f"{name}.py").read_text()
-    pxd = DATAPLANE._pxd(source, DATAPLANE.MODULES[name])
+    pxd = DATAPLANE._pxd(source, name, DATAPLANE.MODULES[name])
     declared: dict[str, set[str]] = {}
     current = ""
     for line in pxd.splitlines():
         if line.startswith("cdef class "):
             current = line.removeprefix("cdef class ").rstrip(":")
             declared[current] = set()
-        elif line.startswith("    cdef public object "):
+        elif line.startswith("    cdef public "):
             declared[current].add(line.split()[-1])
     assert set(declared) == set(DATAPLANE.MODULES[name])
     classes = {n.name: n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)}
@@ -98,3 +98,61 @@ def test_generator_drops_only_the_asyncio_protocol_base() -> None:
     source = "class A(asyncio.Protocol):\n    pass\nclass B(Base):\n    pass\n"
     out = DATAPLANE._strip_bases(source, ("A", "B"))
     assert "class A:\n" in out and "class B(Base):" in out
+
+
+GENERATOR_SOURCE = """
+class Relay:
+    def __init__(self, client: HttpProtocol, rewriter: Rewriter | None, other: object) -> None:
+        self._client = client
+        self._rewriter = rewriter
+        self._other = other
+        self._watch: HeadDeadlines | None = None
+        self._mixed = client
+        self.count = 0
+
+    def later(self, relay: Relay) -> None:
+        self._mixed = relay
+
+    def plain(self, client: HttpProtocol, n, m=1) -> Relay | None:
+        return None
+
+    def keyword(self, *, n: int) -> None: ...
+
+    def closure(self) -> None:
+        callback = lambda: None
+
+    async def waits(self) -> None: ...
+
+    @property
+    def prop(self) -> int:
+        return 1
+"""
+
+
+def test_generator_types_attributes_and_declares_c_methods() -> None:
+    """Attributes the source gives one data plane class are typed with it (cimported from
+    the module it lives in, by its run-time name); plain methods are C-callable with their
+    class-typed parameters; keyword-only, closure-making, async and decorated ones stay
+    Python methods."""
+    pxd = DATAPLANE._pxd(GENERATOR_SOURCE, "relay", ("Relay",))
+    lines = {line.strip() for line in pxd.splitlines()}
+    assert "from harbor_router.protocol cimport HttpProtocol" in lines
+    assert "from harbor_router.headers cimport Rewriter" in lines
+    assert "cdef public HttpProtocol _client" in lines
+    assert "cdef public Rewriter _rewriter" in lines
+    assert "cdef public HeadDeadlines _watch" in lines  # same module: no cimport
+    assert not any("cimport HeadDeadlines" in line for line in lines)
+    assert {"cdef public object _other", "cdef public object _mixed",
+            "cdef public object count"} <= lines  # fmt: skip
+    assert "cpdef later(self, Relay relay)" in lines
+    assert "cpdef Relay plain(self, HttpProtocol client, n, m=*)" in lines
+    assert not any(name in line for line in lines for name in ("keyword", "closure", "waits",
+                                                              "prop"))  # fmt: skip
+
+
+def test_generator_spells_relative_imports_with_the_package() -> None:
+    out = DATAPLANE._strip_bases("from . import errors\nif x:\n    from .relay import Relay\n", ())
+    assert (
+        out
+        == "from harbor_router import errors\nif x:\n    from harbor_router.relay import Relay\n"
+    )
