@@ -8,9 +8,9 @@ annotations say which one it holds, so that reading its attributes is a C struct
 every plain method as a ``cpdef`` one (called through the class's C method table from compiled
 code that knows the class), its parameters typed likewise. The copies are compiled by Cython
 into ``harbor_router/_compiled/<module>``; the declarations cimport each other by the modules'
-run-time names (``harbor_router.<module>``). Attribute access, method calls and instance creation then
-cost what they cost in C instead of the interpreter's dictionary and frame work; the behaviour
-is the source's. ``harbor_router/__init__.py`` puts ``_compiled/`` first on the package's path
+run-time names (``harbor_router.<module>``). Attribute access, method calls and instance
+creation then cost what they cost in C instead of the interpreter's dictionary and frame
+work; the behaviour is the source's. ``harbor_router/__init__.py`` puts ``_compiled/`` first on the package's path
 unless ``HARBOR_ROUTER_NO_EXTENSIONS`` is set, so ``harbor_router.protocol`` is the compiled
 module when it was built and the source otherwise.
 
