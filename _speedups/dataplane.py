@@ -10,9 +10,9 @@ code that knows the class), its parameters typed likewise. The copies are compil
 into ``harbor_router/_compiled/<module>``; the declarations cimport each other by the modules'
 run-time names (``harbor_router.<module>``). Attribute access, method calls and instance
 creation then cost what they cost in C instead of the interpreter's dictionary and frame
-work; the behaviour is the source's. ``harbor_router/__init__.py`` puts ``_compiled/`` first on the package's path
-unless ``HARBOR_ROUTER_NO_EXTENSIONS`` is set, so ``harbor_router.protocol`` is the compiled
-module when it was built and the source otherwise.
+work; the behaviour is the source's. ``harbor_router/__init__.py`` puts ``_compiled/`` first
+on the package's path unless ``HARBOR_ROUTER_NO_EXTENSIONS`` is set, so
+``harbor_router.protocol`` is the compiled module when it was built and the source otherwise.
 
 A class named here must not subclass a Python class other than ``asyncio.Protocol`` (whose
 base is dropped in the copy: uvloop and asyncio take any object with the protocol methods).
