@@ -115,11 +115,51 @@ def _annotated_class(node: ast.expr | None) -> str | None:
     return None
 
 
+# builtin containers an attribute may be declared as (exactly these types: mypy's view of the
+# source allows a subclass, so the tests are what says no attribute ever holds one)
+_CONTAINERS = ("dict", "list", "set")
+
+
+def _annotated_attribute(node: ast.expr | None) -> str | None:
+    """:func:`_annotated_class`, or the builtin container (``dict[K, V]``, ``list[T]``,
+    ``set[T]``, maybe ``| None``) an attribute's annotation names."""
+    known = _annotated_class(node)
+    if known is not None or node is None:
+        return known
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        sides = [
+            side
+            for side in (node.left, node.right)
+            if not (isinstance(side, ast.Constant) and side.value is None)
+        ]
+        return _annotated_attribute(sides[0]) if len(sides) == 1 else None
+    if isinstance(node, ast.Subscript):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) and node.id in _CONTAINERS else None
+
+
 def _value_class(value: ast.expr, params: dict[str, str | None]) -> str | None:
-    """The data plane class an assigned value is (``"None"`` for None), if the source
-    says: an annotated parameter, a constructor call, either branch of ``a if c else b``."""
+    """The data plane class or builtin container an assigned value is (``"None"`` for
+    None), if the source says: an annotated parameter, a constructor call, a display or
+    comprehension, either branch of ``a if c else b``."""
     if isinstance(value, ast.Constant) and value.value is None:
         return "None"
+    if isinstance(value, ast.Dict | ast.DictComp):
+        return "dict"
+    if isinstance(value, ast.List | ast.ListComp) or (
+        isinstance(value, ast.BinOp)
+        and isinstance(value.op, ast.Mult)
+        and isinstance(value.left, ast.List)
+    ):
+        return "list"
+    if isinstance(value, ast.Set | ast.SetComp):
+        return "set"
+    if (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Name)
+        and value.func.id in _CONTAINERS
+    ):
+        return value.func.id
     if isinstance(value, ast.Name):
         return params.get(value.id)
     if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
@@ -145,7 +185,7 @@ def _attribute_classes(cls: ast.ClassDef) -> dict[str, str]:
         }
         for node in ast.walk(method):
             if isinstance(node, ast.AnnAssign):
-                targets, answer = [node.target], _annotated_class(node.annotation)
+                targets, answer = [node.target], _annotated_attribute(node.annotation)
             elif isinstance(node, ast.Assign):
                 targets, answer = node.targets, _value_class(node.value, params)
                 if answer == "None":
@@ -209,7 +249,7 @@ def _pxd(source: str, module: str, classes: tuple[str, ...]) -> str:
         typed = _attribute_classes(cls)
         for attr in _attributes(cls):
             kind = typed.get(attr, "object")
-            if kind != "object" and KNOWN[kind] != module:
+            if kind in KNOWN and KNOWN[kind] != module:
                 cimports.add(kind)
             body.append(f"    cdef public {kind} {attr}")
         for method in cls.body:

@@ -40,6 +40,7 @@ IDENTITY = Rewriter("", "")
 _RETRY_SOON = ((b"Retry-After", b"1"),)
 #: Request heads' first lines kept (``Forwarder._head_start``); emptied when full.
 HEAD_STARTS = 4096
+_FORWARD_LINE = FORWARD_REQUEST_LINES.get  # a client header's line start, if it is forwarded
 
 
 def capture_all(status: int) -> bool:
@@ -128,11 +129,13 @@ class Forwarder:
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
         parts = [self._head_start(request.method, route, project)]
         forwarded: bytes | None = None
-        lines = FORWARD_REQUEST_LINES
+        line_of = _FORWARD_LINE
         for hname, value in request.headers:
-            line = lines.get(hname)
+            line = line_of(hname)
             if line is not None:
-                parts += (line, value, b"\r\n")
+                parts.append(line)
+                parts.append(value)
+                parts.append(b"\r\n")
             elif hname == b"x-forwarded-for":
                 forwarded = value if forwarded is None else forwarded + b", " + value
         ip = request.client_ip.encode()

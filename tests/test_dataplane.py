@@ -109,9 +109,13 @@ class Relay:
         self._watch: HeadDeadlines | None = None
         self._mixed = client
         self.count = 0
+        self._table: dict[str, int] = {}
+        self._items = [0] * 3
+        self._loose = []
 
-    def later(self, relay: Relay) -> None:
+    def later(self, relay: Relay, keep: list[int]) -> None:
         self._mixed = relay
+        self._loose = keep
 
     def plain(self, client: HttpProtocol, n, m=1) -> Relay | None:
         return None
@@ -144,7 +148,9 @@ def test_generator_types_attributes_and_declares_c_methods() -> None:
     assert not any("cimport HeadDeadlines" in line for line in lines)
     assert {"cdef public object _other", "cdef public object _mixed",
             "cdef public object count"} <= lines  # fmt: skip
-    assert "cpdef later(self, Relay relay)" in lines
+    assert {"cdef public dict _table", "cdef public list _items",
+            "cdef public object _loose"} <= lines  # builtin containers only when sure  # fmt: skip
+    assert "cpdef later(self, Relay relay, keep)" in lines
     assert "cpdef Relay plain(self, HttpProtocol client, n, m=*)" in lines
     assert not any(name in line for line in lines for name in ("keyword", "closure", "waits",
                                                               "prop"))  # fmt: skip
