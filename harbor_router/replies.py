@@ -63,13 +63,7 @@ def write_tags(
     rewriter: Rewriter | None = None,
 ) -> None:
     """tags/list with ``name`` as the client asked for it (``{P}/{name}``), Link rewritten."""
-    try:
-        data = json.loads(winner.body)
-    except ValueError:
-        raise errors.BadGateway(f"project {winner.project.name} sent an invalid tag list") from None
-    if isinstance(data, dict):
-        data["name"] = client_name
-    body = json.dumps(data, separators=(",", ":")).encode()
+    body = renamed_tags(winner.body, client_name, winner.project.name)
     rewriter = winner.project.rewriter if rewriter is None else rewriter
     headers = [
         (n, v) for n, v in rewriter.end_to_end(winner.headers)[0] if n.lower() != b"content-length"
@@ -78,3 +72,24 @@ def write_tags(
         winner.status, headers, content_length=len(body), close=not client.keep_alive
     )
     client.write(out if request.method == "HEAD" else out + body)
+
+
+_NAME_FIRST = b'{"name":"'
+
+
+def renamed_tags(body: bytes, client_name: str, project: str) -> bytes:
+    """A tag list with its ``name`` replaced by ``client_name``. A list that begins the way
+    distribution writes it (``{"name":"`` and a name without escapes) has the name replaced
+    in place and the rest passed on as Harbor sent it, like any relayed body; any other is
+    parsed and written again (an invalid one is Harbor's fault: 502)."""
+    if body.startswith(_NAME_FIRST):
+        end = body.find(b'"', len(_NAME_FIRST))
+        if end > 0 and b"\\" not in body[len(_NAME_FIRST) : end]:
+            return b'{"name":' + json.dumps(client_name).encode() + body[end + 1 :]
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise errors.BadGateway(f"project {project} sent an invalid tag list") from None
+    if isinstance(data, dict):
+        data["name"] = client_name
+    return json.dumps(data, separators=(",", ":")).encode()

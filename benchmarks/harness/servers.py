@@ -50,7 +50,14 @@ MANIFEST = json.dumps(
     },
     indent=3,
 )
-TAGS = json.dumps({"name": f"{HOT_PROJECT}/{REPO}", "tags": [f"3.{i}" for i in range(40)]})
+# as Harbor writes it (Go's encoding/json: compact, one trailing newline)
+TAGS = (
+    json.dumps(
+        {"name": f"{HOT_PROJECT}/{REPO}", "tags": [f"3.{i}" for i in range(40)]},
+        separators=(",", ":"),
+    )
+    + "\n"
+)
 
 
 def _jwt_part(data: dict[str, object]) -> str:
