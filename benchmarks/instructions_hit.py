@@ -1,7 +1,7 @@
 """Instructions per cache hit, counted by callgrind: an A/B measure that a busy machine cannot blur.
 
     .venv/bin/python benchmarks/instructions_hit.py [--requests 2000] [--tree DIR ...]
-        [--auth-mode none|harbor] [--credentials]
+        [--auth-mode none|harbor] [--credentials] [--cold]
 
 Requests per CPU-second (``loadtest.py``) is the figure the targets are set in, but on a shared
 2-core machine two runs of the same tree can differ by 30 %. callgrind counts the instructions
@@ -16,6 +16,11 @@ instruction count is read from the dump. Prints instructions per request per tre
 credentials with every request (the static Harbor's ``/service/token`` grants pull on the hot
 repository), so after the warm-up every hit is one with its decision cached; ``--credentials``
 sends the same header with ``AUTH_MODE=none``, for a like-for-like comparison.
+
+``--cold`` counts cold misses instead (default 300 of them): manifest GETs on distinct
+repository names, each a fan-out over the static Harbor's 50 projects of which only the last in
+Harbor's order (``p49``) has the image; the warm-up is 100 such misses too (every project's
+connections open, every code path taken once).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.clients import ACCEPT, Client
-from harness.servers import PREFIX, REPO, TAG, Upstream, write_upstream_tree
+from harness.servers import PREFIX, PROJECTS, REPO, TAG, Upstream, write_upstream_tree
 from harness.system import free_port, plan_pinning, stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +79,7 @@ def count(
     connections: int,
     auth_mode: str = "none",
     credentials: bool = False,
+    cold: bool = False,
 ) -> float:
     port = free_port()
     out = root / f"callgrind.{os.getpid()}.{port}"
@@ -102,13 +108,18 @@ def count(
         headers = {"Accept": ACCEPT}
         if credentials or auth_mode == "harbor":
             headers["Authorization"] = BASIC
-        for i in range(200):  # warm: mapping, pool, caches
-            status, _, _ = clients[i % connections].request("GET", PATH, headers)
+        warm = 100 if cold else 200
+
+        def path(i: int) -> str:  # a cold miss: a name nobody asked for before
+            return f"/v2/{PREFIX}/cold-i{i:07d}/manifests/latest" if cold else PATH
+
+        for i in range(warm):  # warm: mapping, pool, caches
+            status, _, _ = clients[i % connections].request("GET", path(i), headers)
             assert status == 200, status
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
                        capture_output=True)  # fmt: skip
-        for i in range(requests):
-            status, _, _ = clients[i % connections].request("GET", PATH, headers)
+        for i in range(warm, warm + requests):
+            status, _, _ = clients[i % connections].request("GET", path(i), headers)
             assert status == 200, status
         subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
                        capture_output=True)  # fmt: skip
@@ -127,14 +138,19 @@ def count(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=None, help="default 2000 (300 cold)")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--tree", type=Path, action="append", default=None)
     parser.add_argument("--auth-mode", choices=("none", "harbor"), default="none")
     parser.add_argument(
         "--credentials", action="store_true", help="send Basic credentials with AUTH_MODE=none"
     )
+    parser.add_argument(
+        "--cold", action="store_true", help=f"cold misses: a fan-out over {PROJECTS} projects"
+    )
     args = parser.parse_args()
+    requests = args.requests or (300 if args.cold else 2000)
+    what = f"cold miss ({PROJECTS} projects)" if args.cold else "cache hit"
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     with tempfile.TemporaryDirectory(prefix="hr-instr-") as tmp:
         root = Path(tmp)
@@ -146,13 +162,14 @@ def main() -> int:
                     tree,
                     upstream,
                     root,
-                    args.requests,
+                    requests,
                     args.connections,
                     args.auth_mode,
                     args.credentials,
+                    args.cold,
                 )
                 print(
-                    f"{per:12,.0f} instructions per cache hit  {tree}  AUTH_MODE={args.auth_mode}",
+                    f"{per:12,.0f} instructions per {what}  {tree}  AUTH_MODE={args.auth_mode}",
                     flush=True,
                 )
         finally:
