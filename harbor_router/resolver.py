@@ -393,11 +393,10 @@ class Resolver:
             status = "error"
             metrics.connection_error(outcome.reason)
         else:
-            status = upstream_status(int(outcome.text.split(" ", 1)[0]))
+            code = int(outcome.text.split(" ", 1)[0])  # "200 (larger than ...)" too
+            status = upstream_status(code)
         metrics.upstream_done(project.name, status, time.perf_counter() - start)
-        if outcome.kind in (TIMEOUT, ERROR) or (
-            outcome.kind == STATUS and is_failure(int(outcome.text))
-        ):
+        if outcome.kind in (TIMEOUT, ERROR) or (outcome.kind == STATUS and is_failure(code)):
             breaker.failure()
         else:
             breaker.success()

@@ -651,6 +651,29 @@ def test_mixed_failure_names_every_project_and_is_not_remembered(
     assert asked(harbor) == {"dockerhub": 1, "ghcr": 1, "quay": 1}, "it was not negative-cached"
 
 
+@pytest.mark.parametrize("status", [200, 404])
+def test_an_answer_larger_than_manifest_max_bytes_is_named_and_not_a_failure(
+    status: int, make_router: Callable[..., RunningRouter], harbor: HarborEmulator
+) -> None:
+    """An answer over MANIFEST_MAX_BYTES is no answer: the client gets a 502 naming it (never
+    a 404, nothing remembered), and the project, which did answer, keeps its breaker closed."""
+    router = make_router(MANIFEST_MAX_BYTES="1KiB", CIRCUIT_BREAKER_THRESHOLD="2")
+    path = manifest_path("nobody/oversized", "1")
+    harbor.set_fault("ghcr", status=status, body=b"{" + b" " * 4096 + b"}")
+    for _ in range(3):
+        got, _, body = router.request("GET", path)
+        assert got == 502, body[:300]
+        ghcr = outcome_of(error_entry(body).get("detail"), "ghcr")
+        assert f"{status} (larger than" in ghcr, ghcr
+    assert harbor.count("ghcr") == 3, "an oversized answer must not open the breaker"
+
+    harbor.clear_faults()
+    harbor.clear_log()
+    got, _, body = router.request("GET", path)
+    assert got == 404, body[:300]
+    assert asked(harbor) == {"dockerhub": 1, "ghcr": 1, "quay": 1}, "it was not negative-cached"
+
+
 # -- 3.3 circuit breakers ---------------------------------------------------------------------
 
 BREAKER_FAULTS: dict[str, dict[str, object]] = {
