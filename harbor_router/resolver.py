@@ -174,6 +174,22 @@ def _stream_rule(status: int, _: bytes) -> str:
     return FOUND if 200 <= status < 300 or status in (302, 303, 307) else ""
 
 
+async def _read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` + 1 bytes when it is larger than ``limit``."""
+    body = await content.read(limit + 1)  # what has arrived: usually all of it
+    if len(body) > limit or content.is_eof():
+        return body
+    parts = [body]
+    size = len(body)
+    while size <= limit:
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
 class Resolver:
     def __init__(
         self,
@@ -431,7 +447,7 @@ class Resolver:
                         resp = None
                         return Outcome(name, verdict, str(status), winner=winner)
                 else:
-                    body = await resp.content.read(self._max_body + 1)
+                    body = await _read_body(resp.content, self._max_body)
                     if len(body) > self._max_body:
                         return Outcome(name, STATUS, f"{status} (larger than {self._max_body} B)")
                     verdict = rule(status, body)

@@ -8,6 +8,7 @@ and then nothing, the connection kept open, for a given time.
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -105,6 +106,61 @@ def test_a_slow_harbor_within_the_read_timeout_is_waited_for(
     assert "sha256:" + hashlib.sha256(body).hexdigest() == layer
     assert seconds >= 1.0
     assert "read_timeout" not in router.app.metrics.connection_errors
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"RESOLVER_TIMEOUT": "1s"}, {"RESOLVER_TIMEOUT": "10s", "UPSTREAM_READ_TIMEOUT": "1s"}],
+    ids=["resolver-timeout", "read-timeout"],
+)
+def test_a_fan_out_answer_whose_body_stalls_is_a_timeout(
+    env: dict[str, str],
+    make_router: Callable[..., RunningRouter],
+    harbor: HarborEmulator,
+    seeded: Seeded,
+) -> None:
+    """The only project with the manifest sends a few bytes of it, then nothing for 8 s: the
+    fan-out gives it up after RESOLVER_TIMEOUT (its head and body together), or after a shorter
+    UPSTREAM_READ_TIMEOUT of silence, and names it as timed out: a 502, never a 404."""
+    router = make_router(**env)
+    image = seeded.get("quay", "coreos/etcd")
+    harbor.set_fault("quay", truncate=10, stall=8.0)
+    started = time.monotonic()
+    status, _, body = router.request(
+        "GET",
+        f"{PREFIX}/{image.repo}/manifests/{image.tag}",
+        {"Accept": image.media_type},
+        timeout=15,
+    )
+    seconds = time.monotonic() - started
+    assert status == 502, body[:300]
+    detail = json.loads(body)["errors"][0]["detail"]
+    assert detail["quay"].startswith("timeout after"), detail
+    assert detail["ghcr"] == detail["dockerhub"] == "404", detail
+    assert 0.9 <= seconds < 4.0, f"given up after {seconds:.1f}s"
+    assert router.app.metrics.connection_errors.get("timeout") == 1
+    harbor.clear_faults()
+    status, headers, _ = router.request(
+        "GET", f"{PREFIX}/{image.repo}/manifests/{image.tag}", {"Accept": image.media_type}
+    )
+    assert status == 200
+    assert headers["Docker-Content-Digest"] == image.digest
+
+
+def test_a_fan_out_answer_that_arrives_in_pieces_is_relayed_whole(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    """The manifest's first bytes, a pause well within the limits, then the rest: the client
+    gets all of it, the bytes its digest names."""
+    router = make_router()
+    image = seeded.get("quay", "coreos/etcd")
+    harbor.set_fault("quay", truncate=10, stall=0.3, times=1)
+    status, headers, body = router.request(
+        "GET", f"{PREFIX}/{image.repo}/manifests/{image.tag}", {"Accept": image.media_type}
+    )
+    assert status == 200, body[:300]
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == image.digest
+    assert int(headers["Content-Length"]) == len(body)
 
 
 def test_connections_to_harbor_are_capped(
