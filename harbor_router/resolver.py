@@ -208,8 +208,12 @@ class Resolver:
         ``read_timeout``: the longest silence within a streamed winner's body (default:
         ``timeout``)."""
         self._metrics = metrics if metrics is not None else Metrics()
-        self._client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_read=timeout if read_timeout is None else read_timeout
+        read_timeout = timeout if read_timeout is None else read_timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout)
+        # A buffered answer (head and body) is bounded by ``timeout`` as a whole: only a shorter
+        # silence limit can still end it earlier, so a longer one costs no timer per read.
+        self._buffered_timeout = aiohttp.ClientTimeout(
+            total=None, sock_read=read_timeout if read_timeout < timeout else None
         )
         self._session = session
         self._harbor_url = harbor_url
@@ -436,7 +440,7 @@ class Resolver:
                     self.url(project, route),
                     headers=headers,
                     allow_redirects=False,
-                    timeout=self._client_timeout,
+                    timeout=self._client_timeout if stream else self._buffered_timeout,
                 )
                 raw = [(bytes(k), bytes(v)) for k, v in resp.raw_headers]
                 status = resp.status
