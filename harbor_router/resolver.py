@@ -27,6 +27,7 @@ from typing import Final
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from . import __version__, errors, routes
 from .auth import Credentials
@@ -223,15 +224,21 @@ class Resolver:
         self._max_body = max_body
         self._grace = grace
         self._inflight: dict[tuple[object, ...], asyncio.Future[Winner]] = {}
+        self._bases: dict[str, URL] = {}  # per project: Harbor's URL up to the repository
 
-    def url(self, project: Project, route: routes.Route) -> str:
+    def url(self, project: Project, route: routes.Route) -> URL:
         name = project.upstream_name(route.upstream)
-        base = f"{self._harbor_url}/v2/{project.name}/{name}"
         if route.kind == routes.TAGS:
-            url = f"{base}/tags/list"
+            tail = f"{name}/tags/list"
         else:
-            url = f"{base}/{SECTIONS[route.kind]}/{route.reference}"
-        return url + (f"?{route.query}" if route.query else "")
+            tail = f"{name}/{SECTIONS[route.kind]}/{route.reference}"
+        if route.query:
+            return URL(f"{self._harbor_url}/v2/{project.name}/{tail}?{route.query}")
+        base = self._bases.get(project.name)
+        if base is None:
+            base = self._bases[project.name] = URL(f"{self._harbor_url}/v2/{project.name}/")
+        # Name and reference passed the route's grammar: nothing in them to encode or resolve.
+        return base.with_path(base.raw_path + tail, encoded=True)
 
     async def resolve(
         self,
@@ -442,12 +449,11 @@ class Resolver:
                     allow_redirects=False,
                     timeout=self._client_timeout if stream else self._buffered_timeout,
                 )
-                raw = [(bytes(k), bytes(v)) for k, v in resp.raw_headers]
                 status = resp.status
                 if stream:
                     verdict = rule(status, b"")
                     if verdict:
-                        winner = Winner(project, status, raw, response=resp)
+                        winner = Winner(project, status, list(resp.raw_headers), response=resp)
                         resp = None
                         return Outcome(name, verdict, str(status), winner=winner)
                 else:
@@ -456,12 +462,8 @@ class Resolver:
                         return Outcome(name, STATUS, f"{status} (larger than {self._max_body} B)")
                     verdict = rule(status, body)
                     if verdict:
-                        return Outcome(
-                            name,
-                            verdict,
-                            str(status),
-                            winner=Winner(project, status, raw, body=body),
-                        )
+                        winner = Winner(project, status, list(resp.raw_headers), body=body)
+                        return Outcome(name, verdict, str(status), winner=winner)
                 if status == 404:
                     return Outcome(name, NOT_FOUND, "404")
                 if status == 429:
