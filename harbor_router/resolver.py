@@ -457,7 +457,11 @@ class Resolver:
                         resp = None
                         return Outcome(name, verdict, str(status), winner=winner)
                 else:
-                    body = await _read_body(resp.content, self._max_body)
+                    size = resp.content_length
+                    if status >= 300 and size is not None and size <= self._max_body:
+                        body = b""  # no rule looks at the body of a 3xx/4xx/5xx, only its size
+                    else:
+                        body = await _read_body(resp.content, self._max_body)
                     if len(body) > self._max_body:
                         return Outcome(name, STATUS, f"{status} (larger than {self._max_body} B)")
                     verdict = rule(status, body)

@@ -113,13 +113,15 @@ class Project:
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as the emulator saw it. Header names are lower-cased; repeated headers are
-    joined with ``", "``. ``project`` is set for ``/v2/{project}/...`` requests only."""
+    joined with ``", "``. ``project`` is set for ``/v2/{project}/...`` requests only; ``peer``
+    is the client's port, which tells the connections apart."""
 
     project: str | None
     method: str
     path: str
     headers: dict[str, str]
     at: float = field(default_factory=time.monotonic)
+    peer: int = 0
 
 
 @dataclass
@@ -500,8 +502,13 @@ class HarborEmulator:
             lower = key.lower()
             if lower not in headers:
                 headers[lower] = ", ".join(request.headers.getall(key))
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        record = RecordedRequest(
+            project, request.method, request.raw_path, headers, peer=peer[1] if peer else 0
+        )
         with self._lock:
-            self._log.append(RecordedRequest(project, request.method, request.raw_path, headers))
+            self._log.append(record)
 
         token = path == "/service/token"
         fault = self._take_fault(project, api="token" if token else path.startswith("/api/"))

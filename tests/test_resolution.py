@@ -407,6 +407,24 @@ def test_followers_of_a_stuck_fan_out_are_bounded(
 # -- 3.2 fan-out: which answer wins -----------------------------------------------------------
 
 
+def test_fan_out_answers_leave_their_connections_open_for_the_next(
+    router: RunningRouter, harbor: HarborEmulator
+) -> None:
+    """Twenty misses in a row over three projects: every 404 leaves its keep-alive connection
+    ready for the next request, so the sixty answers come over a handful of connections."""
+    for i in range(2):
+        router.request("GET", manifest_path(f"nobody/warm-{i}", "1"))
+    harbor.clear_log()
+    for i in range(20):
+        status, _, body = router.request("GET", manifest_path(f"nobody/reuse-{i}", "1"))
+        assert status == 404, body[:300]
+    answers = [r for r in harbor.requests() if r.project in PROXY_PROJECTS]
+    assert len(answers) == 60
+    peers = {r.peer for r in answers}
+    assert 0 not in peers
+    assert len(peers) <= 6, f"{len(peers)} connections for 60 answers"
+
+
 def test_answer_matching_accept_beats_an_earlier_non_matching_one(
     make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
 ) -> None:
