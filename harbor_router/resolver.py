@@ -2,11 +2,12 @@
 
 Theory of operation: a miss costs one request per project, so this runs on aiohttp (control
 plane), never on the hit path. Every candidate whose breaker allows it is asked at once, each
-bounded by ``RESOLVER_TIMEOUT``. The first good answer (``_WIN_RULES``) opens a short grace
-window (``FANOUT_GRACE``) in which a *better* answer may still arrive: one whose Content-Type
-matches the client's Accept (a non-matching 2xx is only a fallback), or one from a project
-earlier in priority order — so every pod maps an image to the same project. The window closes
-early as soon as no pending project could do better; then the rest are cancelled.
+bounded by ``RESOLVER_TIMEOUT`` (one deadline for them all: those still waiting when it passes
+are cancelled, and count as timed out). The first good answer (``_WIN_RULES``) opens a short
+grace window (``FANOUT_GRACE``) in which a *better* answer may still arrive: one whose
+Content-Type matches the client's Accept (a non-matching 2xx is only a fallback), or one from a
+project earlier in priority order — so every pod maps an image to the same project. The window
+closes early as soon as no pending project could do better; then the rest are cancelled.
 
 When nothing wins, the outcomes of all candidates decide the client's error (DESIGN §3.2,
 ``_failure``): 404 only when every candidate said a definite 404 (a project skipped by its
@@ -31,7 +32,7 @@ from yarl import URL
 
 from . import __version__, errors, routes
 from .auth import Credentials
-from .breaker import Breakers, is_failure
+from .breaker import Breaker, Breakers, is_failure
 from .logs import event
 from .metrics import Metrics, upstream_status
 from .projects import Project
@@ -66,6 +67,19 @@ _KEY_HEADERS: Final = frozenset({"Accept", "Range", "If-None-Match", "If-Range"}
 FOUND, EMPTY, NOT_FOUND, RATE_LIMITED, TIMEOUT, ERROR, STATUS, BREAKER_OPEN = (
     "found", "empty", "not_found", "rate_limited", "timeout", "error", "status", "breaker_open",
 )  # fmt: skip
+
+
+FIRST_COMPLETED: Final = asyncio.FIRST_COMPLETED
+
+
+class _Expiry:
+    """Shared by the probes of one fan-out: ``over`` once its deadline has passed, so that a
+    probe cancelled then knows it timed out (a breaker failure) rather than lost."""
+
+    __slots__ = ("over",)
+
+    def __init__(self) -> None:
+        self.over = False
 
 
 @dataclass(slots=True)
@@ -222,6 +236,7 @@ class Resolver:
         self._breakers = breakers
         self._timeout = timeout
         self._max_body = max_body
+        self._timed_out = f"timeout after {timeout:g}s"
         self._grace = grace
         self._inflight: dict[tuple[object, ...], asyncio.Future[Winner]] = {}
         self._bases: dict[str, URL] = {}  # per project: Harbor's URL up to the repository
@@ -337,9 +352,15 @@ class Resolver:
         outcomes: list[Outcome] = []
         rank: dict[asyncio.Task[Outcome], int] = {}
         loop = asyncio.get_running_loop()
+        # One deadline for all the probes (RESOLVER_TIMEOUT: a head, and a buffered body), not
+        # a timer each: when it passes, those still waiting are cancelled as timed out.
+        expires = loop.time() + self._timeout
+        expiry = _Expiry()
         for i, project in enumerate(candidates):
-            if self._breakers.get(project.name).allow():
-                probe = self._probe(method, project, route, headers, rule, stream)
+            breaker = self._breakers.get(project.name)
+            if breaker.allow():
+                url = self.url(project, route)
+                probe = self._probe(method, project, breaker, url, headers, rule, stream, expiry)
                 rank[loop.create_task(probe)] = i
             else:
                 outcomes.append(Outcome(project.name, BREAKER_OPEN, "circuit breaker open"))
@@ -347,17 +368,28 @@ class Resolver:
         best: Outcome | None = None
         best_key = (2, 0)
         empty: Winner | None = None
-        deadline: float | None = None
+        deadline: float | None = None  # of the grace window
         pending = set(rank)
         try:
             while pending:
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                grace = deadline is not None and deadline <= expires
+                wake = deadline if grace and deadline is not None else expires
                 done, pending = await asyncio.wait(
-                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    pending, timeout=max(0.0, wake - loop.time()), return_when=FIRST_COMPLETED
                 )
                 if not done:
-                    break  # grace window over: the best so far wins
+                    if grace:
+                        break  # grace window over: the best so far wins
+                    expiry.over = True
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending)  # each ends with its timeout outcome
+                    done, pending = pending, set()
                 for task in done:
+                    if task.cancelled():  # given up before it ever ran
+                        name = candidates[rank[task]].name
+                        outcomes.append(Outcome(name, TIMEOUT, self._timed_out))
+                        continue
                     outcome = task.result()
                     if outcome.kind == FOUND and outcome.winner is not None:
                         key = (
@@ -400,88 +432,85 @@ class Resolver:
         self,
         method: str,
         project: Project,
-        route: routes.Route,
+        breaker: Breaker,
+        url: URL,
         headers: CIMultiDict[str],
         rule: Callable[[int, bytes], str],
         stream: bool,
+        expiry: _Expiry,
     ) -> Outcome:
-        breaker = self._breakers.get(project.name)
-        start = time.perf_counter()
-        try:
-            outcome = await self._ask(method, project, route, headers, rule, stream)
-        except asyncio.CancelledError:
-            breaker.abandon()
-            raise
-        metrics = self._metrics
-        if outcome.kind == TIMEOUT:
-            status = "timeout"
-            metrics.connection_error("timeout")
-        elif outcome.kind == ERROR:
-            status = "error"
-            metrics.connection_error(outcome.reason)
-        else:
-            code = int(outcome.text.split(" ", 1)[0])  # "200 (larger than ...)" too
-            status = upstream_status(code)
-        metrics.upstream_done(project.name, status, time.perf_counter() - start)
-        if outcome.kind in (TIMEOUT, ERROR) or (outcome.kind == STATUS and is_failure(code)):
-            breaker.failure()
-        else:
-            breaker.success()
-        return outcome
-
-    async def _ask(
-        self,
-        method: str,
-        project: Project,
-        route: routes.Route,
-        headers: CIMultiDict[str],
-        rule: Callable[[int, bytes], str],
-        stream: bool,
-    ) -> Outcome:
+        """Ask one project: its outcome, counted in the metrics and in its breaker."""
         name = project.name
+        start = time.perf_counter()
         resp: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout(self._timeout):
-                resp = await self._session.request(
-                    method,
-                    self.url(project, route),
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=self._client_timeout if stream else self._buffered_timeout,
-                )
-                status = resp.status
-                if stream:
-                    verdict = rule(status, b"")
-                    if verdict:
-                        winner = Winner(project, status, list(resp.raw_headers), response=resp)
-                        resp = None
-                        return Outcome(name, verdict, str(status), winner=winner)
+            resp = response = await self._session.request(
+                method,
+                url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._client_timeout if stream else self._buffered_timeout,
+            )
+            status = response.status
+            outcome: Outcome | None = None
+            if stream:
+                verdict = rule(status, b"")
+                if verdict:
+                    winner = Winner(project, status, list(response.raw_headers), response=resp)
+                    resp = None  # the winner's to release
+                    outcome = Outcome(name, verdict, str(status), winner=winner)
+            else:
+                size = response.content_length
+                if status >= 300 and size is not None and size <= self._max_body:
+                    body = b""  # no rule looks at the body of a 3xx/4xx/5xx, only its size
                 else:
-                    size = resp.content_length
-                    if status >= 300 and size is not None and size <= self._max_body:
-                        body = b""  # no rule looks at the body of a 3xx/4xx/5xx, only its size
-                    else:
-                        body = await _read_body(resp.content, self._max_body)
-                    if len(body) > self._max_body:
-                        return Outcome(name, STATUS, f"{status} (larger than {self._max_body} B)")
+                    body = await _read_body(response.content, self._max_body)
+                if len(body) > self._max_body:
+                    outcome = Outcome(name, STATUS, f"{status} (larger than {self._max_body} B)")
+                else:
                     verdict = rule(status, body)
                     if verdict:
-                        winner = Winner(project, status, list(resp.raw_headers), body=body)
-                        return Outcome(name, verdict, str(status), winner=winner)
+                        winner = Winner(project, status, list(response.raw_headers), body=body)
+                        outcome = Outcome(name, verdict, str(status), winner=winner)
+            if outcome is None:
                 if status == 404:
-                    return Outcome(name, NOT_FOUND, "404")
-                if status == 429:
-                    return Outcome(name, RATE_LIMITED, "429", resp.headers.get("Retry-After"))
-                return Outcome(name, STATUS, str(status))
+                    outcome = Outcome(name, NOT_FOUND, "404")
+                elif status == 429:
+                    retry_after = response.headers.get("Retry-After")
+                    outcome = Outcome(name, RATE_LIMITED, "429", retry_after)
+                else:
+                    outcome = Outcome(name, STATUS, str(status))
+        except asyncio.CancelledError:
+            if not expiry.over:
+                breaker.abandon()  # a loser, or the whole fan-out given up: no outcome
+                raise
+            outcome = Outcome(name, TIMEOUT, self._timed_out)
         except TimeoutError:
-            return Outcome(name, TIMEOUT, f"timeout after {self._timeout:g}s")
+            outcome = Outcome(name, TIMEOUT, self._timed_out)
         except aiohttp.ClientError as exc:
             outcome = Outcome(name, ERROR, f"connection error ({type(exc).__name__})")
             outcome.reason = _error_reason(exc)
-            return outcome
         finally:
             if resp is not None:
                 resp.release()
+        metrics = self._metrics
+        kind = outcome.kind
+        if kind == TIMEOUT:
+            metrics.connection_error("timeout")
+            metrics.upstream_done(name, "timeout", time.perf_counter() - start)
+            breaker.failure()
+        elif kind == ERROR:
+            metrics.connection_error(outcome.reason)
+            metrics.upstream_done(name, "error", time.perf_counter() - start)
+            breaker.failure()
+        else:
+            status = int(outcome.text.split(" ", 1)[0])  # "200 (larger than ...)" too
+            metrics.upstream_done(name, upstream_status(status), time.perf_counter() - start)
+            if kind == STATUS and is_failure(status):
+                breaker.failure()
+            else:
+                breaker.success()
+        return outcome
 
     @staticmethod
     def _failure(route: routes.Route, outcomes: list[Outcome]) -> errors.RegistryError:

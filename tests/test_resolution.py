@@ -836,6 +836,28 @@ def test_half_open_breaker_lets_exactly_one_probe_through(
         assert harbor.count("quay") == 0, "a failed probe re-opens the breaker"
 
 
+def test_half_open_probe_that_times_out_reopens_the_breaker(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator
+) -> None:
+    """The one probe of a half-open breaker runs into RESOLVER_TIMEOUT: that is a failure, so
+    the breaker is open again for a whole CIRCUIT_BREAKER_TIMEOUT, not probed by the next miss."""
+    router = make_router(
+        CIRCUIT_BREAKER_THRESHOLD="2", CIRCUIT_BREAKER_TIMEOUT="2s", RESOLVER_TIMEOUT="300ms"
+    )
+    harbor.set_fault("quay", status=500)
+    break_quay(router, harbor, 2, "slow-probe")
+    harbor.set_fault("quay", delay=3.0)
+    time.sleep(2.1)  # past CIRCUIT_BREAKER_TIMEOUT: half-open
+    harbor.clear_log()
+    status, _, body = router.request("GET", manifest_path("breaker/slow-probe", "1"))
+    assert status == 502, body[:300]
+    assert "timeout" in outcome_of(error_entry(body).get("detail"), "quay")
+    for i in range(3):
+        status, _, body = router.request("GET", manifest_path(f"breaker/after-slow-{i}", "1"))
+        assert status in (502, 503), body[:300]
+    assert harbor.count("quay") == 1, "a probe that timed out re-opens the breaker"
+
+
 @pytest.mark.parametrize("status", [404, 429, 401])
 def test_definite_answers_never_open_the_breaker(
     status: int, make_router: Callable[..., RunningRouter], harbor: HarborEmulator
