@@ -1,7 +1,7 @@
 """Instructions per cache hit, counted by callgrind: an A/B measure that a busy machine cannot blur.
 
     .venv/bin/python benchmarks/instructions_hit.py [--requests 2000] [--tree DIR ...]
-        [--auth-mode none|harbor] [--credentials] [--cold]
+        [--auth-mode none|harbor] [--credentials] [--cold [--answering PROJECT]]
 
 Requests per CPU-second (``loadtest.py``) is the figure the targets are set in, but on a shared
 2-core machine two runs of the same tree can differ by 30 %. callgrind counts the instructions
@@ -20,7 +20,8 @@ sends the same header with ``AUTH_MODE=none``, for a like-for-like comparison.
 ``--cold`` counts cold misses instead (default 300 of them): manifest GETs on distinct
 repository names, each a fan-out over the static Harbor's 50 projects of which only the last in
 Harbor's order (``p49``) has the image; the warm-up is 100 such misses too (every project's
-connections open, every code path taken once).
+connections open, every code path taken once). ``--answering p00`` puts the images in the first
+project instead: the answer is known at once, and the other 49 are still on their way.
 """
 
 from __future__ import annotations
@@ -40,7 +41,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.clients import ACCEPT, Client
-from harness.servers import PREFIX, PROJECTS, REPO, TAG, Upstream, write_upstream_tree
+from harness.servers import (
+    COLD_PROJECT,
+    PREFIX,
+    PROJECTS,
+    REPO,
+    TAG,
+    Upstream,
+    write_upstream_tree,
+)
 from harness.system import free_port, plan_pinning, stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,14 +157,17 @@ def main() -> int:
     parser.add_argument(
         "--cold", action="store_true", help=f"cold misses: a fan-out over {PROJECTS} projects"
     )
+    parser.add_argument(
+        "--answering", default=COLD_PROJECT, help="the project with the cold images (--cold)"
+    )
     args = parser.parse_args()
     requests = args.requests or (300 if args.cold else 2000)
-    what = f"cold miss ({PROJECTS} projects)" if args.cold else "cache hit"
+    what = f"cold miss ({PROJECTS} projects, {args.answering})" if args.cold else "cache hit"
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     with tempfile.TemporaryDirectory(prefix="hr-instr-") as tmp:
         root = Path(tmp)
         write_upstream_tree(root, 1 << 20)
-        upstream = Upstream(root, plan_pinning())
+        upstream = Upstream(root, plan_pinning(), args.answering)
         try:
             for tree in trees:
                 per = count(

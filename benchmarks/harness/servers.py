@@ -261,8 +261,11 @@ class Nginx(Server):
 
 
 class Upstream(Nginx):
-    def __init__(self, root: Path, pinning: Pinning) -> None:
-        super().__init__(root, "upstream", UPSTREAM_CONF, pinning, "load")
+    def __init__(self, root: Path, pinning: Pinning, cold_project: str = COLD_PROJECT) -> None:
+        """``cold_project``: the project that holds every cold-miss name (``p49`` by default,
+        the last one asked; ``p00`` is the first)."""
+        conf = UPSTREAM_CONF.replace(f"/v2/{COLD_PROJECT}/cold-", f"/v2/{cold_project}/cold-")
+        super().__init__(root, "upstream", conf, pinning, "load")
 
 
 class NginxProxy(Nginx):
