@@ -7,7 +7,9 @@ are cancelled, and count as timed out). The first good answer (``_WIN_RULES``) o
 grace window (``FANOUT_GRACE``) in which a *better* answer may still arrive: one whose
 Content-Type matches the client's Accept (a non-matching 2xx is only a fallback), or one from a
 project earlier in priority order — so every pod maps an image to the same project. The window
-closes early as soon as no pending project could do better; then the rest are cancelled.
+closes early as soon as no pending project could do better. The rest of a blob race are then
+cancelled; the rest of a buffered fan-out (small answers) are let finish unwatched, so their
+keep-alive connections survive, and count for nothing, exactly as if cancelled.
 
 When nothing wins, the outcomes of all candidates decide the client's error (DESIGN §3.2,
 ``_failure``): 404 only when every candidate said a definite 404 (a project skipped by its
@@ -72,14 +74,18 @@ FOUND, EMPTY, NOT_FOUND, RATE_LIMITED, TIMEOUT, ERROR, STATUS, BREAKER_OPEN = (
 FIRST_COMPLETED: Final = asyncio.FIRST_COMPLETED
 
 
-class _Expiry:
-    """Shared by the probes of one fan-out: ``over`` once its deadline has passed, so that a
-    probe cancelled then knows it timed out (a breaker failure) rather than lost."""
+class _Round:
+    """What the probes of one fan-out share. ``over``: its deadline has passed, so a probe
+    cancelled now has timed out (a breaker failure) rather than lost. Once the answer is chosen
+    (``losers`` set), the probes still running are losers, let finish (their connections stay
+    usable) but counted for nothing, as if cancelled; ``timer`` gives them up at the deadline."""
 
-    __slots__ = ("over",)
+    __slots__ = ("losers", "over", "timer")
 
     def __init__(self) -> None:
         self.over = False
+        self.losers: set[asyncio.Task[Outcome]] | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(slots=True)
@@ -239,6 +245,7 @@ class Resolver:
         self._timed_out = f"timeout after {timeout:g}s"
         self._grace = grace
         self._inflight: dict[tuple[object, ...], asyncio.Future[Winner]] = {}
+        self._rounds: set[_Round] = set()  # decided, with losers still running
         self._bases: dict[str, URL] = {}  # per project: Harbor's URL up to the repository
 
     def url(self, project: Project, route: routes.Route) -> URL:
@@ -355,12 +362,12 @@ class Resolver:
         # One deadline for all the probes (RESOLVER_TIMEOUT: a head, and a buffered body), not
         # a timer each: when it passes, those still waiting are cancelled as timed out.
         expires = loop.time() + self._timeout
-        expiry = _Expiry()
+        shared = _Round()
         for i, project in enumerate(candidates):
             breaker = self._breakers.get(project.name)
             if breaker.allow():
                 url = self.url(project, route)
-                probe = self._probe(method, project, breaker, url, headers, rule, stream, expiry)
+                probe = self._probe(method, project, breaker, url, headers, rule, stream, shared)
                 rank[loop.create_task(probe)] = i
             else:
                 outcomes.append(Outcome(project.name, BREAKER_OPEN, "circuit breaker open"))
@@ -370,6 +377,7 @@ class Resolver:
         empty: Winner | None = None
         deadline: float | None = None  # of the grace window
         pending = set(rank)
+        decided = False
         try:
             while pending:
                 grace = deadline is not None and deadline <= expires
@@ -379,8 +387,9 @@ class Resolver:
                 )
                 if not done:
                     if grace:
+                        decided = True
                         break  # grace window over: the best so far wins
-                    expiry.over = True
+                    shared.over = True
                     for task in pending:
                         task.cancel()
                     await asyncio.wait(pending)  # each ends with its timeout outcome
@@ -410,12 +419,16 @@ class Resolver:
                         rank[t] < best_rank for t in pending
                     )
                     if stream or not could_beat:
+                        decided = True
                         break  # nothing pending could beat it
         finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            if decided and pending and not stream:
+                self._linger(shared, pending, [candidates[rank[t]] for t in pending], expires)
+            else:  # a blob race's losers would download; an interrupted fan-out has no use
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
             chosen = best.winner if best is not None else None
             for task in rank:  # close every open response but the chosen one
                 if task.done() and not task.cancelled() and task.exception() is None:
@@ -428,6 +441,52 @@ class Resolver:
             return empty
         raise self._failure(route, outcomes)
 
+    def _linger(
+        self,
+        shared: _Round,
+        losers: set[asyncio.Task[Outcome]],
+        projects: list[Project],
+        expires: float,
+    ) -> None:
+        """The answer is chosen and some probes are still running: they are neither waited for
+        nor cancelled (a request cancelled in flight costs its connection, and the next miss a
+        new one), but count for nothing, exactly as if cancelled (their breakers are told so
+        now); those still running at the fan-out's deadline are cancelled then."""
+        for project in projects:
+            self._breakers.get(project.name).abandon()
+        shared.losers = set(losers)
+        shared.timer = asyncio.get_running_loop().call_at(expires, self._give_up, shared)
+        self._rounds.add(shared)
+
+    def _give_up(self, shared: _Round) -> None:
+        self._rounds.discard(shared)
+        for task in shared.losers or ():
+            task.cancel()
+
+    def _lost(self, shared: _Round) -> None:
+        """A loser of a decided fan-out has ended (the running task)."""
+        losers = shared.losers
+        assert losers is not None
+        task = asyncio.current_task()
+        if task is not None:
+            losers.discard(task)
+        if not losers and shared.timer is not None:
+            shared.timer.cancel()
+            self._rounds.discard(shared)
+
+    @property
+    def lingering(self) -> int:
+        """Losers of decided fan-outs still running (each ends by its fan-out's deadline)."""
+        return sum(len(shared.losers or ()) for shared in list(self._rounds))
+
+    async def close(self) -> None:
+        """Give up the losers still running."""
+        tasks = [task for shared in self._rounds for task in shared.losers or ()]
+        for shared in list(self._rounds):
+            self._give_up(shared)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _probe(
         self,
         method: str,
@@ -437,7 +496,7 @@ class Resolver:
         headers: CIMultiDict[str],
         rule: Callable[[int, bytes], str],
         stream: bool,
-        expiry: _Expiry,
+        shared: _Round,
     ) -> Outcome:
         """Ask one project: its outcome, counted in the metrics and in its breaker."""
         name = project.name
@@ -481,8 +540,11 @@ class Resolver:
                 else:
                     outcome = Outcome(name, STATUS, str(status))
         except asyncio.CancelledError:
-            if not expiry.over:
-                breaker.abandon()  # a loser, or the whole fan-out given up: no outcome
+            if shared.losers is not None:  # a loser still running at its deadline
+                self._lost(shared)
+                raise
+            if not shared.over:
+                breaker.abandon()  # a loser of a blob race, or the fan-out interrupted
                 raise
             outcome = Outcome(name, TIMEOUT, self._timed_out)
         except TimeoutError:
@@ -493,6 +555,9 @@ class Resolver:
         finally:
             if resp is not None:
                 resp.release()
+        if shared.losers is not None:  # a loser: its breaker was told when the answer was chosen
+            self._lost(shared)
+            return outcome
         metrics = self._metrics
         kind = outcome.kind
         if kind == TIMEOUT:

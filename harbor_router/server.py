@@ -93,6 +93,7 @@ class App:
         self.breakers: Breakers | None = None
         self.handler: RequestHandler | None = None
         self.forwarder: Forwarder | None = None
+        self.resolver: Resolver | None = None
         self.shared: SharedStore | None = None
         self.tiers: Tiers | None = None
         self.metrics = Metrics()
@@ -172,7 +173,7 @@ class App:
             config.circuit_breaker_timeout,
             on_transition=self._breaker_moved,
         )
-        resolver = Resolver(
+        self.resolver = resolver = Resolver(
             self._fanout_session,
             config.harbor_url,
             credentials,
@@ -367,6 +368,8 @@ class App:
             await self.admin.close()
         if self.handler is not None:
             await self.handler.close()
+        if self.resolver is not None:
+            await self.resolver.close()
         if self.discovery is not None:
             await self.discovery.close()
         if self.tiers is not None:

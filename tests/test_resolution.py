@@ -538,6 +538,71 @@ def test_without_priority_the_choice_is_stable_across_routers(
     assert digests <= {seeded.get(p, "shared/app").digest for p in ("ghcr", "quay")}
 
 
+def test_losers_of_a_decided_fan_out_are_not_waited_for_and_keep_their_connections(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    """ghcr is asked first and has the image; the others say 404 only after 300 ms. The client
+    has its answer at once; the late 404s still arrive, on keep-alive connections that the next
+    misses use again, and count for nothing, as cancelled losers would."""
+    router = make_router(PROJECT_PRIORITY="ghcr")
+    resolver, mapping = router.app.resolver, router.app.mapping
+    assert resolver is not None and mapping is not None
+    image = seeded.get("ghcr", "acme/tool")
+    for project in ("dockerhub", "quay"):
+        harbor.set_fault(project, delay=0.3)
+    for _ in range(4):
+        mapping.forget(image.repo)
+        started = time.monotonic()
+        status, headers, _ = router.request(
+            "GET", manifest_path(image.repo, image.tag), accept(image)
+        )
+        assert status == 200
+        assert headers["Docker-Content-Digest"] == image.digest
+        assert time.monotonic() - started < 0.25, "the answer waited for the losers"
+        assert wait_until(lambda: resolver.lingering == 0, 2.0)
+    losers = [r for r in harbor.requests() if r.project in ("dockerhub", "quay")]
+    assert len(losers) == 8
+    assert len({r.peer for r in losers}) <= 4, "the losers' connections were not kept"
+    for project in ("dockerhub", "quay"):
+        assert router.app.metrics.upstream.get((project, "404"), 0) == 0
+
+
+def test_a_loser_still_running_at_resolver_timeout_is_given_up(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    """A loser that does not answer is given up at the fan-out's deadline, not waited for
+    longer; it counts for nothing (its breaker sees no failure)."""
+    router = make_router(PROJECT_PRIORITY="ghcr", RESOLVER_TIMEOUT="500ms")
+    resolver, breakers = router.app.resolver, router.app.breakers
+    assert resolver is not None and breakers is not None
+    image = seeded.get("ghcr", "acme/tool")
+    harbor.set_fault("quay", delay=5.0)
+    started = time.monotonic()
+    status, _, _ = router.request("GET", manifest_path(image.repo, image.tag), accept(image))
+    assert status == 200
+    assert time.monotonic() - started < 0.3
+    assert resolver.lingering >= 1
+    assert wait_until(lambda: resolver.lingering == 0, 3.0)
+    given_up = time.monotonic() - started
+    assert 0.4 <= given_up < 1.5, f"given up after {given_up:.2f}s"
+    assert breakers.get("quay").state == "closed" and breakers.get("quay").failures == 0
+
+
+def test_closing_the_resolver_gives_up_its_losers(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    router = make_router(PROJECT_PRIORITY="ghcr")
+    resolver = router.app.resolver
+    assert resolver is not None
+    image = seeded.get("ghcr", "acme/tool")
+    harbor.set_fault("quay", delay=5.0)
+    status, _, _ = router.request("GET", manifest_path(image.repo, image.tag), accept(image))
+    assert status == 200
+    assert wait_until(lambda: resolver.lingering == 1, 2.0), "quay should still be running"
+    router.call(resolver.close(), timeout=5)
+    assert resolver.lingering == 0
+
+
 def test_max_fanout_projects_takes_the_first_in_priority_order(
     make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
 ) -> None:
