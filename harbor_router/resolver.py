@@ -502,6 +502,7 @@ class Resolver:
         name = project.name
         start = time.perf_counter()
         resp: aiohttp.ClientResponse | None = None
+        status = 0  # of the answer, if one came
         try:
             resp = response = await self._session.request(
                 method,
@@ -569,7 +570,6 @@ class Resolver:
             metrics.upstream_done(name, "error", time.perf_counter() - start)
             breaker.failure()
         else:
-            status = int(outcome.text.split(" ", 1)[0])  # "200 (larger than ...)" too
             metrics.upstream_done(name, upstream_status(status), time.perf_counter() - start)
             if kind == STATUS and is_failure(status):
                 breaker.failure()
