@@ -71,9 +71,6 @@ FOUND, EMPTY, NOT_FOUND, RATE_LIMITED, TIMEOUT, ERROR, STATUS, BREAKER_OPEN = (
 )  # fmt: skip
 
 
-FIRST_COMPLETED: Final = asyncio.FIRST_COMPLETED
-
-
 class _Round:
     """What the probes of one fan-out share. ``over``: its deadline has passed, so a probe
     cancelled now has timed out (a breaker failure) rather than lost. Once the answer is chosen
@@ -86,6 +83,43 @@ class _Round:
         self.over = False
         self.losers: set[asyncio.Task[Outcome]] | None = None
         self.timer: asyncio.TimerHandle | None = None
+
+
+class _Arrivals:
+    """The probes of one fan-out as they end, in that order: one callback per probe, where
+    ``asyncio.wait`` registers and unregisters itself on every pending task at every wake-up."""
+
+    __slots__ = ("_ended", "_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ended: list[asyncio.Task[Outcome]] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __call__(self, task: asyncio.Task[Outcome]) -> None:
+        self._ended.append(task)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self, until: float | None) -> list[asyncio.Task[Outcome]]:
+        """The probes that ended since the last call; none if loop time ``until`` came first."""
+        if not self._ended:
+            waiter = self._waiter = self._loop.create_future()
+            timer = None if until is None else self._loop.call_at(until, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        ended, self._ended = self._ended, []
+        return ended
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass(slots=True)
@@ -363,12 +397,16 @@ class Resolver:
         # a timer each: when it passes, those still waiting are cancelled as timed out.
         expires = loop.time() + self._timeout
         shared = _Round()
+        arrivals = _Arrivals(loop)
         for i, project in enumerate(candidates):
             breaker = self._breakers.get(project.name)
             if breaker.allow():
                 url = self.url(project, route)
-                probe = self._probe(method, project, breaker, url, headers, rule, stream, shared)
-                rank[loop.create_task(probe)] = i
+                task = loop.create_task(
+                    self._probe(method, project, breaker, url, headers, rule, stream, shared)
+                )
+                task.add_done_callback(arrivals)
+                rank[task] = i
             else:
                 outcomes.append(Outcome(project.name, BREAKER_OPEN, "circuit breaker open"))
         self._metrics.observe_fanout(len(rank))
@@ -382,9 +420,7 @@ class Resolver:
             while pending:
                 grace = deadline is not None and deadline <= expires
                 wake = deadline if grace and deadline is not None else expires
-                done, pending = await asyncio.wait(
-                    pending, timeout=max(0.0, wake - loop.time()), return_when=FIRST_COMPLETED
-                )
+                done = await arrivals.next(wake)
                 if not done:
                     if grace:
                         decided = True
@@ -392,8 +428,9 @@ class Resolver:
                     shared.over = True
                     for task in pending:
                         task.cancel()
-                    await asyncio.wait(pending)  # each ends with its timeout outcome
-                    done, pending = pending, set()
+                    while len(done) < len(pending):  # each ends with its timeout outcome
+                        done += await arrivals.next(None)
+                pending.difference_update(done)
                 for task in done:
                     if task.cancelled():  # given up before it ever ran
                         name = candidates[rank[task]].name
