@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import aiohttp
 
 from . import errors
+from .bodies import read_body
 
 if TYPE_CHECKING:
     from .config import Config
@@ -412,7 +413,7 @@ class HarborAuth:
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             ) as resp:
                 status = resp.status
-                body = await resp.content.read(MAX_TOKEN_BYTES + 1)
+                body = await read_body(resp.content, MAX_TOKEN_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("Harbor's token service cannot be reached: %s", type(exc).__name__)
             raise errors.Unavailable(

@@ -34,6 +34,7 @@ from yarl import URL
 
 from . import __version__, errors, routes
 from .auth import Credentials
+from .bodies import read_body
 from .breaker import Breaker, Breakers, is_failure
 from .logs import event
 from .metrics import Metrics, upstream_status
@@ -227,22 +228,6 @@ def _buffered_rule(status: int, _: bytes) -> str:
 def _stream_rule(status: int, _: bytes) -> str:
     # a redirect to object storage is a blob found: the client follows it, never the router
     return FOUND if 200 <= status < 300 or status in (302, 303, 307) else ""
-
-
-async def _read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """The whole body, or its first ``limit`` + 1 bytes when it is larger than ``limit``."""
-    body = await content.read(limit + 1)  # what has arrived: usually all of it
-    if len(body) > limit or content.is_eof():
-        return body
-    parts = [body]
-    size = len(body)
-    while size <= limit:
-        chunk = await content.read(limit + 1 - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
 
 
 class Resolver:
@@ -561,7 +546,7 @@ class Resolver:
                 if status >= 300 and size is not None and size <= self._max_body:
                     body = b""  # no rule looks at the body of a 3xx/4xx/5xx, only its size
                 else:
-                    body = await _read_body(response.content, self._max_body)
+                    body = await read_body(response.content, self._max_body)
                 if len(body) > self._max_body:
                     outcome = Outcome(name, STATUS, f"{status} (larger than {self._max_body} B)")
                 else:
