@@ -523,3 +523,13 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
         path = PyUnicode_DecodeLatin1(<char*>p + url, query - url, NULL)
         query_text = PyUnicode_DecodeLatin1(<char*>p + query + 1, url_end - query - 1, NULL)
     return method, path, query_text, headers, http11, keep_alive
+
+
+def observe(list hist, tuple bounds, double value):
+    """Counts ``value`` into a histogram (``metrics``: bucket counts, the +Inf one last, then
+    the sum): the first bucket whose bound is not below it, as ``bisect_left`` finds it."""
+    cdef Py_ssize_t i = 0, n = len(bounds)
+    while i < n and <double>bounds[i] < value:
+        i += 1
+    hist[i] = <double>hist[i] + 1.0
+    hist[n + 1] = <double>hist[n + 1] + value

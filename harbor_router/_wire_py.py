@@ -10,7 +10,8 @@ specification; ``_speedups/_wire_c.pyx`` does the same with typed loops.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -276,3 +277,10 @@ def scan_request(
     path, _, query = target.partition(b"?")
     return (method.decode(), path.decode("latin-1"), query.decode("latin-1"), headers, http11,
             keep_alive)  # fmt: skip
+
+
+def observe(hist: list[float], bounds: Sequence[float], value: float) -> None:
+    """Counts ``value`` into a histogram (``metrics``: bucket counts, the +Inf one last, then
+    the sum): the first bucket whose bound is not below it."""
+    hist[bisect_left(bounds, value)] += 1
+    hist[-1] += value

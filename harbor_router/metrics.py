@@ -3,10 +3,11 @@
 Theory of operation: a cache hit must not pay for prometheus-client objects (a ``.labels()``
 lookup takes a lock and hashes the label values on every call). So every per-request number is
 plain Python data in :class:`Metrics` — ints in dicts keyed by small tuples, and a histogram is
-a list of bucket counts (plus the sum in its last slot) indexed with :func:`bisect.bisect_left`
-over precomputed bounds. Label values are derived from those keys only when ``/metrics`` is
-scraped: :meth:`Metrics.collect` turns the data, and the counters other services already keep
-(TTL caches, the Redis store, breakers, discovery), into metric families.
+a list of bucket counts (plus the sum in its last slot) counted into by ``_wire.observe``
+(compiled: a typed loop over the precomputed bounds; the twin uses :func:`bisect.bisect_left`).
+Label values are derived from those keys only when ``/metrics`` is scraped:
+:meth:`Metrics.collect` turns the data, and the counters other services already keep (TTL
+caches, the Redis store, breakers, discovery), into metric families.
 
 Label values are bounded by construction: methods are what httptools parses (a fixed set), route
 kinds and status classes are tables here, projects come from discovery, and upstream statuses
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -36,6 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __commit__, __version__, routes
+from ._wire import observe
 
 if TYPE_CHECKING:
     from ._cache import TTLCache
@@ -110,11 +111,6 @@ def new_histogram(bounds: Sequence[float]) -> Histogram:
     return [0.0] * (len(bounds) + 2)
 
 
-def observe(hist: Histogram, bounds: Sequence[float], value: float) -> None:
-    hist[bisect_left(bounds, value)] += 1
-    hist[-1] += value
-
-
 _UPSTREAM_LABELS: Final = {code: str(code) for code in _UPSTREAM_CODES}
 
 
@@ -158,8 +154,7 @@ class Metrics:
         hist = self.requests.get(key)
         if hist is None:
             hist = self.requests[key] = new_histogram(REQUEST_BOUNDS)
-        hist[bisect_left(REQUEST_BOUNDS, duration)] += 1
-        hist[-1] += duration
+        observe(hist, REQUEST_BOUNDS, duration)
         self.response_bytes[kind] += sent
 
     # -- the control plane -----------------------------------------------------------------
@@ -180,8 +175,7 @@ class Metrics:
         hist = self.upstream_duration.get(project)
         if hist is None:
             hist = self.upstream_duration[project] = new_histogram(UPSTREAM_BOUNDS)
-        hist[bisect_left(UPSTREAM_BOUNDS, duration)] += 1
-        hist[-1] += duration
+        observe(hist, UPSTREAM_BOUNDS, duration)
 
     def connection_error(self, reason: str) -> None:
         self.connection_errors[reason] = self.connection_errors.get(reason, 0) + 1

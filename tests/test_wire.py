@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 from types import ModuleType
 
@@ -454,3 +455,15 @@ def test_scan_request_target_bytes_are_ones_the_parser_takes() -> None:
                 parsed = _ParsedRequest(data)
                 assert (parsed.messages, parsed.path, parsed.query) == (1, *scanned[1:3])
     assert taken == 3 * 93  # visible ASCII but '#'
+
+
+@pytest.mark.parametrize("value", [0.0, 0.0004, 0.0005, 0.0006, 1.0, 29.9, 30.0, 31.0, 1e9])
+def test_observe_counts_into_the_bucket_bisect_left_finds(wire: ModuleType, value: float) -> None:
+    bounds = (0.0005, 0.001, 1.0, 30.0)
+    hist = [0.0] * (len(bounds) + 2)
+    wire.observe(hist, bounds, value)
+    wire.observe(hist, bounds, value)
+    expected = [0.0] * (len(bounds) + 2)
+    expected[bisect.bisect_left(bounds, value)] = 2.0
+    expected[-1] = 2 * value
+    assert hist == expected
