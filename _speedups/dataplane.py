@@ -93,8 +93,9 @@ def _attributes(cls: ast.ClassDef) -> list[str]:
 KNOWN: dict[str, str] = {cls: module for module, names in MODULES.items() for cls in names}
 
 
-def _annotated_class(node: ast.expr | None) -> str | None:
-    """The data plane class an annotation names (``X``, ``X | None``, ``module.X``), if any."""
+def _one_type(node: ast.expr | None) -> ast.expr | None:
+    """The one type an annotation names, ``| None`` taken off (a string one parsed first);
+    None for a union of several, or no annotation."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         node = ast.parse(node.value, mode="eval").body
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
@@ -103,7 +104,13 @@ def _annotated_class(node: ast.expr | None) -> str | None:
             for side in (node.left, node.right)
             if not (isinstance(side, ast.Constant) and side.value is None)
         ]
-        return _annotated_class(sides[0]) if len(sides) == 1 else None
+        return _one_type(sides[0]) if len(sides) == 1 else None
+    return node
+
+
+def _annotated_class(node: ast.expr | None) -> str | None:
+    """The data plane class an annotation names (``X``, ``X | None``, ``module.X``), if any."""
+    node = _one_type(node)
     if isinstance(node, ast.Name) and node.id in KNOWN:
         return node.id
     if (
@@ -124,15 +131,9 @@ def _annotated_attribute(node: ast.expr | None) -> str | None:
     """:func:`_annotated_class`, or the builtin container (``dict[K, V]``, ``list[T]``,
     ``set[T]``, maybe ``| None``) an attribute's annotation names."""
     known = _annotated_class(node)
+    node = _one_type(node)
     if known is not None or node is None:
         return known
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        sides = [
-            side
-            for side in (node.left, node.right)
-            if not (isinstance(side, ast.Constant) and side.value is None)
-        ]
-        return _annotated_attribute(sides[0]) if len(sides) == 1 else None
     if isinstance(node, ast.Subscript):
         node = node.value
     return node.id if isinstance(node, ast.Name) and node.id in _CONTAINERS else None
@@ -154,16 +155,11 @@ def _value_class(value: ast.expr, params: dict[str, str | None]) -> str | None:
         return "list"
     if isinstance(value, ast.Set | ast.SetComp):
         return "set"
-    if (
-        isinstance(value, ast.Call)
-        and isinstance(value.func, ast.Name)
-        and value.func.id in _CONTAINERS
-    ):
-        return value.func.id
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+        called = value.func.id  # a constructor of a data plane class or a container
+        return called if called in KNOWN or called in _CONTAINERS else None
     if isinstance(value, ast.Name):
         return params.get(value.id)
-    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
-        return value.func.id if value.func.id in KNOWN else None
     if isinstance(value, ast.IfExp):
         answers = {_value_class(value.body, params), _value_class(value.orelse, params)} - {"None"}
         return answers.pop() if len(answers) == 1 else None
