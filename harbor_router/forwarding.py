@@ -206,10 +206,9 @@ class Forwarder:
         rewriter: Rewriter,
         relay_status: Callable[[int], bool],
     ) -> Relay:
-        relay = Relay(client, conn, rewriter, head_only=head_only,
-                      relay_status=relay_status, capture_limit=self._max_body,
-                      splice_min=self.splice_min_bytes, stats=self.splice_stats,
-                      bodies=self._bodies)  # fmt: skip
+        # positional: a keyword argument costs the compiled constructor a dict
+        relay = Relay(client, conn, rewriter, head_only, relay_status, self._max_body,
+                      self.splice_min_bytes, self.splice_stats, self._bodies)  # fmt: skip
         conn.send(head, relay, head_only)
         relay.arm_timeout(self._deadlines, self._timeout)
         return relay

@@ -49,7 +49,7 @@ from .mapping import STALE
 from .metrics import HIT, MISS, NEGATIVE, REDIS_HIT, Metrics
 from .metrics import STALE as STALE_HIT
 from .projects import Project
-from .protocol import HttpProtocol, Request
+from .protocol import FastPath, HttpProtocol, Request
 from .relay import Relay, default_relay_status
 from .resolver import NOT_FOUND_ERRORS, Resolver, Winner, definite_not_found
 from .tiers import Tiers
@@ -91,7 +91,7 @@ class Guard(Protocol):
     def check(self, request: Request) -> None: ...
 
 
-class RequestHandler:
+class RequestHandler(FastPath):
     def __init__(
         self,
         *,

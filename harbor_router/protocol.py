@@ -33,7 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
@@ -190,14 +190,24 @@ class Request:
 Handler = Callable[[Request, "HttpProtocol"], Awaitable[None]]
 
 
-class FastPath(Protocol):
-    """A handler that can start some requests without a task (``handler.RequestHandler``)."""
+class FastPath:
+    """A handler that can start some requests without a task (``handler.RequestHandler``).
+    A base class rather than a typing protocol: compiled, the protocol calls these through
+    the C method table."""
 
-    def fast(self, request: Request, client: HttpProtocol) -> Relay | None: ...
+    __slots__ = ()
 
-    def finish_fast(self, request: Request, now: float) -> bool: ...
+    def fast(self, request: Request, client: HttpProtocol) -> Relay | None:
+        """Start ``request`` from this callback if it is a plain cache hit (None: it is not)."""
+        raise NotImplementedError
 
-    def resume(self, request: Request, client: HttpProtocol) -> Awaitable[None]: ...
+    def finish_fast(self, request: Request, now: float) -> bool:
+        """The fast start's relay ended: True when that was a complete answer (accounted)."""
+        raise NotImplementedError
+
+    async def resume(self, request: Request, client: HttpProtocol) -> None:
+        """Everything after a fast start that did not simply succeed."""
+        raise NotImplementedError
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -463,13 +473,13 @@ class HttpProtocol(asyncio.Protocol):
         self._metrics.inflight += 1
         self._fast = request
         self._fast_start = start
-        relay.on_done = self._fast_done  # called from the upstream's callbacks at the end
+        relay.waiter = self  # told from the upstream's callbacks at the end
         if relay.finished:
-            relay.on_done = None
-            self._fast_done(relay)
+            relay.waiter = None
+            self.fast_done(relay)
         return True
 
-    def _fast_done(self, _: object) -> None:
+    def fast_done(self, relay: Relay) -> None:
         request = self._fast
         assert request is not None and self._fast_path is not None
         self._fast = None

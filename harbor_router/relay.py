@@ -28,7 +28,7 @@ from ._wire import build_head, head_fields
 from .headers import Rewriter
 from .responses import status_line
 from .splice import Splice, SpliceStats
-from .upstream import UpstreamConnection, UpstreamError
+from .upstream import Sink, UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
@@ -174,7 +174,7 @@ class HeadDeadlines:
         self._watched.clear()
 
 
-class Relay:
+class Relay(Sink):
     __slots__ = (
         "_bodies",
         "_capture_limit",
@@ -199,9 +199,9 @@ class Relay:
         "head_only",
         "headers",
         "mode",
-        "on_done",
         "started",
         "status",
+        "waiter",
     )
 
     def __init__(
@@ -209,7 +209,6 @@ class Relay:
         client: HttpProtocol,
         conn: UpstreamConnection,
         rewriter: Rewriter,
-        *,
         head_only: bool,
         relay_status: Callable[[int], bool] = default_relay_status,
         capture_limit: int = CAPTURE_LIMIT,
@@ -227,10 +226,11 @@ class Relay:
         self._capture_limit = capture_limit
         self.head_only = head_only
         # The ending: ``finished`` with ``error`` None (a complete response) or the exception;
-        # ``on_done`` is called at once when it comes (the fast path), :meth:`wait` awaits it.
+        # ``waiter`` (the client's protocol, on the fast path) is told at once when it comes,
+        # :meth:`wait` awaits it.
         self.finished = False
         self.error: BaseException | None = None
-        self.on_done: Callable[[Relay], None] | None = None
+        self.waiter: HttpProtocol | None = None
         self._future: asyncio.Future[None] | None = None
         self._out: list[bytes] = []  # what the current read produced for the client
         self._head_status = 0  # the status of a head waiting in _out
@@ -272,10 +272,10 @@ class Relay:
             assert self._bodies is not None
             self._bodies.unwatch(self)
         self.error = error
-        callback = self.on_done
-        if callback is not None:
-            self.on_done = None
-            callback(self)
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.fast_done(self)
         future = self._future
         if future is not None and not future.done():
             if error is None:

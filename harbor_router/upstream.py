@@ -22,7 +22,7 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from typing import Protocol, cast
+from typing import cast
 
 import httptools
 
@@ -32,18 +32,29 @@ NO_BODY_STATUSES = frozenset({204, 304})
 READ_HIGH_WATER = 256 * 1024
 
 
-class Sink(Protocol):
-    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+class Sink:
+    """What a response is read into (``relay.Relay``). A base class rather than a typing
+    protocol: compiled, a connection calls its sink's methods through the C method table."""
 
-    def on_scanned(self, status: int, block: bytes | None, data: bytes) -> None: ...
+    __slots__ = ()
 
-    def on_body(self, data: bytes) -> None: ...
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
 
-    def on_complete(self) -> None: ...
+    def on_scanned(self, status: int, block: bytes | None, data: bytes) -> None:
+        raise NotImplementedError
 
-    def on_lost(self, exc: BaseException | None, received_any: bool) -> None: ...
+    def on_body(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    def flush(self) -> None: ...
+    def on_complete(self) -> None:
+        raise NotImplementedError
+
+    def on_lost(self, exc: BaseException | None, received_any: bool) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
 
 
 class UpstreamError(Exception):

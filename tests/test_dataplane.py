@@ -70,14 +70,20 @@ def test_source_used_without_extensions() -> None:
 def test_every_attribute_a_class_sets_is_declared(name: str) -> None:
     """An extension type has no __dict__: an attribute missing from the .pxd would be an
     AttributeError only on the compiled build, at the first line that sets it."""
-    source = (ROOT / "harbor_router" / f"{name}.py").read_text()
-    pxd = DATAPLANE._pxd(source, name, DATAPLANE.MODULES[name])
+    sources = {m: (ROOT / "harbor_router" / f"{m}.py").read_text() for m in DATAPLANE.MODULES}
+    source = sources[name]
+    pxd = DATAPLANE._pxd(source, name, DATAPLANE.MODULES[name], _classes(sources))
     declared: dict[str, set[str]] = {}
+    bases: dict[str, str] = {}
     current = ""
     for line in pxd.splitlines():
         if line.startswith("cdef class "):
-            current = line.removeprefix("cdef class ").rstrip(":")
+            current, _, base = (
+                line.removeprefix("cdef class ").rstrip(":").rstrip(")").partition("(")
+            )
             declared[current] = set()
+            if base:
+                bases[current] = base
         elif line.startswith("    cdef public "):
             declared[current].add(line.split()[-1])
     assert set(declared) == set(DATAPLANE.MODULES[name])
@@ -91,7 +97,15 @@ def test_every_attribute_a_class_sets_is_declared(name: str) -> None:
             and node.value.id == "self"
             and isinstance(node.ctx, ast.Store)
         }
+        base = bases.get(cls_name)
+        while base is not None:  # what a base declares is the subclass's too
+            attributes = attributes | set(DATAPLANE._attributes(_classes(sources)[base]))
+            base = DATAPLANE._known_base(_classes(sources)[base])
         assert assigned <= attributes, (cls_name, assigned - attributes)
+
+
+def _classes(sources: dict[str, str]) -> dict[str, ast.ClassDef]:
+    return DATAPLANE.data_plane_classes(sources)
 
 
 def test_generator_drops_only_the_asyncio_protocol_base() -> None:
@@ -154,6 +168,38 @@ def test_generator_types_attributes_and_declares_c_methods() -> None:
     assert "cpdef Relay plain(self, HttpProtocol client, n, m=*)" in lines
     assert not any(name in line for line in lines for name in ("keyword", "closure", "waits",
                                                               "prop"))  # fmt: skip
+
+
+INHERITING_SOURCE = """
+class Relay(Sink):
+    def __init__(self) -> None:
+        self.seen = 0
+        self.own = 1
+
+    def on_body(self, data: bytes) -> None: ...
+
+class Tail(upstream.Sink):
+    pass
+"""
+
+
+def test_generator_declares_a_data_plane_base_and_what_it_leaves_to_it() -> None:
+    """A class extending another data plane class is declared with it as its base (cimported
+    by its run-time name), does not declare again what the base does, and overrides its
+    C methods."""
+    base = ast.parse("class Sink:\n    def __init__(self) -> None:\n        self.seen = 0\n")
+    elsewhere = {"Sink": base.body[0]}
+    assert isinstance(elsewhere["Sink"], ast.ClassDef)
+    pxd = DATAPLANE._pxd(INHERITING_SOURCE, "relay", ("Relay",), elsewhere)
+    lines = [line.strip() for line in pxd.splitlines()]
+    assert "from harbor_router.upstream cimport Sink" in lines
+    assert "cdef class Relay(Sink):" in lines
+    assert "cdef public object own" in lines and "cdef public object seen" not in lines
+    assert "cpdef on_body(self, data)" in lines
+    tail = DATAPLANE._pxd(INHERITING_SOURCE, "relay", ("Tail",), elsewhere)
+    assert "cdef class Tail(Sink):" in tail.splitlines()
+    with pytest.raises(SystemExit, match="base Sink not found"):
+        DATAPLANE._pxd(INHERITING_SOURCE, "relay", ("Relay",))
 
 
 def test_generator_spells_relative_imports_with_the_package() -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from harbor_router._wire import head_fields
-from harbor_router.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from harbor_router.upstream import Sink, UpstreamConnection, UpstreamError, UpstreamPool
 
 Script = Callable[[bytes], bytes | None]  # request head -> raw response (None: close at once)
 
@@ -48,7 +48,7 @@ class Server:
         await self.server.wait_closed()
 
 
-class Recorder:
+class Recorder(Sink):
     def __init__(self) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
