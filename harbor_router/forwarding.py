@@ -7,8 +7,8 @@ outcome of a request to a project is a success or a failure for that project's b
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from time import perf_counter
 
 from . import errors, routes
 from .auth import Credentials
@@ -171,7 +171,7 @@ class Forwarder:
         conn = self._pool.try_acquire()
         if conn is None:
             return None
-        start = time.perf_counter()
+        start = perf_counter()
         return conn, self._send(client, conn, head, head_only, rewriter, relay_status), start
 
     def finish_started(self, started: Started, label: str, breaker: Breaker, now: float) -> bool:
@@ -228,7 +228,7 @@ class Forwarder:
         """Send ``head`` upstream (or take over the request ``try_start`` sent); the relay
         streams or captures the answer per its status."""
         metrics = self._metrics
-        start = time.perf_counter() if started is None else started[2]
+        start = perf_counter() if started is None else started[2]
         for attempt in (0, 1):
             if attempt == 0 and started is not None:
                 conn, relay = started[0], started[1]
@@ -244,7 +244,7 @@ class Forwarder:
                     if breaker is not None:
                         breaker.failure()
                     metrics.connection_error("connect")
-                    metrics.upstream_done(label, "error", time.perf_counter() - start)
+                    metrics.upstream_done(label, "error", perf_counter() - start)
                     raise errors.BadGateway(str(exc), {label: "connection failed"}) from None
                 relay = self._send(client, conn, head, head_only, rewriter, relay_status)
             try:
@@ -253,7 +253,7 @@ class Forwarder:
                 if breaker is not None:
                     breaker.failure()
                 metrics.connection_error("timeout")
-                metrics.upstream_done(label, "timeout", time.perf_counter() - start)
+                metrics.upstream_done(label, "timeout", perf_counter() - start)
                 raise errors.BadGateway(
                     f"project {label} did not answer within {self._timeout:g}s",
                     {label: "timeout"},
@@ -268,7 +268,7 @@ class Forwarder:
                     if breaker is not None:
                         breaker.failure()
                     metrics.connection_error(reason)
-                    metrics.upstream_done(label, "error", time.perf_counter() - start)
+                    metrics.upstream_done(label, "error", perf_counter() - start)
                     raise errors.ResponseAborted(str(exc)) from None
                 if attempt == 0 and conn.reused and not exc.received_any:
                     metrics.connection_error("stale_keepalive")
@@ -276,7 +276,7 @@ class Forwarder:
                 if breaker is not None:
                     breaker.failure()
                 metrics.connection_error(reason)
-                metrics.upstream_done(label, "error", time.perf_counter() - start)
+                metrics.upstream_done(label, "error", perf_counter() - start)
                 raise errors.BadGateway(
                     f"connection to Harbor failed while asking project {label}",
                     {label: "connection error"},
@@ -287,7 +287,7 @@ class Forwarder:
                 else:
                     breaker.success()
             metrics.upstream_done(label, upstream_status(relay.status),
-                                  time.perf_counter() - start)  # fmt: skip
+                                  perf_counter() - start)  # fmt: skip
             return relay
         raise AssertionError("unreachable")
 

@@ -33,6 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
@@ -115,7 +116,7 @@ class Connections:
 
     def _sweep(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
-        now = time.monotonic()
+        now = monotonic()
         for conn in tuple(self.active):
             conn.check_time(now)
 
@@ -297,7 +298,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             return
         conns.active.add(self)
-        self._head_since = time.monotonic()  # the first head is due HEADER_TIMEOUT from now
+        self._head_since = monotonic()  # the first head is due HEADER_TIMEOUT from now
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
         self._client_ip = peer[0] if isinstance(peer, tuple) else ""
@@ -375,7 +376,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = []
         self._in_headers = True
         self._head_bytes = 0
-        self._head_since = time.monotonic()
+        self._head_since = monotonic()
         self._idle_since = 0.0
 
     def on_url(self, url: bytes) -> None:
@@ -466,7 +467,7 @@ class HttpProtocol(asyncio.Protocol):
         self.keep_alive = request.keep_alive
         self._status = self._sent = 0
         self._spliced = False
-        start = time.perf_counter()
+        start = perf_counter()
         relay = self._fast_path.fast(request, self)
         if relay is None:
             return False
@@ -483,7 +484,7 @@ class HttpProtocol(asyncio.Protocol):
         request = self._fast
         assert request is not None and self._fast_path is not None
         self._fast = None
-        now = time.perf_counter()
+        now = perf_counter()
         if not self._fast_path.finish_fast(request, now):
             # anything but a complete answer: the normal path takes over, in order
             self._task = asyncio.get_running_loop().create_task(self._run(request))
@@ -543,7 +544,7 @@ class HttpProtocol(asyncio.Protocol):
             self._status = self._sent = 0
             self._spliced = False
             self._metrics.inflight += 1
-            start = time.perf_counter()
+            start = perf_counter()
         try:
             if request.error is not None:
                 raise request.error
@@ -580,7 +581,7 @@ class HttpProtocol(asyncio.Protocol):
             self._account(request, start)
 
     def _account(self, request: Request, start: float, now: float = 0.0) -> None:
-        duration = (now or time.perf_counter()) - start
+        duration = (now or perf_counter()) - start
         status = self._status or CLIENT_CLOSED
         method, kind, sent = request.method, request.kind, self._sent
         metrics = self._metrics
@@ -674,7 +675,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         if self._task is None and self._fast is None and not self._queue:
-            start = time.perf_counter()
+            start = perf_counter()
             self._status = self._sent = 0
             self.write(responses.for_error(error, close=True))
             self.close()

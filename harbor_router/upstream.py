@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import time
 from collections import deque
+from time import monotonic
 from typing import cast
 
 import httptools
@@ -338,7 +338,7 @@ class UpstreamPool:
         idle = self._idle
         if not idle:
             return None
-        now = time.monotonic()
+        now = monotonic()
         while idle:
             conn = idle.pop()
             if conn.closed:
@@ -433,7 +433,7 @@ class UpstreamPool:
         if not keep_alive or conn.closed or self._closed or len(self._idle) >= self._max_idle:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = monotonic()
         self._idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
@@ -450,7 +450,7 @@ class UpstreamPool:
         self._sweeper = loop.call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
-        deadline = time.monotonic() - self._idle_timeout
+        deadline = monotonic() - self._idle_timeout
         keep = []
         for conn in self._idle:
             if conn.closed:
