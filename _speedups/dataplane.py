@@ -4,9 +4,10 @@ The modules below are written once, in Python; that source is the pure-Python tw
 specification. For the compiled build each is copied to ``build/dataplane/`` with a generated
 augmenting ``.pxd`` that declares the listed classes as extension types: every attribute the
 class assigns on ``self`` as a C slot (typed with its data plane class when the source's
-annotations say which one it holds, so that reading its attributes is a C struct access), and
-every plain method as a ``cpdef`` one (called through the class's C method table from compiled
-code that knows the class), its parameters typed likewise. The copies are compiled by Cython
+annotations say which one it holds, so that reading its attributes is a C struct access; a C
+``bint`` when mypy holds it to ``bool``), and every plain method as a ``cpdef`` one (called
+through the class's C method table from compiled code that knows the class), its parameters
+and result typed likewise. The copies are compiled by Cython
 into ``harbor_router/_compiled/<module>``; the declarations cimport each other by the modules'
 run-time names (``harbor_router.<module>``). Attribute access, method calls and instance
 creation then cost what they cost in C instead of the interpreter's dictionary and frame
@@ -205,8 +206,69 @@ def _attribute_classes(cls: ast.ClassDef) -> dict[str, str]:
     }
 
 
+# the scalar types an attribute may be a C value of (``bool``, ``int``, ``float``: what mypy
+# infers from the first assignment, or the annotation, and holds every later one to)
+_SCALARS = {"bool": "bint"}
+
+
+def _scalar_annotation(node: ast.expr | None) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        node = ast.parse(node.value, mode="eval").body
+    return node.id if isinstance(node, ast.Name) and node.id in _SCALARS else None
+
+
+def _scalar_value(value: ast.expr, params: dict[str, str | None]) -> str | None:
+    """The scalar type of an assigned value as mypy infers it: a literal (``-`` one too), an
+    annotated parameter, or either of a chained assignment's."""
+    if isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.USub):
+        value = value.operand
+    if isinstance(value, ast.Constant):
+        kind = type(value.value).__name__
+        return kind if kind in _SCALARS else None
+    if isinstance(value, ast.Name):
+        return params.get(value.id)
+    return None
+
+
+def _attribute_scalars(cls: ast.ClassDef) -> dict[str, str]:
+    """Attributes whose first assignment (``__init__`` first, then in the source's order)
+    makes them a ``bool``, ``int`` or ``float`` for mypy (``self.x = 0``, ``self.x = flag``
+    with ``flag: bool``, ``self.x: float = ...``): they become C values. An attribute first
+    assigned anything else (None, a call, a tuple's item) stays an object."""
+    methods = [m for m in cls.body if isinstance(m, ast.FunctionDef)]
+    methods.sort(key=lambda m: m.name != "__init__")
+    first: dict[str, str | None] = {}
+    for method in methods:
+        params = {
+            arg.arg: _scalar_annotation(arg.annotation)
+            for arg in (*method.args.args, *method.args.kwonlyargs)
+        }
+        assigns = [n for n in ast.walk(method) if isinstance(n, ast.Assign | ast.AnnAssign)]
+        for node in sorted(assigns, key=lambda n: (n.lineno, n.col_offset)):
+            if isinstance(node, ast.AnnAssign):
+                targets, kind = [node.target], _scalar_annotation(node.annotation)
+            else:
+                targets, kind = node.targets, _scalar_value(node.value, params)
+            for target in targets:
+                for sub in ast.walk(target):
+                    if (
+                        isinstance(sub, ast.Attribute)
+                        and isinstance(sub.value, ast.Name)
+                        and sub.value.id == "self"
+                    ):
+                        first.setdefault(sub.attr, kind if sub is target else None)
+    return {attr: _SCALARS[kind] for attr, kind in first.items() if kind is not None}
+
+
 _CLOSURES = (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.GeneratorExp, ast.Yield,
              ast.YieldFrom, ast.Await)  # fmt: skip
+
+
+def _c_type(annotation: ast.expr | None) -> str | None:
+    """What a parameter or return annotation is declared as: its data plane class or C
+    scalar, if it has one."""
+    scalar = _scalar_annotation(annotation)
+    return _SCALARS[scalar] if scalar is not None else _annotated_class(annotation)
 
 
 def _cpdef(method: ast.stmt) -> str | None:
@@ -227,10 +289,10 @@ def _cpdef(method: ast.stmt) -> str | None:
     defaults = len(positional) - len(args.defaults)
     params = []
     for index, arg in enumerate(positional):
-        kind = _annotated_class(arg.annotation) if index else None
+        kind = _c_type(arg.annotation) if index else None
         text = f"{kind} {arg.arg}" if kind else arg.arg
         params.append(text + ("=*" if index >= defaults else ""))
-    returns = _annotated_class(method.returns)
+    returns = _c_type(method.returns)
     return f"cpdef {returns + ' ' if returns else ''}{method.name}({', '.join(params)})"
 
 
@@ -281,7 +343,7 @@ def _pxd(
             if KNOWN[base] != module:
                 cimports.add(base)
         inherited = _inherited(base, {**(elsewhere or {}), **found})
-        typed = _attribute_classes(cls)
+        typed = {**_attribute_scalars(cls), **_attribute_classes(cls)}
         for attr in _attributes(cls):
             if attr in inherited:
                 continue

@@ -202,6 +202,39 @@ def test_generator_declares_a_data_plane_base_and_what_it_leaves_to_it() -> None
         DATAPLANE._pxd(INHERITING_SOURCE, "relay", ("Relay",))
 
 
+SCALAR_SOURCE = """
+class Conn:
+    def later(self, quick: bool) -> bool:
+        self.maybe = None
+        self.quick = quick
+        return True
+
+    def __init__(self, flag: bool) -> None:
+        self.closed = False
+        self.given = flag
+        self.told: bool = flag and 1
+        self.maybe = None
+        self.count = 0
+        self.since = 0.0
+        self.one = self.two = True
+        self.pair, self.other = True, False
+"""
+
+
+def test_generator_makes_bool_attributes_parameters_and_returns_c_values() -> None:
+    """What mypy holds to ``bool`` (the first assignment, ``__init__`` first, or an
+    annotation) is a C ``bint``; anything first assigned otherwise stays an object, and so
+    do ints and floats (boxing them for Python callers cost more than it saved)."""
+    lines = {
+        line.strip() for line in DATAPLANE._pxd(SCALAR_SOURCE, "upstream", ("Conn",)).splitlines()
+    }
+    bints = {"closed", "given", "told", "one", "two", "quick"}
+    objects = {"maybe", "count", "since", "pair", "other"}
+    assert {f"cdef public bint {name}" for name in bints} <= lines
+    assert {f"cdef public object {name}" for name in objects} <= lines
+    assert "cpdef bint later(self, bint quick)" in lines
+
+
 def test_generator_spells_relative_imports_with_the_package() -> None:
     out = DATAPLANE._strip_bases("from . import errors\nif x:\n    from .relay import Relay\n", ())
     assert (
