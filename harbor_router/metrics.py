@@ -115,8 +115,10 @@ _UPSTREAM_LABELS: Final = {code: str(code) for code in _UPSTREAM_CODES}
 
 
 def upstream_status(status: int) -> str:
-    label = _UPSTREAM_LABELS.get(status)
-    return label if label is not None else f"{status // 100}xx"
+    try:  # subscripted, like responses.status_line
+        return _UPSTREAM_LABELS[status]
+    except KeyError:
+        return f"{status // 100}xx"
 
 
 class Metrics:
