@@ -6,8 +6,8 @@ augmenting ``.pxd`` that declares the listed classes as extension types: every a
 class assigns on ``self`` as a C slot (typed with its data plane class when the source's
 annotations say which one it holds, so that reading its attributes is a C struct access; a C
 ``bint`` when mypy holds it to ``bool``), and every plain method as a ``cpdef`` one (called
-through the class's C method table from compiled code that knows the class), its parameters
-and result typed likewise. The copies are compiled by Cython
+through the class's C method table from compiled code that knows the class), its parameters,
+result and annotated local variables typed likewise. The copies are compiled by Cython
 into ``harbor_router/_compiled/<module>``; the declarations cimport each other by the modules'
 run-time names (``harbor_router.<module>``). Attribute access, method calls and instance
 creation then cost what they cost in C instead of the interpreter's dictionary and frame
@@ -296,6 +296,19 @@ def _cpdef(method: ast.stmt) -> str | None:
     return f"cpdef {returns + ' ' if returns else ''}{method.name}({', '.join(params)})"
 
 
+def _typed_locals(method: ast.FunctionDef) -> dict[str, str]:
+    """The method's local variables annotated with a data plane class or ``bool``
+    (``conn: UpstreamConnection = idle.pop()``, or a bare ``route: Route`` before an
+    unpacking): declared so, reading their attributes and calling their methods is C."""
+    found: dict[str, str] = {}
+    for node in ast.walk(method):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            kind = _c_type(node.annotation)
+            if kind is not None:
+                found[node.target.id] = kind
+    return found
+
+
 def _known_base(cls: ast.ClassDef) -> str | None:
     """The data plane class ``cls`` extends (``class Relay(Sink)``, ``(upstream.Sink)``), if
     any: it is declared as the extension type's base, so that code typed with the base calls
@@ -354,16 +367,22 @@ def _pxd(
         for method in cls.body:
             declared = _cpdef(method)
             if declared is not None:
-                body.append(f"    {declared}")
                 assert isinstance(method, ast.FunctionDef)
+                local = _typed_locals(method)
+                if local:
+                    typed_locals = ", ".join(f"{n}={kind}" for n, kind in local.items())
+                    body.append(f"    @cython.locals({typed_locals})")
+                body.append(f"    {declared}")
                 named = [arg.annotation for arg in method.args.args[1:]] + [method.returns]
-                for kind in map(_annotated_class, named):
-                    if kind is not None and KNOWN[kind] != module:
+                for kind in [*map(_annotated_class, named), *local.values()]:
+                    if kind in KNOWN and KNOWN[kind] != module:
                         cimports.add(kind)
         if body[-1].startswith("cdef class"):
             body.append("    pass")
         body.append("")
     # by the name the module has at run time (``harbor_router.<module>``, from ``_compiled/``)
+    if any(line.lstrip().startswith("@cython.locals") for line in body):
+        lines.append("import cython")
     lines += [f"from harbor_router.{KNOWN[c]} cimport {c}" for c in sorted(cimports)]
     return "\n".join([*lines, "", *body])
 

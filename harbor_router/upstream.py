@@ -340,7 +340,7 @@ class UpstreamPool:
             return None
         now = monotonic()
         while idle:
-            conn = idle.pop()
+            conn: UpstreamConnection = idle.pop()
             if conn.closed:
                 continue
             if now - conn.idle_since > self._idle_timeout:

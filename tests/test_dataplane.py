@@ -235,6 +235,28 @@ def test_generator_makes_bool_attributes_parameters_and_returns_c_values() -> No
     assert "cpdef bint later(self, bint quick)" in lines
 
 
+LOCALS_SOURCE = """
+class Pool:
+    def take(self) -> None:
+        conn: UpstreamConnection = self.idle.pop()
+        relay: Relay
+        done: bool = conn.closed
+        other: int = 0
+        relay, _ = self.pair
+"""
+
+
+def test_generator_types_the_locals_a_method_annotates() -> None:
+    """A local annotated with a data plane class or bool is declared so
+    (``@cython.locals``), its class cimported; other annotations stay the interpreter's."""
+    pxd = DATAPLANE._pxd(LOCALS_SOURCE, "upstream", ("Pool",))
+    lines = [line.strip() for line in pxd.splitlines()]
+    assert "import cython" in lines
+    assert "from harbor_router.relay cimport Relay" in lines
+    at = lines.index("cpdef take(self)")
+    assert lines[at - 1] == "@cython.locals(conn=UpstreamConnection, relay=Relay, done=bint)"
+
+
 def test_generator_spells_relative_imports_with_the_package() -> None:
     out = DATAPLANE._strip_bases("from . import errors\nif x:\n    from .relay import Relay\n", ())
     assert (
