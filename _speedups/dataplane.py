@@ -44,6 +44,13 @@ MODULES: dict[str, tuple[str, ...]] = {
     "responses": (),
     "auth": ("Credentials", "Decisions"),
 }
+# module → its functions declared ``cpdef``: the data plane's modules that import one by name
+# (``from .responses import status_line``) call it in C; only ever called there, never passed
+# as a value (a C function is not an object)
+FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "responses": ("status_line",),
+    "metrics": ("upstream_status",),
+}
 _DROPPED_BASES = ("asyncio.Protocol",)
 # The declarations alone type the compiled modules: the source's annotations are mypy's
 # (Cython would read ``float`` as a C double, and a method's declared signature must be
@@ -271,12 +278,12 @@ def _c_type(annotation: ast.expr | None) -> str | None:
     return _SCALARS[scalar] if scalar is not None else _annotated_class(annotation)
 
 
-def _cpdef(method: ast.stmt) -> str | None:
+def _cpdef(method: ast.stmt, bound: bool = True) -> str | None:
     """The C-callable declaration of a plain method (its parameters typed where they are
     annotated with a data plane class), or None for one that must stay a Python method:
     a decorated, special, async or generator method, one with ``*args``, ``**kwargs`` or
     keyword-only parameters, or one that makes a closure (Cython compiles none of these as
-    a C method)."""
+    a C method). ``bound``: a method (its first parameter is ``self``), else a function."""
     if not isinstance(method, ast.FunctionDef) or method.decorator_list:
         return None
     args = method.args
@@ -289,7 +296,7 @@ def _cpdef(method: ast.stmt) -> str | None:
     defaults = len(positional) - len(args.defaults)
     params = []
     for index, arg in enumerate(positional):
-        kind = _c_type(arg.annotation) if index else None
+        kind = _c_type(arg.annotation) if index or not bound else None
         text = f"{kind} {arg.arg}" if kind else arg.arg
         params.append(text + ("=*" if index >= defaults else ""))
     returns = _c_type(method.returns)
@@ -307,6 +314,34 @@ def _typed_locals(method: ast.FunctionDef) -> dict[str, str]:
             if kind is not None:
                 found[node.target.id] = kind
     return found
+
+
+def _imported_functions(tree: ast.Module) -> list[tuple[ast.ImportFrom, list[str]]]:
+    """The module's ``from .<module> import ...`` statements that name a function of
+    :data:`FUNCTIONS`, each with those names."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in FUNCTIONS:
+            names = [a.name for a in node.names if a.name in FUNCTIONS[node.module]]
+            if any(a.asname for a in node.names if a.name in names):
+                raise SystemExit(f"dataplane: a function of {node.module} imported under a name")
+            if names:
+                found.append((node, names))
+    return found
+
+
+def _without_cimported(source: str) -> str:
+    """The source with the names it cimports (:func:`_imported_functions`) left out of its
+    Python imports, on the same lines (a statement left empty becomes ``pass``)."""
+    lines = source.splitlines(keepends=True)
+    for node, names in reversed(_imported_functions(ast.parse(source))):
+        rest = [a.name for a in node.names if a.name not in names]
+        indent = " " * node.col_offset
+        text = f"from .{node.module} import {', '.join(rest)}" if rest else "pass"
+        assert node.end_lineno is not None
+        span = node.end_lineno - node.lineno + 1
+        lines[node.lineno - 1 : node.end_lineno] = [indent + text + "\n"] + ["\n"] * (span - 1)
+    return "".join(lines)
 
 
 def _known_base(cls: ast.ClassDef) -> str | None:
@@ -380,10 +415,20 @@ def _pxd(
         if body[-1].startswith("cdef class"):
             body.append("    pass")
         body.append("")
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for name in FUNCTIONS.get(module, ()):
+        declared = _cpdef(functions[name], bound=False) if name in functions else None
+        if declared is None:
+            raise SystemExit(f"dataplane: {module}.{name} is not a plain function")
+        body.append(declared)
     # by the name the module has at run time (``harbor_router.<module>``, from ``_compiled/``)
     if any(line.lstrip().startswith("@cython.locals") for line in body):
         lines.append("import cython")
     lines += [f"from harbor_router.{KNOWN[c]} cimport {c}" for c in sorted(cimports)]
+    lines += [
+        f"from harbor_router.{node.module} cimport {', '.join(names)}"
+        for node, names in _imported_functions(tree)
+    ]
     return "\n".join([*lines, "", *body])
 
 
@@ -395,6 +440,7 @@ def _strip_bases(source: str, classes: tuple[str, ...]) -> str:
     for name in classes:
         for base in _DROPPED_BASES:
             source = source.replace(f"class {name}({base}):", f"class {name}:")
+    source = _without_cimported(source)
     source = re.sub(r"^(\s*)from \. import ", r"\1from harbor_router import ", source, flags=re.M)
     return re.sub(r"^(\s*)from \.(\w)", r"\1from harbor_router.\2", source, flags=re.M)
 

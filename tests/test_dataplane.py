@@ -257,6 +257,22 @@ def test_generator_types_the_locals_a_method_annotates() -> None:
     assert lines[at - 1] == "@cython.locals(conn=UpstreamConnection, relay=Relay, done=bint)"
 
 
+def test_generator_declares_listed_functions_and_cimports_them_where_imported() -> None:
+    """A function of FUNCTIONS is declared cpdef in its module; a module importing it by name
+    cimports it, and its copy's Python import leaves it out on the same lines."""
+    responses = "def status_line(status: int) -> bytes:\n    return b''\n"
+    assert "cpdef status_line(status)" in DATAPLANE._pxd(responses, "responses", ())
+    user = (
+        "from .responses import (\n    other,\n    status_line,\n)\n"
+        "if x:\n    from .responses import status_line\n"
+    )
+    assert "from harbor_router.responses cimport status_line" in DATAPLANE._pxd(user, "relay", ())
+    copy = DATAPLANE._strip_bases(user, ())
+    assert copy == "from harbor_router.responses import other\n\n\n\nif x:\n    pass\n"
+    with pytest.raises(SystemExit, match="not a plain function"):
+        DATAPLANE._pxd("status_line = None\n", "responses", ())
+
+
 def test_generator_spells_relative_imports_with_the_package() -> None:
     out = DATAPLANE._strip_bases("from . import errors\nif x:\n    from .relay import Relay\n", ())
     assert (
