@@ -38,9 +38,10 @@ Started = tuple[UpstreamConnection, Relay, float]
 _PASSTHROUGH_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"content-length"}
 IDENTITY = Rewriter("", "")
 _RETRY_SOON = ((b"Retry-After", b"1"),)
-#: Request heads' first lines kept (``Forwarder._head_start``); emptied when full.
+#: Request heads' first lines kept (``Forwarder._head_start``), and last lines (per client
+#: address, ``Forwarder._last_line``); each emptied when full.
 HEAD_STARTS = 4096
-_FORWARD_LINE = FORWARD_REQUEST_LINES.get  # a client header's line start, if it is forwarded
+LAST_LINES = 4096
 
 
 def capture_all(status: int) -> bool:
@@ -96,6 +97,9 @@ class Forwarder:
         self._deadlines = HeadDeadlines()
         self._bodies = BodyWatch(read_timeout)
         self._starts: dict[tuple[routes.Route, str, str], tuple[bytes | None, bytes]] = {}
+        # a client header's line start, if it is forwarded
+        self._forward_lines: dict[bytes, bytes] = FORWARD_REQUEST_LINES
+        self._last_lines: dict[str, bytes] = {}
 
     def close(self) -> None:
         self._deadlines.close()
@@ -129,18 +133,30 @@ class Forwarder:
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
         parts = [self._head_start(request.method, route, project)]
         forwarded: bytes | None = None
-        line_of = _FORWARD_LINE
+        lines = self._forward_lines
         for hname, value in request.headers:
-            line = line_of(hname)
+            line = lines.get(hname)
             if line is not None:
                 parts.append(line)
                 parts.append(value)
                 parts.append(b"\r\n")
             elif hname == b"x-forwarded-for":
                 forwarded = value if forwarded is None else forwarded + b", " + value
-        ip = request.client_ip.encode()
-        parts += (b"X-Forwarded-For: ", forwarded + b", " + ip if forwarded else ip, b"\r\n\r\n")
+        if forwarded:
+            ip = request.client_ip.encode()
+            parts += (b"X-Forwarded-For: ", forwarded + b", " + ip, b"\r\n\r\n")
+        else:
+            last = self._last_lines.get(request.client_ip)
+            parts.append(last if last is not None else self._last_line(request.client_ip))
         return b"".join(parts)
+
+    def _last_line(self, client_ip: str) -> bytes:
+        """The X-Forwarded-For line, and the head's end, of a request that came without one."""
+        line = b"X-Forwarded-For: " + client_ip.encode() + b"\r\n\r\n"
+        if len(self._last_lines) >= LAST_LINES:
+            self._last_lines.clear()
+        self._last_lines[client_ip] = line
+        return line
 
     def passthrough_head(self, request: Request, route: routes.Route) -> bytes:
         """The client's request as it came (its own Authorization included), Host and

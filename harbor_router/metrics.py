@@ -129,7 +129,7 @@ class Metrics:
         self.requests: dict[tuple[str, int, int], Histogram] = {}
         self.response_bytes = [0] * (len(routes.KIND_NAMES) + 1)  # index -1: unparsed
         self.rate_limited = 0
-        self.lookups = dict.fromkeys(LOOKUP_RESULTS, 0)
+        self.lookups: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
         self.stale_serves = 0
         self.resolves: dict[tuple[bool, str], Histogram] = {}  # (tags?, result)
         self.fanout = new_histogram(FANOUT_BOUNDS)
