@@ -7,14 +7,14 @@ outcome of a request to a project is a success or a failure for that project's b
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from time import perf_counter
 
 from . import errors, routes
 from .auth import Credentials
-from .breaker import Breaker, is_failure
+from .breaker import Breaker
 from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
-from .metrics import Metrics, upstream_status
+from .metrics import Metrics
 from .projects import Project
 from .protocol import HttpProtocol, Request
 from .relay import (
@@ -187,7 +187,7 @@ class Forwarder:
         conn = self._pool.try_acquire()
         if conn is None:
             return None
-        start = time.perf_counter()
+        start = perf_counter()
         return conn, self._send(client, conn, head, head_only, rewriter, relay_status), start
 
     def finish_started(self, started: Started, label: str, breaker: Breaker, now: float) -> bool:
@@ -203,11 +203,8 @@ class Forwarder:
     def account(self, started: Started, label: str, breaker: Breaker, now: float) -> None:
         """A started request's outcome, for its project's breaker and the metrics."""
         _, relay, start = started
-        if is_failure(relay.status):
-            breaker.failure()
-        else:
-            breaker.success()
-        self._metrics.upstream_done(label, upstream_status(relay.status), now - start)
+        breaker.answered(relay.status)
+        self._metrics.upstream_answered(label, relay.status, now - start)
 
     def reload_credentials(self) -> bool:
         """Re-read the robot's ``*_FILE`` credentials; True when they changed."""
@@ -222,10 +219,8 @@ class Forwarder:
         rewriter: Rewriter,
         relay_status: Callable[[int], bool],
     ) -> Relay:
-        relay = Relay(client, conn, rewriter, head_only=head_only,
-                      relay_status=relay_status, capture_limit=self._max_body,
-                      splice_min=self.splice_min_bytes, stats=self.splice_stats,
-                      bodies=self._bodies)  # fmt: skip
+        relay = Relay(client, conn, rewriter, head_only, relay_status, self._max_body,
+                      self.splice_min_bytes, self.splice_stats, self._bodies)  # fmt: skip
         conn.send(head, relay, head_only)
         relay.arm_timeout(self._deadlines, self._timeout)
         return relay
@@ -245,7 +240,7 @@ class Forwarder:
         """Send ``head`` upstream (or take over the request ``try_start`` sent); the relay
         streams or captures the answer per its status."""
         metrics = self._metrics
-        start = time.perf_counter() if started is None else started[2]
+        start = perf_counter() if started is None else started[2]
         for attempt in (0, 1):
             if attempt == 0 and started is not None:
                 conn, relay = started[0], started[1]
@@ -261,7 +256,7 @@ class Forwarder:
                     if breaker is not None:
                         breaker.failure()
                     metrics.connection_error("connect")
-                    metrics.upstream_done(label, "error", time.perf_counter() - start)
+                    metrics.upstream_done(label, "error", perf_counter() - start)
                     raise errors.BadGateway(str(exc), {label: "connection failed"}) from None
                 relay = self._send(client, conn, head, head_only, rewriter, relay_status)
             try:
@@ -270,7 +265,7 @@ class Forwarder:
                 if breaker is not None:
                     breaker.failure()
                 metrics.connection_error("timeout")
-                metrics.upstream_done(label, "timeout", time.perf_counter() - start)
+                metrics.upstream_done(label, "timeout", perf_counter() - start)
                 raise errors.BadGateway(
                     f"project {label} did not answer within {self._timeout:g}s",
                     {label: "timeout"},
@@ -285,7 +280,7 @@ class Forwarder:
                     if breaker is not None:
                         breaker.failure()
                     metrics.connection_error(reason)
-                    metrics.upstream_done(label, "error", time.perf_counter() - start)
+                    metrics.upstream_done(label, "error", perf_counter() - start)
                     raise errors.ResponseAborted(str(exc)) from None
                 if attempt == 0 and conn.reused and not exc.received_any:
                     metrics.connection_error("stale_keepalive")
@@ -293,18 +288,14 @@ class Forwarder:
                 if breaker is not None:
                     breaker.failure()
                 metrics.connection_error(reason)
-                metrics.upstream_done(label, "error", time.perf_counter() - start)
+                metrics.upstream_done(label, "error", perf_counter() - start)
                 raise errors.BadGateway(
                     f"connection to Harbor failed while asking project {label}",
                     {label: "connection error"},
                 ) from None
             if breaker is not None:
-                if is_failure(relay.status):
-                    breaker.failure()
-                else:
-                    breaker.success()
-            metrics.upstream_done(label, upstream_status(relay.status),
-                                  time.perf_counter() - start)  # fmt: skip
+                breaker.answered(relay.status)
+            metrics.upstream_answered(label, relay.status, perf_counter() - start)
             return relay
         raise AssertionError("unreachable")
 

@@ -209,7 +209,6 @@ class Relay:
         client: HttpProtocol,
         conn: UpstreamConnection,
         rewriter: Rewriter,
-        *,
         head_only: bool,
         relay_status: Callable[[int], bool] = default_relay_status,
         capture_limit: int = CAPTURE_LIMIT,
