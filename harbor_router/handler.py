@@ -237,7 +237,7 @@ class RequestHandler:
         if found is None or found[1] == STALE:
             return None
         projects = self._discovery.projects
-        project = projects.get(found[0])
+        project = projects.by_name.get(found[0])
         if project is None:
             return None
         rewriter = project.rewriter
