@@ -194,17 +194,26 @@ class Forwarder:
         """Account a started request whose relay streamed a complete answer to the client
         (``now``: ``time.perf_counter()`` at its end); False (nothing accounted) for any other
         ending: :meth:`forward` takes it from there."""
-        relay = started[1]
-        if not relay.started or not relay.finished or relay.error is not None:
-            return False
-        self.account(started, label, breaker, now)
-        return True
+        return self._finish(started[1], started[2], label, breaker, now)
 
     def account(self, started: Started, label: str, breaker: Breaker, now: float) -> None:
         """A started request's outcome, for its project's breaker and the metrics."""
-        _, relay, start = started
-        breaker.answered(relay.status)
-        self._metrics.upstream_answered(label, relay.status, now - start)
+        self._account(started[1], started[2], label, breaker, now)
+
+    # :meth:`finish_started` and :meth:`account` with the relay as a parameter of its own
+    # (in the compiled build its fields are then read as a struct's)
+    def _finish(self, relay: Relay, start: float, label: str, breaker: Breaker, now: float) -> bool:
+        if not relay.started or not relay.finished or relay.error is not None:
+            return False
+        self._account(relay, start, label, breaker, now)
+        return True
+
+    def _account(
+        self, relay: Relay, start: float, label: str, breaker: Breaker, now: float
+    ) -> None:
+        status = relay.status
+        breaker.answered(status)
+        self._metrics.upstream_answered(label, status, now - start)
 
     def reload_credentials(self) -> bool:
         """Re-read the robot's ``*_FILE`` credentials; True when they changed."""

@@ -237,9 +237,10 @@ class RequestHandler:
         if found is None or found[1] == STALE:
             return None
         projects = self._discovery.projects
-        project = projects.by_name.get(found[0])
-        if project is None:
+        by_name = projects.by_name
+        if found[0] not in by_name:
             return None
+        project = by_name[found[0]]
         rewriter = project.rewriter
         if route.host:
             if project not in projects.for_host(route.host):

@@ -21,10 +21,9 @@ STATUS_LINES: Final[dict[int, bytes]] = {
 
 
 def status_line(status: int) -> bytes:
-    line = STATUS_LINES.get(status)
-    if line is None:
-        line = b"HTTP/1.1 %d Unknown\r\n" % status
-    return line
+    if status in STATUS_LINES:
+        return STATUS_LINES[status]
+    return b"HTTP/1.1 %d Unknown\r\n" % status
 
 
 def error_body(code: str, message: str, detail: object = None) -> bytes:
