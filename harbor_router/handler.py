@@ -236,17 +236,17 @@ class RequestHandler:
         found = tiers.l1.lookup(key)
         if found is None or found[1] == STALE:
             return None
+        name = found[0]  # the mapped project
         projects = self._discovery.projects
         by_name = projects.by_name
-        if found[0] not in by_name:
+        if name not in by_name:
             return None
-        project = by_name[found[0]]
+        project = by_name[name]
         rewriter = project.rewriter
         if route.host:
             if project not in projects.for_host(route.host):
                 return None
             rewriter = _hint_rewriter(route, project)
-        name = project.name
         breaker = self._breakers.get(name)
         if breaker.state is not CLOSED:
             return None
@@ -278,8 +278,8 @@ class RequestHandler:
         """The fast path's relay is done: True when it was a complete answer (accounted)."""
         assert request.fast is not None
         route, project, breaker, started, client = request.fast
-        if route.kind != TAGS:
-            return self._forwarder.finish_started(started, project.name, breaker, now)
+        if request.kind != TAGS:  # fast() set it, and request.project, from the route
+            return self._forwarder.finish_started(started, request.project, breaker, now)
         relay = started[1]  # a tag list is captured, then written with its name rewritten
         if not relay.finished or relay.error is not None or relay.status != 200:
             return False  # translated, or asked elsewhere, by resume()

@@ -79,19 +79,15 @@ class Route:
     cache key. A :class:`HintedRoute` also carries a routing hint.
     """
 
-    __slots__ = ("key", "kind", "name", "query", "reference", "upstream")
-
-    # No hint; HintedRoute has these as slots. Class attributes keep a plain route as cheap to
-    # build as it was before hints existed (it is built on every request).
-    host = ""
-    prefixed = False
-    ns = ""
+    __slots__ = ("host", "key", "kind", "name", "ns", "prefixed", "query", "reference", "upstream")
 
     def __init__(self, kind: int, name: str = "", reference: str = "", query: str = "") -> None:
         self.kind = kind
         self.name = self.key = self.upstream = name
         self.reference = reference
         self.query = query
+        self.host = self.ns = ""  # no routing hint (a HintedRoute's)
+        self.prefixed = False
 
     def plain(self) -> Route:
         """The same request without its routing hint."""
@@ -110,7 +106,7 @@ class HintedRoute(Route):
     first segment when ``prefixed``, else from ``ns``, which is then echoed as
     ``OCI-Namespace``."""
 
-    __slots__ = ("host", "ns", "prefixed")
+    __slots__ = ()
 
     def __init__(
         self,
