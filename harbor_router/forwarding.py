@@ -42,6 +42,8 @@ _RETRY_SOON = ((b"Retry-After", b"1"),)
 #: address, ``Forwarder._last_line``); each emptied when full.
 HEAD_STARTS = 4096
 LAST_LINES = 4096
+# A request head's first word, by method (a route under the prefix is for pulls only)
+_METHOD_WORDS = {method: method.encode() + b" " for method in routes.PULL_METHODS}
 
 
 def capture_all(status: int) -> bool:
@@ -96,7 +98,9 @@ class Forwarder:
         self._max_body = max_body
         self._deadlines = HeadDeadlines()
         self._bodies = BodyWatch(read_timeout)
-        self._starts: dict[tuple[routes.Route, str, str], tuple[bytes | None, bytes]] = {}
+        # route → (project, credentials, its head's start after the method)
+        self._starts: dict[routes.Route, tuple[str, bytes | None, bytes]] = {}
+        self._method_words: dict[str, bytes] = _METHOD_WORDS
         # a client header's line start, if it is forwarded
         self._forward_lines: dict[bytes, bytes] = FORWARD_REQUEST_LINES
         self._last_lines: dict[str, bytes] = {}
@@ -105,14 +109,14 @@ class Forwarder:
         self._deadlines.close()
         self._bodies.close()
 
-    def _head_start(self, method: str, route: routes.Route, project: Project) -> bytes:
-        """Request line, Host and Authorization of ``route`` at ``project``, kept per route
-        (routes are shared, ``routes.Router.parse``) until the credentials change."""
-        key = (route, project.name, method)
+    def _head_start(self, route: routes.Route, project: Project) -> bytes:
+        """Request line (but its method), Host and Authorization of ``route`` at ``project``,
+        kept per route (routes are shared, ``routes.Router.parse``) for the project it was last
+        sent to, until the credentials change."""
         auth = self._credentials.header
-        known = self._starts.get(key)
-        if known is not None and known[0] is auth:
-            return known[1]
+        known = self._starts.get(route)
+        if known is not None and known[1] is auth and known[0] == project.name:
+            return known[2]
         name = project.upstream_name(route.upstream)
         if route.kind == routes.TAGS:
             tail = "/tags/list"
@@ -121,17 +125,17 @@ class Forwarder:
         path = f"{self._base_path}/v2/{project.name}/{name}{tail}"
         if route.query:
             path += "?" + route.query
-        parts = [method.encode(), b" ", path.encode(), b" HTTP/1.1\r\n", self._host_line]
+        parts = [path.encode(), b" HTTP/1.1\r\n", self._host_line]
         if auth is not None:
             parts += (b"Authorization: ", auth, b"\r\n")
         start = b"".join(parts)
         if len(self._starts) >= HEAD_STARTS:
             self._starts.clear()
-        self._starts[key] = (auth, start)
+        self._starts[route] = (project.name, auth, start)
         return start
 
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
-        parts = [self._head_start(request.method, route, project)]
+        parts = [self._method_words[request.method], self._head_start(route, project)]
         forwarded: bytes | None = None
         lines = self._forward_lines
         for hname, value in request.headers:
