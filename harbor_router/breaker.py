@@ -39,9 +39,13 @@ _TRANSITIONS: Final = {
 }
 
 
+#: Statuses from this one up count against a project's breaker.
+FIRST_FAILURE: Final = 500
+
+
 def is_failure(status: int) -> bool:
     """Statuses that count against a project's breaker."""
-    return status >= 500
+    return status >= FIRST_FAILURE
 
 
 Transition = Callable[[str, str, str], None]
@@ -92,6 +96,13 @@ class Breaker:
         if self.state is CLOSED:
             return 0.0
         return max(0.0, self.opened_at + self._timeout - self._clock())
+
+    def answered(self, status: int) -> None:
+        """The project answered with ``status``: a failure (:func:`is_failure`) or a success."""
+        if status >= FIRST_FAILURE:
+            self.failure()
+        else:
+            self.success()
 
     def success(self) -> None:
         if self.state is not CLOSED or self.failures:

@@ -12,9 +12,9 @@ from time import perf_counter
 
 from . import errors, routes
 from .auth import Credentials
-from .breaker import Breaker, is_failure
+from .breaker import Breaker
 from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
-from .metrics import Metrics, upstream_status
+from .metrics import Metrics
 from .projects import Project
 from .protocol import HttpProtocol, Request
 from .relay import (
@@ -38,9 +38,12 @@ Started = tuple[UpstreamConnection, Relay, float]
 _PASSTHROUGH_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"content-length"}
 IDENTITY = Rewriter("", "")
 _RETRY_SOON = ((b"Retry-After", b"1"),)
-#: Request heads' first lines kept (``Forwarder._head_start``); emptied when full.
+#: Request heads' first lines kept (``Forwarder._head_start``), and last lines (per client
+#: address, ``Forwarder._last_line``); each emptied when full.
 HEAD_STARTS = 4096
-_FORWARD_LINE = FORWARD_REQUEST_LINES.get  # a client header's line start, if it is forwarded
+LAST_LINES = 4096
+# A request head's first word, by method (a route under the prefix is for pulls only)
+_METHOD_WORDS = {method: method.encode() + b" " for method in routes.PULL_METHODS}
 
 
 def capture_all(status: int) -> bool:
@@ -95,20 +98,25 @@ class Forwarder:
         self._max_body = max_body
         self._deadlines = HeadDeadlines()
         self._bodies = BodyWatch(read_timeout)
-        self._starts: dict[tuple[routes.Route, str, str], tuple[bytes | None, bytes]] = {}
+        # route → (project, credentials, its head's start after the method)
+        self._starts: dict[routes.Route, tuple[str, bytes | None, bytes]] = {}
+        self._method_words: dict[str, bytes] = _METHOD_WORDS
+        # a client header's line start, if it is forwarded
+        self._forward_lines: dict[bytes, bytes] = FORWARD_REQUEST_LINES
+        self._last_lines: dict[str, bytes] = {}
 
     def close(self) -> None:
         self._deadlines.close()
         self._bodies.close()
 
-    def _head_start(self, method: str, route: routes.Route, project: Project) -> bytes:
-        """Request line, Host and Authorization of ``route`` at ``project``, kept per route
-        (routes are shared, ``routes.Router.parse``) until the credentials change."""
-        key = (route, project.name, method)
+    def _head_start(self, route: routes.Route, project: Project) -> bytes:
+        """Request line (but its method), Host and Authorization of ``route`` at ``project``,
+        kept per route (routes are shared, ``routes.Router.parse``) for the project it was last
+        sent to, until the credentials change."""
         auth = self._credentials.header
-        known = self._starts.get(key)
-        if known is not None and known[0] is auth:
-            return known[1]
+        known = self._starts.get(route)
+        if known is not None and known[1] is auth and known[0] == project.name:
+            return known[2]
         name = project.upstream_name(route.upstream)
         if route.kind == routes.TAGS:
             tail = "/tags/list"
@@ -117,30 +125,42 @@ class Forwarder:
         path = f"{self._base_path}/v2/{project.name}/{name}{tail}"
         if route.query:
             path += "?" + route.query
-        parts = [method.encode(), b" ", path.encode(), b" HTTP/1.1\r\n", self._host_line]
+        parts = [path.encode(), b" HTTP/1.1\r\n", self._host_line]
         if auth is not None:
             parts += (b"Authorization: ", auth, b"\r\n")
         start = b"".join(parts)
         if len(self._starts) >= HEAD_STARTS:
             self._starts.clear()
-        self._starts[key] = (auth, start)
+        self._starts[route] = (project.name, auth, start)
         return start
 
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
-        parts = [self._head_start(request.method, route, project)]
+        parts = [self._method_words[request.method], self._head_start(route, project)]
         forwarded: bytes | None = None
-        line_of = _FORWARD_LINE
+        lines = self._forward_lines
         for hname, value in request.headers:
-            line = line_of(hname)
+            line = lines.get(hname)
             if line is not None:
                 parts.append(line)
                 parts.append(value)
                 parts.append(b"\r\n")
             elif hname == b"x-forwarded-for":
                 forwarded = value if forwarded is None else forwarded + b", " + value
-        ip = request.client_ip.encode()
-        parts += (b"X-Forwarded-For: ", forwarded + b", " + ip if forwarded else ip, b"\r\n\r\n")
+        if forwarded:
+            ip = request.client_ip.encode()
+            parts += (b"X-Forwarded-For: ", forwarded + b", " + ip, b"\r\n\r\n")
+        else:
+            last = self._last_lines.get(request.client_ip)
+            parts.append(last if last is not None else self._last_line(request.client_ip))
         return b"".join(parts)
+
+    def _last_line(self, client_ip: str) -> bytes:
+        """The X-Forwarded-For line, and the head's end, of a request that came without one."""
+        line = b"X-Forwarded-For: " + client_ip.encode() + b"\r\n\r\n"
+        if len(self._last_lines) >= LAST_LINES:
+            self._last_lines.clear()
+        self._last_lines[client_ip] = line
+        return line
 
     def passthrough_head(self, request: Request, route: routes.Route) -> bytes:
         """The client's request as it came (its own Authorization included), Host and
@@ -178,20 +198,26 @@ class Forwarder:
         """Account a started request whose relay streamed a complete answer to the client
         (``now``: ``time.perf_counter()`` at its end); False (nothing accounted) for any other
         ending: :meth:`forward` takes it from there."""
-        relay = started[1]
-        if not relay.started or not relay.finished or relay.error is not None:
-            return False
-        self.account(started, label, breaker, now)
-        return True
+        return self._finish(started[1], started[2], label, breaker, now)
 
     def account(self, started: Started, label: str, breaker: Breaker, now: float) -> None:
         """A started request's outcome, for its project's breaker and the metrics."""
-        _, relay, start = started
-        if is_failure(relay.status):
-            breaker.failure()
-        else:
-            breaker.success()
-        self._metrics.upstream_done(label, upstream_status(relay.status), now - start)
+        self._account(started[1], started[2], label, breaker, now)
+
+    # :meth:`finish_started` and :meth:`account` with the relay as a parameter of its own
+    # (in the compiled build its fields are then read as a struct's)
+    def _finish(self, relay: Relay, start: float, label: str, breaker: Breaker, now: float) -> bool:
+        if not relay.started or not relay.finished or relay.error is not None:
+            return False
+        self._account(relay, start, label, breaker, now)
+        return True
+
+    def _account(
+        self, relay: Relay, start: float, label: str, breaker: Breaker, now: float
+    ) -> None:
+        status = relay.status
+        breaker.answered(status)
+        self._metrics.upstream_answered(label, status, now - start)
 
     def reload_credentials(self) -> bool:
         """Re-read the robot's ``*_FILE`` credentials; True when they changed."""
@@ -282,12 +308,8 @@ class Forwarder:
                     {label: "connection error"},
                 ) from None
             if breaker is not None:
-                if is_failure(relay.status):
-                    breaker.failure()
-                else:
-                    breaker.success()
-            metrics.upstream_done(label, upstream_status(relay.status),
-                                  perf_counter() - start)  # fmt: skip
+                breaker.answered(relay.status)
+            metrics.upstream_answered(label, relay.status, perf_counter() - start)
             return relay
         raise AssertionError("unreachable")
 

@@ -52,6 +52,7 @@ from .projects import Project
 from .protocol import FastPath, HttpProtocol, Request
 from .relay import Relay, default_relay_status
 from .resolver import NOT_FOUND_ERRORS, Resolver, Winner, definite_not_found
+from .routes import TAGS
 from .tiers import Tiers
 
 log = logging.getLogger("harbor_router.handler")
@@ -65,7 +66,7 @@ _FAST_KINDS: Final = frozenset({routes.MANIFEST, routes.BLOB, routes.REFERRERS})
 _REFRESH_METHOD: Final = {
     routes.MANIFEST: "HEAD",
     routes.REFERRERS: "GET",
-    routes.TAGS: "GET",
+    TAGS: "GET",
     routes.BLOB: "HEAD",
 }
 #: At most one rate-limit log line per this many seconds (a flood must not flood the log).
@@ -224,7 +225,7 @@ class RequestHandler(FastPath):
         except errors.RegistryError:
             return None
         kind = route.kind
-        if kind not in _FAST_KINDS and not (kind == routes.TAGS and request.method == "GET"):
+        if kind not in _FAST_KINDS and not (kind == TAGS and request.method == "GET"):
             return None
         if self._auth_header and request.header(b"authorization") is None:
             return None
@@ -235,21 +236,23 @@ class RequestHandler(FastPath):
         found = tiers.l1.lookup(key)
         if found is None or found[1] == STALE:
             return None
+        name = found[0]  # the mapped project
         projects = self._discovery.projects
-        project = projects.get(found[0])
-        if project is None:
+        by_name = projects.by_name
+        if name not in by_name:
             return None
+        project = by_name[name]
         rewriter = project.rewriter
         if route.host:
             if project not in projects.for_host(route.host):
                 return None
             rewriter = _hint_rewriter(route, project)
-        breaker = self._breakers.get(project.name)
+        breaker = self._breakers.get(name)
         if breaker.state is not CLOSED:
             return None
         allowed = self._auth_allowed
         if allowed is not None and not allowed(
-            request.header(b"authorization"), project.name, route.upstream
+            request.header(b"authorization"), name, route.upstream
         ):
             return None
         started = self._forwarder.try_start(
@@ -257,13 +260,13 @@ class RequestHandler(FastPath):
             self._forwarder.request_head(request, route, project),
             head_only=request.method == "HEAD",
             rewriter=rewriter,
-            relay_status=capture_all if kind == routes.TAGS else default_relay_status,
+            relay_status=capture_all if kind == TAGS else default_relay_status,
         )
         if started is None:
             return None
         request.kind = kind
         request.cache = HIT
-        request.project = project.name
+        request.project = name
         request.fast = (route, project, breaker, started, client)
         self.fast_starts += 1
         self._metrics.lookups[HIT] += 1
@@ -275,8 +278,8 @@ class RequestHandler(FastPath):
         """The fast path's relay is done: True when it was a complete answer (accounted)."""
         assert request.fast is not None
         route, project, breaker, started, client = request.fast
-        if route.kind != routes.TAGS:
-            return self._forwarder.finish_started(started, project.name, breaker, now)
+        if request.kind != TAGS:  # fast() set it, and request.project, from the route
+            return self._forwarder.finish_started(started, request.project, breaker, now)
         relay = started[1]  # a tag list is captured, then written with its name rewritten
         if not relay.finished or relay.error is not None or relay.status != 200:
             return False  # translated, or asked elsewhere, by resume()
@@ -350,7 +353,7 @@ class RequestHandler(FastPath):
         self, request: Request, client: HttpProtocol, route: routes.Route, winner: Winner
     ) -> None:
         rewriter = _hint_rewriter(route, winner.project)
-        if route.kind == routes.TAGS:
+        if route.kind == TAGS:
             replies.write_tags(
                 request, client, winner, f"{self._proxy_project}/{route.name}", rewriter
             )
@@ -377,7 +380,7 @@ class RequestHandler(FastPath):
                 {project.name: "circuit breaker open"},
                 headers=((b"Retry-After", str(retry).encode()),),
             )
-        tags = route.kind == routes.TAGS
+        tags = route.kind == TAGS
         forwarder = self._forwarder
         for attempt in (0, 1):
             relay = await forwarder.forward(

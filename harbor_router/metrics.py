@@ -131,13 +131,14 @@ class Metrics:
         self.requests: dict[tuple[str, int, int], Histogram] = {}
         self.response_bytes = [0] * (len(routes.KIND_NAMES) + 1)  # index -1: unparsed
         self.rate_limited = 0
-        self.lookups = dict.fromkeys(LOOKUP_RESULTS, 0)
+        self.lookups: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
         self.stale_serves = 0
         self.resolves: dict[tuple[bool, str], Histogram] = {}  # (tags?, result)
         self.fanout = new_histogram(FANOUT_BOUNDS)
         self.dedup = 0
         self.upstream: dict[tuple[str, str], int] = {}
         self.upstream_duration: dict[str, Histogram] = {}
+        self._status_labels: dict[int, str] = _UPSTREAM_LABELS
         self.connection_errors: dict[str, int] = {}
         self.blob: dict[str, Histogram] = {}
         self.discovery_duration = new_histogram(DISCOVERY_BOUNDS)
@@ -178,6 +179,11 @@ class Metrics:
         if hist is None:
             hist = self.upstream_duration[project] = new_histogram(UPSTREAM_BOUNDS)
         observe(hist, UPSTREAM_BOUNDS, duration)
+
+    def upstream_answered(self, project: str, status: int, duration: float) -> None:
+        """:meth:`upstream_done` of a request Harbor answered with ``status``."""
+        label = self._status_labels.get(status)
+        self.upstream_done(project, upstream_status(status) if label is None else label, duration)
 
     def connection_error(self, reason: str) -> None:
         self.connection_errors[reason] = self.connection_errors.get(reason, 0) + 1

@@ -8,7 +8,7 @@ names such as ``ghcr.io/acme/tool``) are matched against.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit
@@ -76,16 +76,17 @@ class Project:
 
 
 class ProjectSet:
-    """An immutable, ordered set of projects: ``PROJECT_PRIORITY`` first, then Harbor's order."""
+    """An immutable, ordered set of projects: ``PROJECT_PRIORITY`` first, then Harbor's order.
+    ``by_name`` is :meth:`get`'s table (read by the hit path without a Python call)."""
 
-    __slots__ = ("_by_host", "_by_name", "ordered")
+    __slots__ = ("_by_host", "by_name", "ordered")
 
     def __init__(self, projects: Iterable[Project] = (), priority: Sequence[str] = ()) -> None:
         found = {p.name: p for p in projects}
         rank = {name: i for i, name in enumerate(priority)}
         order = sorted(found.values(), key=lambda p: rank.get(p.name, len(rank)))
         self.ordered: tuple[Project, ...] = tuple(order)
-        self._by_name = found
+        self.by_name: Mapping[str, Project] = found
         by_host: dict[str, tuple[Project, ...]] = {}
         for project in self.ordered:
             for host in project.hosts:
@@ -93,7 +94,7 @@ class ProjectSet:
         self._by_host = by_host
 
     def get(self, name: str) -> Project | None:
-        return self._by_name.get(name)
+        return self.by_name.get(name)
 
     def for_host(self, host: str) -> tuple[Project, ...]:
         """The projects that mirror ``host`` (lowercase ``host[:port]``), in priority order."""

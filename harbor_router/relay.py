@@ -341,7 +341,8 @@ class Relay(Sink):
         self.mode = RAW  # the whole body is at hand: nothing to splice or frame
         self.started = True
         client.begin_response(self)
-        lines = block + self._rewriter.lines
+        added = self._rewriter.lines
+        lines = block + added if added else block
         self._out.append(build_head(status_line(status), (), lines, -1, not client.keep_alive))
         self._head_status = status
 

@@ -37,7 +37,7 @@ from .auth import Credentials
 from .bodies import read_body
 from .breaker import Breaker, Breakers, is_failure
 from .logs import event
-from .metrics import Metrics, upstream_status
+from .metrics import Metrics
 from .projects import Project
 
 #: The fan-out's User-Agent when the client sent none.
@@ -592,7 +592,7 @@ class Resolver:
             metrics.upstream_done(name, "error", time.perf_counter() - start)
             breaker.failure()
         else:
-            metrics.upstream_done(name, upstream_status(status), time.perf_counter() - start)
+            metrics.upstream_answered(name, status, time.perf_counter() - start)
             if kind == STATUS and is_failure(status):
                 breaker.failure()
             else:

@@ -79,19 +79,15 @@ class Route:
     cache key. A :class:`HintedRoute` also carries a routing hint.
     """
 
-    __slots__ = ("key", "kind", "name", "query", "reference", "upstream")
-
-    # No hint; HintedRoute has these as slots. Class attributes keep a plain route as cheap to
-    # build as it was before hints existed (it is built on every request).
-    host = ""
-    prefixed = False
-    ns = ""
+    __slots__ = ("host", "key", "kind", "name", "ns", "prefixed", "query", "reference", "upstream")
 
     def __init__(self, kind: int, name: str = "", reference: str = "", query: str = "") -> None:
         self.kind = kind
         self.name = self.key = self.upstream = name
         self.reference = reference
         self.query = query
+        self.host = self.ns = ""  # no routing hint (a HintedRoute's)
+        self.prefixed = False
 
     def plain(self) -> Route:
         """The same request without its routing hint."""
@@ -110,7 +106,7 @@ class HintedRoute(Route):
     first segment when ``prefixed``, else from ``ns``, which is then echoed as
     ``OCI-Namespace``."""
 
-    __slots__ = ("host", "ns", "prefixed")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -142,7 +138,7 @@ class Router:
         self._passthrough = passthrough
         # Targets already judged valid for GET/HEAD → their route: a pull asks for the same
         # few targets over and over. Bounded: emptied when full.
-        self._known: dict[tuple[str, str], Route] = {}
+        self._known: dict[str, Route] = {}
         self._prefix = f"/v2/{proxy_project}/"
         self._prefix_len = len(self._prefix)
         self._base_paths = frozenset({"/v2/", "/v2"})
@@ -157,15 +153,16 @@ class Router:
 
         A route is immutable once made; the same one is returned for the same target."""
         if method in PULL_METHODS:
-            known = self._known.get((path, query))
+            target = path + "?" + query if query else path  # as it came: a path has no "?"
+            known = self._known.get(target)
             if known is not None:
                 return known
             route = self._parse(method, path, query)
-            if len(path) + len(query) > KNOWN_TARGET_BYTES:
+            if len(target) > KNOWN_TARGET_BYTES:
                 return route
             if len(self._known) >= KNOWN_TARGETS:
                 self._known.clear()
-            self._known[(path, query)] = route
+            self._known[target] = route
             return route
         return self._parse(method, path, query)
 
