@@ -160,24 +160,67 @@ def end_to_end(list headers, bytes needle, bytes replacement):
     return out, length
 
 
-def build_head(bytes status_line, headers, bytes extra, long content_length, bint close):
+def build_head(bytes status_line not None, headers, bytes extra not None, long content_length,
+               bint close):
     """Status line, headers, ``extra`` (pre-joined lines), framing, blank line; one bytes.
     ``content_length`` < 0 adds no ``Content-Length``."""
-    cdef list parts = [status_line]
-    cdef bytes name, value
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(status_line) + PyBytes_GET_SIZE(extra) + 2, at
+    cdef Py_ssize_t digits = 0, fields_end
+    cdef unsigned long rest
+    cdef char number[24]
+    cdef bytes name, value, head
+    cdef char* out
+    if type(headers) is not list and type(headers) is not tuple:
+        headers = list(headers)
     for name, value in headers:
-        parts.append(name)
-        parts.append(b": ")
-        parts.append(value)
-        parts.append(b"\r\n")
-    if PyBytes_GET_SIZE(extra):
-        parts.append(extra)
+        if name is None or value is None:
+            raise TypeError("header names and values are bytes")
+        size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+    fields_end = size - PyBytes_GET_SIZE(extra) - 2
     if content_length >= 0:
-        parts.append(b"Content-Length: %d\r\n" % content_length)
+        rest = <unsigned long>content_length
+        while True:
+            digits += 1
+            number[24 - digits] = <char>(48 + rest % 10)
+            rest //= 10
+            if rest == 0:
+                break
+        size += 18 + digits
     if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        size += 19
+    head = PyBytes_FromStringAndSize(NULL, size)
+    out = PyBytes_AS_STRING(head)
+    memcpy(out, PyBytes_AS_STRING(status_line), PyBytes_GET_SIZE(status_line))
+    at = PyBytes_GET_SIZE(status_line)
+    for name, value in headers:  # the same lines again (unless an item changed its mind)
+        if (name is None or value is None
+                or at + PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4 > fields_end):
+            raise RuntimeError("headers changed while joined")
+        memcpy(out + at, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+        at += PyBytes_GET_SIZE(name)
+        out[at] = 58
+        out[at + 1] = 32
+        at += 2
+        memcpy(out + at, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+        at += PyBytes_GET_SIZE(value)
+        out[at] = 13
+        out[at + 1] = 10
+        at += 2
+    memcpy(out + at, PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra))
+    at += PyBytes_GET_SIZE(extra)
+    if content_length >= 0:
+        memcpy(out + at, b"Content-Length: ", 16)
+        memcpy(out + at + 16, number + 24 - digits, digits)
+        at += 16 + digits
+        out[at] = 13
+        out[at + 1] = 10
+        at += 2
+    if close:
+        memcpy(out + at, b"Connection: close\r\n", 19)
+        at += 19
+    out[at] = 13
+    out[at + 1] = 10
+    return head
 
 
 # scan_response: the strict subset of HTTP/1.1 responses it reads itself (see the twin).

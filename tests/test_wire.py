@@ -131,6 +131,21 @@ def test_build_head(wire: ModuleType) -> None:
     )
 
 
+def test_build_head_is_the_twins(wire: ModuleType) -> None:
+    lines = [(b"A", b"1"), (b"Bb", b"x y"), (b"C", b"")]
+    kinds = [lambda: [], lambda: lines, lambda: tuple(lines), lambda: iter(lines),
+             lambda: (list(line) for line in lines)]  # fmt: skip
+    for kind in kinds:
+        for length in (-1, 0, 7, 9, 10, 489, 12345678901234):
+            for extra in (b"", b"X: y\r\n"):
+                for close in (False, True):
+                    status = b"HTTP/1.1 200 OK\r\n"
+                    expected = _wire_py.build_head(status, kind(), extra, length, close)
+                    assert wire.build_head(status, kind(), extra, length, close) == expected
+    with pytest.raises(TypeError):
+        wire.build_head(b"HTTP/1.1 200 OK\r\n", [(b"A", None)], b"", -1, False)
+
+
 # scan_response: the plainest whole responses, read without the parser
 MANIFEST_RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\n"
