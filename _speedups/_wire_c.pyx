@@ -7,6 +7,7 @@ rewriting and head joining with fewer temporary objects.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_New
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
@@ -254,6 +255,9 @@ cdef extern from *:
     #define HR_WIRE_HIGH 0x8080808080808080ULL
     #define HR_WIRE_ONES 0x0101010101010101ULL
     #define HR_WIRE_ADD5F 0x5F5F5F5F5F5F5F5FULL
+    #define HR_WIRE_ADD5E 0x5E5E5E5E5E5E5E5EULL
+    #define HR_WIRE_HASHES 0x2323232323232323ULL
+    #define HR_WIRE_QUERIES 0x3F3F3F3F3F3F3F3FULL
     #define HR_WIRE_CASE 0x2020202020202020ULL
     /* the index of the first byte (in memory order) whose high bit is set in a nonzero x */
     static inline Py_ssize_t hr_wire_first_byte(uint64_t x) {
@@ -273,6 +277,9 @@ cdef extern from *:
     const uint64_t _HIGH "HR_WIRE_HIGH"
     const uint64_t _ONES "HR_WIRE_ONES"
     const uint64_t _ADD5F "HR_WIRE_ADD5F"
+    const uint64_t _ADD5E "HR_WIRE_ADD5E"
+    const uint64_t _HASHES "HR_WIRE_HASHES"
+    const uint64_t _QUERIES "HR_WIRE_QUERIES"
     const uint64_t _CASE "HR_WIRE_CASE"
 
 
@@ -319,6 +326,31 @@ cdef inline Py_ssize_t _field_run(const unsigned char* p, Py_ssize_t i, Py_ssize
             return i
         i += 1
     while _CLASS[p[i]] & _FIELD:
+        i += 1
+    return i
+
+
+cdef inline uint64_t _untarget(uint64_t x, uint64_t also) noexcept:
+    """The high bit of each byte of ``x`` that is not visible ASCII, or is '#' or the byte
+    ``also`` repeats, set, the rest clear."""
+    cdef uint64_t low = x & _LOW7
+    cdef uint64_t hashes = low ^ _HASHES, others = low ^ also
+    # + 1 (mod 0x80), + 0x5e: the high bit set from 0x21 to 0x7e; + 0x7f: set but on zero
+    return ((~(((low + _ONES) & _LOW7) + _ADD5E) | x) | ~((hashes + _LOW7) | hashes)
+            | ~((others + _LOW7) | others)) & _HIGH
+
+
+cdef inline Py_ssize_t _target_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t end,
+                                   uint64_t also, unsigned char cls) noexcept:
+    """Where the run of target bytes (of class ``cls``: ``also`` is the byte it leaves out
+    besides '#', repeated) at ``p[i]`` stops."""
+    cdef uint64_t flagged
+    while i + 8 <= end:
+        flagged = _untarget(_ld8(p + i), also)
+        if flagged:
+            return i + _first_byte(flagged)
+        i += 8
+    while _CLASS[p[i]] & cls:
         i += 1
     return i
 
@@ -597,6 +629,10 @@ def head_fields(bytes data):
 
 
 # scan_request: the strict subset of request heads it reads itself (see the twin).
+# The last line of each known name but Authorization a request had, (name, value): a client
+# sends the same ones on every pull, and the next request's same line is this tuple again.
+cdef list _LAST_LINES = [None] * len(_KNOWN_NAMES)
+cdef Py_ssize_t _AUTHORIZATION = _KNOWN_NAMES.index(b"authorization")
 cdef inline str _ascii(const unsigned char* p, Py_ssize_t n):
     """``p[:n]`` (ASCII) as a str."""
     cdef str text = PyUnicode_New(n, 127)
@@ -616,6 +652,7 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
     cdef char* lower
     cdef unsigned char c
     cdef list headers = []
+    cdef tuple last
     if n < 18 or p[n - 4] != 13 or p[n - 3] != 10 or p[n - 2] != 13 or p[n - 1] != 10:
         return None
     end = n - 4
@@ -630,13 +667,10 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
     url = i
     if p[i] != 47:  # '/'
         return None
-    while _CLASS[p[i]] & _PATH:
-        i += 1
+    i = _target_run(p, i, end, _QUERIES, _PATH)
     if p[i] == 63:  # '?'
         query = i
-        i += 1
-        while _CLASS[p[i]] & _TARGET:
-            i += 1
+        i = _target_run(p, i + 1, end, _HASHES, _TARGET)
     url_end = i
     if i + 9 > end or p[i] != 32 or memcmp(p + i + 1, b"HTTP/1.", 7) != 0:
         return None
@@ -671,6 +705,14 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
         if fields > max_fields or count > max_bytes:
             return None
         if field.known >= 0:
+            last = <tuple>_LAST_LINES[field.known]
+            if last is not None:
+                value = <bytes>PyTuple_GET_ITEM(last, 1)
+                if (PyBytes_GET_SIZE(value) == value_end - value_start
+                        and memcmp(PyBytes_AS_STRING(value), p + value_start,
+                                   value_end - value_start) == 0):
+                    headers.append(last)
+                    continue
             name = _KNOWN_NAMES[field.known]
         else:
             name = PyBytes_FromStringAndSize(NULL, name_end - line)
@@ -679,7 +721,10 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
                 c = p[line + j]
                 lower[j] = c + 32 if c >= 65 and c <= 90 else c
         value = PyBytes_FromStringAndSize(<char*>p + value_start, value_end - value_start)
-        headers.append((name, value))
+        last = (name, value)
+        if field.known >= 0 and field.known != _AUTHORIZATION:
+            _LAST_LINES[field.known] = last
+        headers.append(last)
     if close and keep:
         return None
     keep_alive = (http11 and not close) or (not http11 and keep)

@@ -559,3 +559,28 @@ def test_scan_response_leaves_every_hop_by_hop_line_out_of_the_block(wire: Modul
         response = MANIFEST_RESPONSE.replace(b"Server: nginx", name.title() + b": x")
         scanned = wire.scan_response(response, False)
         assert scanned is not None and name.title() not in scanned[1], name
+
+
+def test_compiled_request_scan_agrees_on_targets_of_every_length_and_byte() -> None:
+    """The target is read eight bytes at a time too: every length around a word, in the path
+    and in the query, with a byte of each class at every place."""
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    for length in range(18):
+        for at in range(length):
+            for byte in b'\x00\t !"#$%/?@~\x7f\x80\xff':
+                part = b"a" * at + bytes([byte]) + b"a" * (length - at - 1)
+                for target in (b"/" + part, b"/" + part + b"?q", b"/x?" + part, b"/?" + part):
+                    data = b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+                    scanned = compiled.scan_request(data, *LIMITS)
+                    assert scanned == _wire_py.scan_request(data, *LIMITS), data
+
+
+def test_scan_request_lines_are_the_ones_of_this_head(wire: ModuleType) -> None:
+    """The compiled scan hands out the previous head's line again when it is the same; a
+    value that differs in a byte, or in length, is this head's own."""
+    first = wire.scan_request(PULL, *LIMITS)[3]
+    assert wire.scan_request(PULL, *LIMITS)[3] == first
+    for host in (b"registrx", b"Registry", b"registry2", b"r"):
+        other = PULL.replace(b"Host: registry", b"Host: " + host)
+        assert wire.scan_request(other, *LIMITS)[3][0] == (b"host", host)
+    assert wire.scan_request(PULL, *LIMITS)[3] == first
