@@ -7,8 +7,10 @@ rewriting and head joining with fewer temporary objects.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.unicode cimport PyUnicode_DecodeLatin1
-from libc.string cimport memcmp, memcpy
+from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.unicode cimport PyUnicode_DATA, PyUnicode_New
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
 
 HOP_BY_HOP = frozenset(
     {
@@ -159,24 +161,67 @@ def end_to_end(list headers, bytes needle, bytes replacement):
     return out, length
 
 
-def build_head(bytes status_line, headers, bytes extra, long content_length, bint close):
+def build_head(bytes status_line not None, headers, bytes extra not None, long content_length,
+               bint close):
     """Status line, headers, ``extra`` (pre-joined lines), framing, blank line; one bytes.
     ``content_length`` < 0 adds no ``Content-Length``."""
-    cdef list parts = [status_line]
-    cdef bytes name, value
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(status_line) + PyBytes_GET_SIZE(extra) + 2, at
+    cdef Py_ssize_t digits = 0, fields_end
+    cdef unsigned long rest
+    cdef char number[24]
+    cdef bytes name, value, head
+    cdef char* out
+    if type(headers) is not list and type(headers) is not tuple:
+        headers = list(headers)
     for name, value in headers:
-        parts.append(name)
-        parts.append(b": ")
-        parts.append(value)
-        parts.append(b"\r\n")
-    if PyBytes_GET_SIZE(extra):
-        parts.append(extra)
+        if name is None or value is None:
+            raise TypeError("header names and values are bytes")
+        size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+    fields_end = size - PyBytes_GET_SIZE(extra) - 2
     if content_length >= 0:
-        parts.append(b"Content-Length: %d\r\n" % content_length)
+        rest = <unsigned long>content_length
+        while True:
+            digits += 1
+            number[24 - digits] = <char>(48 + rest % 10)
+            rest //= 10
+            if rest == 0:
+                break
+        size += 18 + digits
     if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        size += 19
+    head = PyBytes_FromStringAndSize(NULL, size)
+    out = PyBytes_AS_STRING(head)
+    memcpy(out, PyBytes_AS_STRING(status_line), PyBytes_GET_SIZE(status_line))
+    at = PyBytes_GET_SIZE(status_line)
+    for name, value in headers:  # the same lines again (unless an item changed its mind)
+        if (name is None or value is None
+                or at + PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4 > fields_end):
+            raise RuntimeError("headers changed while joined")
+        memcpy(out + at, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+        at += PyBytes_GET_SIZE(name)
+        out[at] = 58
+        out[at + 1] = 32
+        at += 2
+        memcpy(out + at, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+        at += PyBytes_GET_SIZE(value)
+        out[at] = 13
+        out[at + 1] = 10
+        at += 2
+    memcpy(out + at, PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra))
+    at += PyBytes_GET_SIZE(extra)
+    if content_length >= 0:
+        memcpy(out + at, b"Content-Length: ", 16)
+        memcpy(out + at + 16, number + 24 - digits, digits)
+        at += 16 + digits
+        out[at] = 13
+        out[at + 1] = 10
+        at += 2
+    if close:
+        memcpy(out + at, b"Connection: close\r\n", 19)
+        at += 19
+    out[at] = 13
+    out[at + 1] = 10
+    return head
 
 
 # scan_response: the strict subset of HTTP/1.1 responses it reads itself (see the twin).
@@ -185,6 +230,7 @@ cdef enum:
     _TCHAR = 1  # a header name's (RFC 9110 token)
     _FIELD = 2  # a header value's or a reason phrase's: HTAB, SP, VCHAR, obs-text
     _TARGET = 4  # a request target's: visible ASCII but '#'
+    _PATH = 8  # a target's before its query: visible ASCII but '#' and '?'
 cdef unsigned char _CLASS[256]
 for _c in range(256):
     _CLASS[_c] = (
@@ -192,59 +238,199 @@ for _c in range(256):
                     or chr(_c) in "!#$%&'*+-.^_`|~") else 0)
         | (_FIELD if _c == 9 or (_c >= 32 and _c != 127) else 0)
         | (_TARGET if 32 < _c < 127 and _c != 35 else 0)
+        | (_PATH if 32 < _c < 127 and _c != 35 and _c != 63 else 0)
     )
 
+# Theory of operation. The scans read a bytes object, which always has a NUL after its last
+# byte, and scan_request reads only up to the CR of its final CRLF CRLF: a run of token, field
+# or target bytes therefore always stops at or before the scan's end without a bound check.
+# Field bytes are checked eight at a time (a word whose bytes are all SP..0x7e or 0x80..0xff
+# is all field bytes; HTAB, CR and the rest fall back to the table). Names are told apart a
+# word at a time (their first 8 bytes against the known names' of the same length, see
+# _KNOWN), and so are the Connection values, OR 0x20 folding case: on token and field bytes it
+# maps only 'A'-'Z' onto letters and nothing onto '-' (CR, which it maps onto '-', is neither).
+cdef extern from *:
+    """
+    #define HR_WIRE_LOW7 0x7F7F7F7F7F7F7F7FULL
+    #define HR_WIRE_HIGH 0x8080808080808080ULL
+    #define HR_WIRE_ONES 0x0101010101010101ULL
+    #define HR_WIRE_ADD5F 0x5F5F5F5F5F5F5F5FULL
+    #define HR_WIRE_ADD5E 0x5E5E5E5E5E5E5E5EULL
+    #define HR_WIRE_HASHES 0x2323232323232323ULL
+    #define HR_WIRE_QUERIES 0x3F3F3F3F3F3F3F3FULL
+    #define HR_WIRE_CASE 0x2020202020202020ULL
+    /* the index of the first byte (in memory order) whose high bit is set in a nonzero x */
+    static inline Py_ssize_t hr_wire_first_byte(uint64_t x) {
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        return __builtin_clzll(x) >> 3;
+    #elif defined(__GNUC__)
+        return __builtin_ctzll(x) >> 3;
+    #else
+        Py_ssize_t i = 0;
+        while (!(x & 0x80)) { x >>= 8; i++; }
+        return i;
+    #endif
+    }
+    """
+    Py_ssize_t _first_byte "hr_wire_first_byte"(uint64_t x) noexcept
+    const uint64_t _LOW7 "HR_WIRE_LOW7"
+    const uint64_t _HIGH "HR_WIRE_HIGH"
+    const uint64_t _ONES "HR_WIRE_ONES"
+    const uint64_t _ADD5F "HR_WIRE_ADD5F"
+    const uint64_t _ADD5E "HR_WIRE_ADD5E"
+    const uint64_t _HASHES "HR_WIRE_HASHES"
+    const uint64_t _QUERIES "HR_WIRE_QUERIES"
+    const uint64_t _CASE "HR_WIRE_CASE"
 
-cdef inline bint _tchar(unsigned char c):
-    return _CLASS[c] & _TCHAR
+
+cdef inline uint64_t _ld8(const void* p) noexcept:
+    cdef uint64_t x
+    memcpy(&x, p, 8)
+    return x
 
 
-cdef inline bint _vchar(unsigned char c):
+cdef inline uint32_t _ld4(const void* p) noexcept:
+    cdef uint32_t x
+    memcpy(&x, p, 4)
+    return x
+
+
+cdef inline uint16_t _ld2(const void* p) noexcept:
+    cdef uint16_t x
+    memcpy(&x, p, 2)
+    return x
+
+
+cdef inline bint _vchar(unsigned char c) noexcept:
     return c > 32 and c != 127
 
 
-cdef inline bint _field_char(unsigned char c):
-    return _CLASS[c] & _FIELD
+cdef inline uint64_t _unplain(uint64_t x) noexcept:
+    """The high bit of each byte of ``x`` that is not SP..0x7e or 0x80..0xff (not a field
+    byte, or HTAB) set, the rest clear."""
+    # without its high bit, + 1 (mod 0x80) takes 0x7f and the bytes below 0x20 below 0x21,
+    # and + 0x5f leaves the high bit clear on just those
+    return ~(((((x & _LOW7) + _ONES) & _LOW7) + _ADD5F) | x) & _HIGH
 
 
-cdef inline bint _is(const unsigned char* p, Py_ssize_t n, const char* lower, Py_ssize_t m):
-    """``p[:n]`` equals the lowercase ASCII ``lower`` ignoring case."""
-    cdef Py_ssize_t i
-    cdef unsigned char c
-    if n != m:
-        return False
-    for i in range(n):
-        c = p[i]
-        if c >= 65 and c <= 90:
-            c += 32
-        if c != <unsigned char>lower[i]:
+cdef inline Py_ssize_t _field_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t end) noexcept:
+    """Where the run of field bytes at ``p[i]`` stops (at a byte no value holds)."""
+    cdef uint64_t flagged
+    while i + 8 <= end:
+        flagged = _unplain(_ld8(p + i))
+        if flagged == 0:
+            i += 8
+            continue
+        i += _first_byte(flagged)
+        if p[i] != 9:
+            return i
+        i += 1
+    while _CLASS[p[i]] & _FIELD:
+        i += 1
+    return i
+
+
+cdef inline uint64_t _untarget(uint64_t x, uint64_t also) noexcept:
+    """The high bit of each byte of ``x`` that is not visible ASCII, or is '#' or the byte
+    ``also`` repeats, set, the rest clear."""
+    cdef uint64_t low = x & _LOW7
+    cdef uint64_t hashes = low ^ _HASHES, others = low ^ also
+    # + 1 (mod 0x80), + 0x5e: the high bit set from 0x21 to 0x7e; + 0x7f: set but on zero
+    return ((~(((low + _ONES) & _LOW7) + _ADD5E) | x) | ~((hashes + _LOW7) | hashes)
+            | ~((others + _LOW7) | others)) & _HIGH
+
+
+cdef inline Py_ssize_t _target_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t end,
+                                   uint64_t also, unsigned char cls) noexcept:
+    """Where the run of target bytes (of class ``cls``: ``also`` is the byte it leaves out
+    besides '#', repeated) at ``p[i]`` stops."""
+    cdef uint64_t flagged
+    while i + 8 <= end:
+        flagged = _untarget(_ld8(p + i), also)
+        if flagged:
+            return i + _first_byte(flagged)
+        i += 8
+    while _CLASS[p[i]] & cls:
+        i += 1
+    return i
+
+
+cdef inline bint _ieq(const unsigned char* p, Py_ssize_t n, const char* lower) noexcept:
+    """``p[:n]`` (token or field bytes, 2 <= n <= 24) equals ``lower`` (n lowercase letters
+    and '-') ignoring case."""
+    if n >= 8:
+        if (_ld8(p) | _CASE) != _ld8(lower):
             return False
-    return True
+        if n > 16 and (_ld8(p + 8) | _CASE) != _ld8(lower + 8):
+            return False
+        return (_ld8(p + n - 8) | _CASE) == _ld8(lower + n - 8)
+    if n >= 4:
+        return ((_ld4(p) | <uint32_t>_CASE) == _ld4(lower)
+                and (_ld4(p + n - 4) | <uint32_t>_CASE) == _ld4(lower + n - 4))
+    return ((_ld2(p) | <uint16_t>_CASE) == _ld2(lower)
+            and (_ld2(p + n - 2) | <uint16_t>_CASE) == _ld2(lower + n - 2))
+
+
+cdef inline bint _is(const unsigned char* p, Py_ssize_t n, const char* lower,
+                     Py_ssize_t m) noexcept:
+    """``p[:n]`` equals the lowercase ``lower`` (``m`` bytes) ignoring case."""
+    return n == m and _ieq(p, m, lower)
 
 
 cdef enum:
-    _OTHER, _LENGTH, _REFUSE, _CONNECTION, _REWRITE, _HOP_LINE
+    _OTHER, _LENGTH, _REFUSE, _CONNECTION, _REWRITE, _HOP_LINE, _UPGRADE
+
+# the header names the scans tell apart, and what each is to them: the hop-by-hop ones, the
+# framing, the rewritten ones, and the request names clients send on every pull (a request's
+# known names are handed out as one object each: their hash is computed once, and dictionary
+# lookups by them compare identity first)
+_KNOWN = sorted([
+    (b"content-length", _LENGTH), (b"transfer-encoding", _REFUSE), (b"close", _REFUSE),
+    (b"connection", _CONNECTION), (b"location", _REWRITE), (b"link", _REWRITE),
+    (b"upgrade", _UPGRADE), (b"keep-alive", _HOP_LINE), (b"proxy-authenticate", _HOP_LINE),
+    (b"proxy-authorization", _HOP_LINE), (b"proxy-connection", _HOP_LINE), (b"te", _HOP_LINE),
+    (b"trailer", _HOP_LINE), (b"trailers", _HOP_LINE), (b"host", _OTHER), (b"accept", _OTHER),
+    (b"user-agent", _OTHER), (b"range", _OTHER), (b"if-range", _OTHER),
+    (b"if-none-match", _OTHER), (b"x-forwarded-for", _OTHER), (b"authorization", _OTHER),
+    (b"accept-encoding", _OTHER),
+], key=lambda known: len(known[0]))
+cdef enum:
+    _MAX_KNOWN = 32
+    _LONGEST_KNOWN = 19
+cdef tuple _KNOWN_NAMES = tuple([name for name, _ in _KNOWN])
+cdef int _KNOWN_KIND[_MAX_KNOWN]
+cdef unsigned char _KNOWN_AT[_LONGEST_KNOWN + 2]  # the ones n long: _KNOWN_AT[n] to [n + 1]
+# each name as words: its first 8 bytes (zero after a shorter one's end), bytes 8 to 16, and
+# its last 8; and the first n bytes of a word, n up to 8
+cdef uint64_t _KNOWN_HEAD[_MAX_KNOWN]
+cdef uint64_t _KNOWN_MID[_MAX_KNOWN]
+cdef uint64_t _KNOWN_TAIL[_MAX_KNOWN]
+cdef uint64_t _HEAD_MASK[9]
 
 
-cdef int _classify(const unsigned char* p, Py_ssize_t n):
-    if n == 14 and _is(p, n, b"content-length", 14):
-        return _LENGTH
-    if (n == 17 and _is(p, n, b"transfer-encoding", 17)) or (n == 5 and _is(p, n, b"close", 5)):
-        return _REFUSE
-    if n == 10 and _is(p, n, b"connection", 10):
-        return _CONNECTION
-    if (n == 8 and _is(p, n, b"location", 8)) or (n == 4 and _is(p, n, b"link", 4)):
-        return _REWRITE
-    if ((n == 10 and _is(p, n, b"keep-alive", 10))
-            or (n == 18 and (_is(p, n, b"proxy-authenticate", 18)
-                             or _is(p, n, b"proxy-connection", 18)))
-            or (n == 19 and _is(p, n, b"proxy-authorization", 19))
-            or (n == 2 and _is(p, n, b"te", 2))
-            or (n == 7 and _is(p, n, b"trailer", 7))
-            or (n == 8 and _is(p, n, b"trailers", 8))
-            or (n == 7 and _is(p, n, b"upgrade", 7))):
-        return _HOP_LINE
-    return _OTHER
+cdef void _known_words():
+    cdef unsigned char word[24]
+    cdef bytes name
+    cdef Py_ssize_t k, n
+    for k in range(len(_KNOWN)):
+        name = _KNOWN_NAMES[k]
+        n = len(name)
+        _KNOWN_KIND[k] = _KNOWN[k][1]
+        memset(word, 0, 24)
+        memcpy(word, <const char*>name, n)
+        _KNOWN_HEAD[k] = _ld8(word)
+        _KNOWN_MID[k] = _ld8(word + 8)
+        _KNOWN_TAIL[k] = _ld8(word + n - 8) if n >= 8 else 0
+    for n in range(_LONGEST_KNOWN + 2):
+        _KNOWN_AT[n] = len([name for name in _KNOWN_NAMES if len(name) < n])
+    for n in range(9):
+        memset(word, 0, 8)
+        memset(word, 0xFF, n)
+        _HEAD_MASK[n] = _ld8(word)
+
+
+assert len(_KNOWN) <= _MAX_KNOWN and max([len(name) for name in _KNOWN_NAMES]) == _LONGEST_KNOWN
+_known_words()
 
 
 # at most this many header lines are scanned (more: the parser reads the response)
@@ -255,6 +441,7 @@ cdef enum:
 cdef struct _Field:
     Py_ssize_t name, name_end, value, value_end
     int kind
+    int known  # the name's index in _KNOWN, or -1
 
 
 cdef struct _Head:
@@ -263,38 +450,53 @@ cdef struct _Head:
     bint keep_alive
     bint rewrite
     Py_ssize_t end  # where the blank line starts
+    Py_ssize_t block  # the joined size of the end-to-end lines
     long long length
     _Field fields[_MAX_FIELDS]
 
 
-cdef Py_ssize_t _next_field(const unsigned char* p, Py_ssize_t i, Py_ssize_t end, _Field* field):
+cdef inline Py_ssize_t _next_field(const unsigned char* p, Py_ssize_t i, Py_ssize_t end,
+                                   _Field* field) noexcept:
     """Reads the header line after the CRLF at ``p[i]`` into ``field``: where it ends (at
     the next CR), or -1 when it is not a plain ``name: value`` line."""
-    cdef Py_ssize_t line
+    cdef Py_ssize_t line, n, k
+    cdef uint64_t head
     if p[i] != 13 or p[i + 1] != 10:
         return -1
     line = i = i + 2
-    while i < end and _tchar(p[i]):
+    while _CLASS[p[i]] & _TCHAR:
         i += 1
-    if i == line or i >= end or p[i] != 58:  # ':'
+    if i == line or p[i] != 58:  # ':'
         return -1
     field.name, field.name_end = line, i
     i += 1
-    while i < end and (p[i] == 32 or p[i] == 9):
+    while p[i] == 32 or p[i] == 9:
         i += 1
     field.value = i
-    while i < end and p[i] != 13:
-        if not _field_char(p[i]):
-            return -1
-        i += 1
-    if i == field.value or not _vchar(p[i - 1]):
-        return -1  # an empty value, or whitespace at its end
+    i = _field_run(p, i, end)
+    if i == field.value or p[i] != 13 or not _vchar(p[i - 1]):
+        return -1  # an empty value, whitespace at its end, or not a line's end
     field.value_end = i
-    field.kind = _classify(p + line, field.name_end - line)
+    field.kind, field.known = _OTHER, -1
+    n = field.name_end - line
+    if n > _LONGEST_KNOWN or _KNOWN_AT[n] == _KNOWN_AT[n + 1]:
+        return i
+    if line + 8 <= i:
+        head = _ld8(p + line)
+    else:  # a line shorter than a word (a name of at most 5 bytes)
+        head = 0
+        memcpy(&head, p + line, n)
+    head = (head | _CASE) & _HEAD_MASK[n if n < 8 else 8]
+    for k in range(_KNOWN_AT[n], _KNOWN_AT[n + 1]):
+        if _KNOWN_HEAD[k] == head and (n <= 8 or (
+                (_ld8(p + field.name_end - 8) | _CASE) == _KNOWN_TAIL[k]
+                and (n <= 16 or (_ld8(p + line + 8) | _CASE) == _KNOWN_MID[k]))):
+            field.kind, field.known = _KNOWN_KIND[k], k
+            break
     return i
 
 
-cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
+cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept:
     """Reads the head at ``p`` into ``head``; False for anything but the plainest kind."""
     cdef Py_ssize_t i, value_start, value_end, j
     cdef int kind
@@ -304,6 +506,7 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
     head.keep_alive = True
     head.rewrite = False
     head.count = 0
+    head.block = 0
     # status line: "HTTP/1.1 " 3DIGIT SP reason CRLF
     if n < 18 or memcmp(p, b"HTTP/1.1 ", 9) != 0:
         return False
@@ -311,18 +514,14 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
             and p[11] >= 48 and p[11] <= 57 and p[12] == 32):
         return False
     head.status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
-    i = 13
-    while i < n and p[i] != 13:
-        if not _field_char(p[i]):
-            return False
-        i += 1
-    if i == 13:
-        return False  # an empty reason phrase
+    i = _field_run(p, 13, n)
+    if i == 13 or p[i] != 13:
+        return False  # an empty reason phrase, or a byte none holds
     # header lines, up to the blank line
     while True:
         if i + 3 >= n:
             return False
-        if p[i] == 13 and p[i + 1] == 10 and p[i + 2] == 13 and p[i + 3] == 10:
+        if p[i + 2] == 13 and p[i] == 13 and p[i + 1] == 10 and p[i + 3] == 10:
             head.end = i
             break
         if head.count == _MAX_FIELDS:
@@ -333,7 +532,9 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
             return False
         kind = field.kind
         value_start, value_end = field.value, field.value_end
-        if kind == _LENGTH:
+        if kind == _OTHER:
+            head.block += field.name_end - field.name + value_end - value_start + 4
+        elif kind == _LENGTH:
             if length >= 0 or value_end - value_start > 18:
                 return False
             length = 0
@@ -342,6 +543,7 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
                 if c < 48 or c > 57:
                     return False
                 length = length * 10 + (c - 48)
+            head.block += field.name_end - field.name + value_end - value_start + 4
         elif kind == _REFUSE:
             return False
         elif kind == _CONNECTION:
@@ -361,7 +563,7 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head):
 def scan_response(bytes data, bint head_only):
     """One whole response in ``data`` of the plainest kind, or None (see the twin)."""
     cdef const unsigned char* p = data
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), body_at, body, size = 0, k, at
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), body_at, body, k, at = 0, run = 0, run_end = 0
     cdef _Head head
     cdef _Field* field
     cdef bytes block
@@ -377,26 +579,34 @@ def scan_response(bytes data, bint head_only):
         return None
     if head.rewrite:
         return head.status, None, body_at, head.keep_alive
-    for k in range(head.count):
-        field = &head.fields[k]
-        if field.kind == _LENGTH or field.kind == _OTHER:
-            size += field.name_end - field.name + field.value_end - field.value + 4
-    block = PyBytes_FromStringAndSize(NULL, size)
+    # lines that stand in data as "Name: value\r\n", one after another, are copied at once
+    block = PyBytes_FromStringAndSize(NULL, head.block)
     out = PyBytes_AS_STRING(block)
-    at = 0
     for k in range(head.count):
         field = &head.fields[k]
-        if field.kind == _LENGTH or field.kind == _OTHER:
-            memcpy(out + at, p + field.name, field.name_end - field.name)
-            at += field.name_end - field.name
-            out[at] = 58
-            out[at + 1] = 32
-            at += 2
-            memcpy(out + at, p + field.value, field.value_end - field.value)
-            at += field.value_end - field.value
-            out[at] = 13
-            out[at + 1] = 10
-            at += 2
+        if field.kind != _LENGTH and field.kind != _OTHER:
+            continue
+        if field.value == field.name_end + 2 and p[field.name_end + 1] == 32:
+            if field.name != run_end:
+                memcpy(out + at, p + run, run_end - run)
+                at += run_end - run
+                run = field.name
+            run_end = field.value_end + 2
+            continue
+        memcpy(out + at, p + run, run_end - run)
+        at += run_end - run
+        run = run_end = 0
+        memcpy(out + at, p + field.name, field.name_end - field.name)
+        at += field.name_end - field.name
+        out[at] = 58
+        out[at + 1] = 32
+        at += 2
+        memcpy(out + at, p + field.value, field.value_end - field.value)
+        at += field.value_end - field.value
+        out[at] = 13
+        out[at + 1] = 10
+        at += 2
+    memcpy(out + at, p + run, run_end - run)
     return head.status, block, body_at, head.keep_alive
 
 
@@ -419,24 +629,15 @@ def head_fields(bytes data):
 
 
 # scan_request: the strict subset of request heads it reads itself (see the twin).
-cdef inline bint _target_char(unsigned char c):
-    return _CLASS[c] & _TARGET
-
-
-# request header names clients send on every pull, handed out as one object each (their
-# hash is computed once, and dictionary lookups by them compare identity first)
-cdef tuple _COMMON = (b"host", b"accept", b"user-agent", b"range", b"if-range",
-                      b"if-none-match", b"x-forwarded-for", b"authorization",
-                      b"accept-encoding", b"connection")
-
-
-cdef object _common_name(const unsigned char* p, Py_ssize_t n):
-    """The common lowercase name ``p[:n]`` is (ignoring case), or None."""
-    cdef bytes known
-    for known in _COMMON:
-        if PyBytes_GET_SIZE(known) == n and _is(p, n, known, n):
-            return known
-    return None
+# The last line of each known name but Authorization a request had, (name, value): a client
+# sends the same ones on every pull, and the next request's same line is this tuple again.
+cdef list _LAST_LINES = [None] * len(_KNOWN_NAMES)
+cdef Py_ssize_t _AUTHORIZATION = _KNOWN_NAMES.index(b"authorization")
+cdef inline str _ascii(const unsigned char* p, Py_ssize_t n):
+    """``p[:n]`` (ASCII) as a str."""
+    cdef str text = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(text), p, n)
+    return text
 
 
 def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields):
@@ -451,6 +652,7 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
     cdef char* lower
     cdef unsigned char c
     cdef list headers = []
+    cdef tuple last
     if n < 18 or p[n - 4] != 13 or p[n - 3] != 10 or p[n - 2] != 13 or p[n - 1] != 10:
         return None
     end = n - 4
@@ -465,10 +667,10 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
     url = i
     if p[i] != 47:  # '/'
         return None
-    while i < end and _target_char(p[i]):
-        if p[i] == 63 and query < 0:  # '?'
-            query = i
-        i += 1
+    i = _target_run(p, i, end, _QUERIES, _PATH)
+    if p[i] == 63:  # '?'
+        query = i
+        i = _target_run(p, i + 1, end, _HASHES, _TARGET)
     url_end = i
     if i + 9 > end or p[i] != 32 or memcmp(p + i + 1, b"HTTP/1.", 7) != 0:
         return None
@@ -489,10 +691,8 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
         kind = field.kind
         line, name_end = field.name, field.name_end
         value_start, value_end = field.value, field.value_end
-        if kind == _LENGTH or kind == _REFUSE:
+        if kind == _LENGTH or kind == _REFUSE or kind == _UPGRADE:
             return None  # a body, or what the parser judges
-        if _is(p + line, name_end - line, b"upgrade", 7):
-            return None
         if kind == _CONNECTION:
             if _is(p + value_start, value_end - value_start, b"close", 5):
                 close = True
@@ -504,25 +704,34 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
         count += name_end - line + value_end - value_start + 4
         if fields > max_fields or count > max_bytes:
             return None
-        name = _common_name(p + line, name_end - line)
-        if name is None:
+        if field.known >= 0:
+            last = <tuple>_LAST_LINES[field.known]
+            if last is not None:
+                value = <bytes>PyTuple_GET_ITEM(last, 1)
+                if (PyBytes_GET_SIZE(value) == value_end - value_start
+                        and memcmp(PyBytes_AS_STRING(value), p + value_start,
+                                   value_end - value_start) == 0):
+                    headers.append(last)
+                    continue
+            name = _KNOWN_NAMES[field.known]
+        else:
             name = PyBytes_FromStringAndSize(NULL, name_end - line)
             lower = PyBytes_AS_STRING(name)
             for j in range(name_end - line):
                 c = p[line + j]
                 lower[j] = c + 32 if c >= 65 and c <= 90 else c
         value = PyBytes_FromStringAndSize(<char*>p + value_start, value_end - value_start)
-        headers.append((name, value))
+        last = (name, value)
+        if field.known >= 0 and field.known != _AUTHORIZATION:
+            _LAST_LINES[field.known] = last
+        headers.append(last)
     if close and keep:
         return None
     keep_alive = (http11 and not close) or (not http11 and keep)
     if query < 0:
-        path = PyUnicode_DecodeLatin1(<char*>p + url, url_end - url, NULL)
-        query_text = u""
-    else:
-        path = PyUnicode_DecodeLatin1(<char*>p + url, query - url, NULL)
-        query_text = PyUnicode_DecodeLatin1(<char*>p + query + 1, url_end - query - 1, NULL)
-    return method, path, query_text, headers, http11, keep_alive
+        return method, _ascii(p + url, url_end - url), u"", headers, http11, keep_alive
+    return (method, _ascii(p + url, query - url), _ascii(p + query + 1, url_end - query - 1),
+            headers, http11, keep_alive)
 
 
 def observe(list hist, tuple bounds, double value):

@@ -131,6 +131,21 @@ def test_build_head(wire: ModuleType) -> None:
     )
 
 
+def test_build_head_is_the_twins(wire: ModuleType) -> None:
+    lines = [(b"A", b"1"), (b"Bb", b"x y"), (b"C", b"")]
+    kinds = [lambda: [], lambda: lines, lambda: tuple(lines), lambda: iter(lines),
+             lambda: (list(line) for line in lines)]  # fmt: skip
+    for kind in kinds:
+        for length in (-1, 0, 7, 9, 10, 489, 12345678901234):
+            for extra in (b"", b"X: y\r\n"):
+                for close in (False, True):
+                    status = b"HTTP/1.1 200 OK\r\n"
+                    expected = _wire_py.build_head(status, kind(), extra, length, close)
+                    assert wire.build_head(status, kind(), extra, length, close) == expected
+    with pytest.raises(TypeError):
+        wire.build_head(b"HTTP/1.1 200 OK\r\n", [(b"A", None)], b"", -1, False)
+
+
 # scan_response: the plainest whole responses, read without the parser
 MANIFEST_RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\n"
@@ -467,3 +482,105 @@ def test_observe_counts_into_the_bucket_bisect_left_finds(wire: ModuleType, valu
     expected[bisect.bisect_left(bounds, value)] = 2.0
     expected[-1] = 2 * value
     assert hist == expected
+
+
+# the compiled scans read values eight bytes at a time and compare names a word at a time:
+# every length around a word, every byte class at every place in one
+_EDGE_BYTES = b"\x00\x01\x08\t\n\x0b\r\x1f \x21-:~\x7f\x80\xa0\xff"
+
+
+def _edge_values() -> list[bytes]:
+    values = []
+    for length in range(18):
+        values.append(b"v" * length)
+        for at in range(length):
+            for byte in _EDGE_BYTES:
+                values.append(b"v" * at + bytes([byte]) + b"v" * (length - at - 1))
+    return values
+
+
+def test_compiled_scans_agree_on_values_of_every_length_and_byte() -> None:
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    taken = 0
+    for value in _edge_values():
+        for before in (b"", b"X: y\r\n"):
+            for after in (b"", b"Server: s\r\n"):
+                response = (b"HTTP/1.1 200 OK\r\n" + before + b"Content-Length: 0\r\nA: " + value
+                            + b"\r\n" + after + b"\r\n")  # fmt: skip
+                scanned = compiled.scan_response(response, False)
+                assert scanned == _wire_py.scan_response(response, False), response
+                taken += scanned is not None
+                if scanned is not None:
+                    assert compiled.head_fields(response) == _wire_py.head_fields(response)
+                request = (
+                    b"GET / HTTP/1.1\r\n" + before + b"A: " + value + b"\r\n" + after + b"\r\n"
+                )
+                scanned = compiled.scan_request(request, *LIMITS)
+                assert scanned == _wire_py.scan_request(request, *LIMITS), request
+        reason = b"HTTP/1.1 200 " + value + b"\r\nContent-Length: 0\r\n\r\n"
+        assert compiled.scan_response(reason, False) == _wire_py.scan_response(reason, False)
+    assert taken > 1000
+
+
+def _spellings(name: bytes) -> list[bytes]:
+    """``name`` in other cases, and with each byte changed to a token byte near it in the
+    case folding (and to one that is not a token byte)."""
+    out = [name, name.upper(), name.title(), name.swapcase(), name[:-1], name + b"s"]
+    for at in range(len(name)):
+        for byte in b"Aa-_^~`@[{|0\r":
+            out.append(name[:at] + bytes([byte]) + name[at + 1 :])
+    return out
+
+
+_SPECIAL_NAMES = [*_wire_py.HOP_BY_HOP, b"content-length", b"close", b"location", b"link",
+                  b"host", b"accept", b"user-agent", b"range", b"if-range", b"if-none-match",
+                  b"x-forwarded-for", b"authorization", b"accept-encoding"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(_SPECIAL_NAMES))
+def test_compiled_scans_agree_on_names_near_the_ones_they_know(name: bytes) -> None:
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    for spelling in _spellings(name):
+        for value in (b"2", b"x", b"close", b"keep-alive", b"CLOSE", b"Keep-Alive", b"clos",
+                      b"closed", b"keep_alive", b"keep-alivf", b"keep-alive2"):  # fmt: skip
+            line = spelling + b": " + value + b"\r\n"
+            response = b"HTTP/1.1 200 OK\r\n" + line + b"Content-Length: 2\r\n\r\n{}"
+            assert compiled.scan_response(response, False) == _wire_py.scan_response(
+                response, False
+            ), response
+            request = b"GET /a HTTP/1.1\r\nHost: h\r\n" + line + b"\r\n"
+            assert compiled.scan_request(request, *LIMITS) == _wire_py.scan_request(
+                request, *LIMITS
+            ), request
+
+
+def test_scan_response_leaves_every_hop_by_hop_line_out_of_the_block(wire: ModuleType) -> None:
+    for name in sorted(_wire_py.HOP_BY_HOP - {b"connection", b"transfer-encoding"}):
+        response = MANIFEST_RESPONSE.replace(b"Server: nginx", name.title() + b": x")
+        scanned = wire.scan_response(response, False)
+        assert scanned is not None and name.title() not in scanned[1], name
+
+
+def test_compiled_request_scan_agrees_on_targets_of_every_length_and_byte() -> None:
+    """The target is read eight bytes at a time too: every length around a word, in the path
+    and in the query, with a byte of each class at every place."""
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    for length in range(18):
+        for at in range(length):
+            for byte in b'\x00\t !"#$%/?@~\x7f\x80\xff':
+                part = b"a" * at + bytes([byte]) + b"a" * (length - at - 1)
+                for target in (b"/" + part, b"/" + part + b"?q", b"/x?" + part, b"/?" + part):
+                    data = b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+                    scanned = compiled.scan_request(data, *LIMITS)
+                    assert scanned == _wire_py.scan_request(data, *LIMITS), data
+
+
+def test_scan_request_lines_are_the_ones_of_this_head(wire: ModuleType) -> None:
+    """The compiled scan hands out the previous head's line again when it is the same; a
+    value that differs in a byte, or in length, is this head's own."""
+    first = wire.scan_request(PULL, *LIMITS)[3]
+    assert wire.scan_request(PULL, *LIMITS)[3] == first
+    for host in (b"registrx", b"Registry", b"registry2", b"r"):
+        other = PULL.replace(b"Host: registry", b"Host: " + host)
+        assert wire.scan_request(other, *LIMITS)[3][0] == (b"host", host)
+    assert wire.scan_request(PULL, *LIMITS)[3] == first
