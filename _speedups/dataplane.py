@@ -42,6 +42,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "breaker": ("Breaker", "Breakers"),
     "metrics": ("Metrics",),
     "responses": (),
+    "replies": (),
     "auth": ("Credentials", "Decisions"),
 }
 # module → its functions declared ``cpdef``: the data plane's modules that import one by name
@@ -51,6 +52,9 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "responses": ("status_line",),
     "metrics": ("upstream_status",),
 }
+# a module of FUNCTIONS whose functions are declared elsewhere: the compiled twin that
+# ``_wire`` selects, with its own hand-written declarations (``_speedups/<name>.pxd``)
+DECLARED_IN: dict[str, str] = {}
 _DROPPED_BASES = ("asyncio.Protocol",)
 # The declarations alone type the compiled modules: the source's annotations are mypy's
 # (Cython would read ``float`` as a C double, and a method's declared signature must be
@@ -426,8 +430,9 @@ def _pxd(
         lines.append("import cython")
     lines += [f"from harbor_router.{KNOWN[c]} cimport {c}" for c in sorted(cimports)]
     lines += [
-        f"from harbor_router.{node.module} cimport {', '.join(names)}"
+        f"from harbor_router.{DECLARED_IN.get(node.module, node.module)} cimport {', '.join(names)}"
         for node, names in _imported_functions(tree)
+        if node.module is not None
     ]
     return "\n".join([*lines, "", *body])
 
@@ -462,6 +467,11 @@ def prepare(root: pathlib.Path, build: pathlib.Path) -> list[tuple[str, str]]:
     (build / "harbor_router" / "__init__.py").write_text("")
     (out / "__init__.py").write_text("")
     (root / "harbor_router" / "_compiled").mkdir(exist_ok=True)  # where --inplace puts them
+    for name in DECLARED_IN.values():  # cimported by their run-time name
+        text = (root / "_speedups" / f"{name}.pxd").read_text()
+        pxd = build / "harbor_router" / f"{name}.pxd"
+        if not pxd.exists() or pxd.read_text() != text:
+            pxd.write_text(text)
     pairs = []
     sources = {m: (root / "harbor_router" / f"{m}.py").read_text() for m in MODULES}
     every = data_plane_classes(sources)
