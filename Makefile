@@ -17,7 +17,7 @@ install: $(STAMP)
 # Editable install; setuptools builds the extensions in place (harbor_router/_*_c*.so and the
 # compiled data plane, harbor_router/_compiled/, built from the package's own sources: a changed
 # source rebuilds it).
-$(STAMP): pyproject.toml setup.py $(wildcard _speedups/*.pyx) _speedups/dataplane.py $(wildcard harbor_router/*.py)
+$(STAMP): pyproject.toml setup.py $(wildcard _speedups/*.pyx _speedups/*.pxd) _speedups/dataplane.py $(wildcard harbor_router/*.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) && $(REQUIRE_EXT) $(PY) -m pip install -q -e '.[test]' && touch $@
 
 system-deps:

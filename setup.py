@@ -47,7 +47,13 @@ def extensions():  # type: ignore[no-untyped-def]
     directives = {"embedsignature": True}
     threads = os.cpu_count() or 1
     return cythonize(
-        exts, language_level=3, compiler_directives=directives, nthreads=threads
+        exts,
+        language_level=3,
+        compiler_directives=directives,
+        nthreads=threads,
+        # a module's own .pxd (_speedups/_wire_c.pxd) is found by the module's full name:
+        # prepare() puts a copy at build/dataplane/harbor_router/
+        include_path=[str(HERE / "build" / "dataplane")],
     ) + cythonize(
         plane,
         language_level=3,

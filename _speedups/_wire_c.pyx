@@ -42,7 +42,7 @@ cdef inline bint _hex_lower(Py_UCS4 c):
     return (c >= u"a" and c <= u"f") or (c >= u"0" and c <= u"9")
 
 
-def valid_name(str name):
+cpdef valid_name(str name):
     """The OCI repository name grammar (the length limit is the caller's)."""
     cdef Py_ssize_t n = len(name), i = 0
     cdef Py_UCS4 c
@@ -78,7 +78,7 @@ def valid_name(str name):
         i += 1
 
 
-def valid_tag(str tag):
+cpdef valid_tag(str tag):
     cdef Py_ssize_t n = len(tag), i
     cdef Py_UCS4 c
     if n == 0 or n > 128:
@@ -95,7 +95,7 @@ def valid_tag(str tag):
     return True
 
 
-def valid_digest(str digest):
+cpdef valid_digest(str digest):
     """``sha256:`` + 64 or ``sha512:`` + 128 lowercase hex digits."""
     cdef Py_ssize_t n = len(digest), i, want
     if n == 71 and digest.startswith(u"sha256:"):
@@ -118,7 +118,7 @@ def connection_tokens(bytes value):
     return frozenset([t.strip().lower() for t in value.split(b",")])
 
 
-def end_to_end(list headers, bytes needle, bytes replacement):
+cpdef end_to_end(list headers, bytes needle, bytes replacement):
     """Headers to send on, in order, multi-valued ones intact; and the body's length when
     ``Content-Length`` frames it (present, digits, no ``Transfer-Encoding``), else -1."""
     cdef list out = []
@@ -161,10 +161,11 @@ def end_to_end(list headers, bytes needle, bytes replacement):
     return out, length
 
 
-def build_head(bytes status_line not None, headers, bytes extra not None, long content_length,
-               bint close):
+cpdef build_head(bytes status_line, headers, bytes extra, long content_length, bint close):
     """Status line, headers, ``extra`` (pre-joined lines), framing, blank line; one bytes.
     ``content_length`` < 0 adds no ``Content-Length``."""
+    if status_line is None or extra is None:  # checked here: C callers skip the wrapper
+        raise TypeError("the status line and the extra lines are bytes")
     cdef Py_ssize_t size = PyBytes_GET_SIZE(status_line) + PyBytes_GET_SIZE(extra) + 2, at
     cdef Py_ssize_t digits = 0, fields_end
     cdef unsigned long rest
@@ -560,7 +561,7 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept
     return True
 
 
-def scan_response(bytes data, bint head_only):
+cpdef scan_response(bytes data, bint head_only):
     """One whole response in ``data`` of the plainest kind, or None (see the twin)."""
     cdef const unsigned char* p = data
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data), body_at, body, k, at = 0, run = 0, run_end = 0
@@ -610,7 +611,7 @@ def scan_response(bytes data, bint head_only):
     return head.status, block, body_at, head.keep_alive
 
 
-def head_fields(bytes data):
+cpdef head_fields(bytes data):
     """The header fields of a head ``scan_response`` took, as the parser gives them."""
     cdef const unsigned char* p = data
     cdef _Head head
@@ -640,7 +641,7 @@ cdef inline str _ascii(const unsigned char* p, Py_ssize_t n):
     return text
 
 
-def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields):
+cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields):
     """One whole GET or HEAD request head in ``data`` of the plainest kind, or None."""
     cdef const unsigned char* p = data
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i, end, url, url_end, query = -1, line
@@ -734,7 +735,7 @@ def scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_
             headers, http11, keep_alive)
 
 
-def observe(list hist, tuple bounds, double value):
+cpdef observe(list hist, tuple bounds, double value):
     """Counts ``value`` into a histogram (``metrics``: bucket counts, the +Inf one last, then
     the sum): the first bucket whose bound is not below it, as ``bisect_left`` finds it."""
     cdef Py_ssize_t i = 0, n = len(bounds)

@@ -47,14 +47,18 @@ MODULES: dict[str, tuple[str, ...]] = {
 }
 # module → its functions declared ``cpdef``: the data plane's modules that import one by name
 # (``from .responses import status_line``) call it in C; only ever called there, never passed
-# as a value (a C function is not an object)
+# as a value (a C function is not an object), and not imported from them by other modules
+# (the name is then no attribute of the importing module)
 FUNCTIONS: dict[str, tuple[str, ...]] = {
     "responses": ("status_line",),
     "metrics": ("upstream_status",),
-}
-# a module of FUNCTIONS whose functions are declared elsewhere: the compiled twin that
-# ``_wire`` selects, with its own hand-written declarations (``_speedups/<name>.pxd``)
-DECLARED_IN: dict[str, str] = {}
+    "_wire": ("valid_name", "valid_tag", "valid_digest", "end_to_end", "build_head",
+              "scan_response", "head_fields", "scan_request", "observe"),
+}  # fmt: skip
+# a module of FUNCTIONS whose functions are declared elsewhere: ``_wire``'s compiled twin,
+# whose hand-written declarations (``_speedups/_wire_c.pxd``, the .pyx's own) the compiled
+# modules cimport; the source, and the twin build, import from ``_wire`` as before
+DECLARED_IN: dict[str, str] = {"_wire": "_wire_c"}
 _DROPPED_BASES = ("asyncio.Protocol",)
 # The declarations alone type the compiled modules: the source's annotations are mypy's
 # (Cython would read ``float`` as a C double, and a method's declared signature must be

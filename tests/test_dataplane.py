@@ -273,6 +273,27 @@ def test_generator_declares_listed_functions_and_cimports_them_where_imported() 
         DATAPLANE._pxd("status_line = None\n", "responses", ())
 
 
+def test_the_wire_functions_it_cimports_are_declared_as_the_pyx_defines_them() -> None:
+    """A module importing a function of ``_wire`` cimports it from ``_wire_c`` by the
+    hand-written declarations (_speedups/_wire_c.pxd): each is one of FUNCTIONS, and the
+    .pyx defines it cpdef with the same parameters."""
+    pxd = (ROOT / "_speedups" / "_wire_c.pxd").read_text()
+    pyx = (ROOT / "_speedups" / "_wire_c.pyx").read_text()
+    declared = {
+        line.split()[1].split("(")[0]: line.removeprefix("cpdef ")
+        for line in pxd.splitlines()
+        if line.startswith("cpdef ")
+    }
+    assert set(declared) == set(DATAPLANE.FUNCTIONS["_wire"])
+    flat = " ".join(pyx.split())  # a definition spread over lines, as one
+    for name, signature in declared.items():
+        assert f"cpdef {signature}:" in flat, name
+    relay = "from ._wire import build_head, head_fields\n"
+    assert "from harbor_router._wire_c cimport build_head, head_fields" in DATAPLANE._pxd(
+        relay, "relay", ()
+    )
+
+
 def test_generator_spells_relative_imports_with_the_package() -> None:
     out = DATAPLANE._strip_bases("from . import errors\nif x:\n    from .relay import Relay\n", ())
     assert (

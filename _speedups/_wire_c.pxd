@@ -1,0 +1,12 @@
+# The functions of _wire_c.pyx that the compiled data plane calls in C: _speedups/dataplane.py
+# (FUNCTIONS, DECLARED_IN) has the modules that import one of them from ``_wire`` cimport it
+# from here instead; the declarations are the .pyx's own.
+cpdef valid_name(str name)
+cpdef valid_tag(str tag)
+cpdef valid_digest(str digest)
+cpdef end_to_end(list headers, bytes needle, bytes replacement)
+cpdef build_head(bytes status_line, headers, bytes extra, long content_length, bint close)
+cpdef scan_response(bytes data, bint head_only)
+cpdef head_fields(bytes data)
+cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields)
+cpdef observe(list hist, tuple bounds, double value)
