@@ -34,14 +34,14 @@ def extensions():  # type: ignore[no-untyped-def]
     from setuptools import Extension
 
     exts = [
-        Extension(f"harbor_router.{pathlib.Path(src).stem}", [src], extra_compile_args=["-O2"])
+        Extension(f"harbor_router.{pathlib.Path(src).stem}", [src], extra_compile_args=["-O3"])
         for src in sources
     ]
     sys.path.insert(0, str(HERE / "_speedups"))
     import dataplane
 
     plane = [
-        Extension(name, [src], extra_compile_args=["-O2"])
+        Extension(name, [src], extra_compile_args=["-O3"])
         for name, src in dataplane.prepare(HERE, HERE / "build" / "dataplane")
     ]
     directives = {"embedsignature": True}
