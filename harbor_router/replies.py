@@ -77,6 +77,14 @@ def write_tags(
 _NAME_FIRST = b'{"name":"'
 
 
+def _json_string(text: str) -> bytes:
+    """``json.dumps(text)``, encoded; a repository name (printable ASCII, no quote or
+    backslash: what the routes let through) is only quoted."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return b'"' + text.encode() + b'"'
+    return json.dumps(text).encode()
+
+
 def renamed_tags(body: bytes, client_name: str, project: str) -> bytes:
     """A tag list with its ``name`` replaced by ``client_name``. A list that begins the way
     distribution writes it (``{"name":"`` and a name without escapes) has the name replaced
@@ -85,7 +93,7 @@ def renamed_tags(body: bytes, client_name: str, project: str) -> bytes:
     if body.startswith(_NAME_FIRST):
         end = body.find(b'"', len(_NAME_FIRST))
         if end > 0 and b"\\" not in body[len(_NAME_FIRST) : end]:
-            return b'{"name":' + json.dumps(client_name).encode() + body[end + 1 :]
+            return b'{"name":' + _json_string(client_name) + body[end + 1 :]
     try:
         data = json.loads(body)
     except ValueError:

@@ -37,3 +37,15 @@ def test_any_other_layout_is_parsed_and_written_again(body: bytes) -> None:
 def test_an_invalid_list_is_harbors_fault(body: bytes) -> None:
     with pytest.raises(errors.BadGateway, match="dockerhub sent an invalid tag list"):
         renamed_tags(body, CLIENT, "dockerhub")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["proxy/library/nginx", "a b", 'quo"te', "back\\slash", "tab\there", "del\x7f", "é", "\x1f", ""]
+    + [chr(c) for c in range(0x20, 0x7F)],
+)
+def test_the_new_name_is_written_as_json_writes_it(name: str) -> None:
+    """Quoted as it is when that is what JSON makes of it, escaped otherwise."""
+    body = renamed_tags(b'{"name":"p00/x","tags":["a"]}\n', name, "p00")
+    assert body == b'{"name":' + json.dumps(name).encode() + b',"tags":["a"]}\n'
+    assert json.loads(body)["name"] == name
