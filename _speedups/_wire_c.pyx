@@ -128,23 +128,28 @@ cpdef end_to_end(list headers, bytes needle, bytes replacement):
     cdef long long length = 0
     cdef Py_ssize_t i
     cdef unsigned char c
-    cdef bytes name, value, lower
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _HOP:
-            if lower == b"connection":
-                tokens = connection_tokens(value)
-                extra = tokens if extra is None else extra | tokens
-            elif lower == b"transfer-encoding":
-                chunked = True
+    cdef bytes name, value
+    cdef int kind
+    for item in headers:
+        name, value = item
+        kind = _name_kind(name)
+        if kind == _E2E_HOP:
             continue
-        if lower == b"content-length":
+        if kind == _E2E_CONNECTION:
+            tokens = connection_tokens(value)
+            extra = tokens if extra is None else extra | tokens
+            continue
+        if kind == _E2E_CHUNKED:
+            chunked = True
+            continue
+        if kind == _E2E_LENGTH:
             if not has_length:
                 has_length = True
                 length_value = value.strip()
-        elif lower in _REWRITTEN and needle in value:
-            value = value.replace(needle, replacement)
-        out.append((name, value))
+        elif kind == _E2E_REWRITE and needle in value:
+            out.append((name, value.replace(needle, replacement)))
+            continue
+        out.append(item if type(item) is tuple else (name, value))
     if extra and not extra <= _HOP:
         out = [(n, v) for n, v in out if n.lower() not in extra]
     if chunked and has_length:
@@ -432,6 +437,60 @@ cdef void _known_words():
 
 assert len(_KNOWN) <= _MAX_KNOWN and max([len(name) for name in _KNOWN_NAMES]) == _LONGEST_KNOWN
 _known_words()
+
+
+# what end_to_end does with a header line, by name (the response side of _KNOWN's names)
+cdef enum:
+    _E2E_KEEP, _E2E_HOP, _E2E_CONNECTION, _E2E_CHUNKED, _E2E_LENGTH, _E2E_REWRITE
+
+
+cdef int _name_kind(bytes name) noexcept:
+    """end_to_end's ``name.lower()`` in HOP_BY_HOP / == ... / in _REWRITTEN, without
+    making the lowercase copy: ``name`` is compared byte by byte with the known names of
+    its length (ASCII letters case-insensitively, every other byte exactly)."""
+    cdef const unsigned char* p = name
+    cdef const unsigned char* known
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), k, i
+    cdef unsigned char c
+    if n > _LONGEST_KNOWN:
+        return _E2E_KEEP
+    for k in range(_KNOWN_AT[n], _KNOWN_AT[n + 1]):
+        known = <const unsigned char*>PyBytes_AS_STRING(<object>PyTuple_GET_ITEM(_KNOWN_NAMES, k))
+        for i in range(n):
+            c = p[i]
+            if 65 <= c <= 90:
+                c += 32
+            if c != known[i]:
+                break
+        else:
+            return _E2E_KIND[k]
+    return _E2E_KEEP
+
+
+cdef int _E2E_KIND[_MAX_KNOWN]
+
+
+cdef void _e2e_kinds():
+    cdef Py_ssize_t k
+    cdef bytes name
+    for k in range(len(_KNOWN)):
+        name = _KNOWN_NAMES[k]
+        if name == b"connection":
+            _E2E_KIND[k] = _E2E_CONNECTION
+        elif name == b"transfer-encoding":
+            _E2E_KIND[k] = _E2E_CHUNKED
+        elif name in _HOP:
+            _E2E_KIND[k] = _E2E_HOP
+        elif name == b"content-length":
+            _E2E_KIND[k] = _E2E_LENGTH
+        elif name in _REWRITTEN:
+            _E2E_KIND[k] = _E2E_REWRITE
+        else:
+            _E2E_KIND[k] = _E2E_KEEP
+
+
+assert _HOP | _REWRITTEN | {b"content-length"} <= set(_KNOWN_NAMES)  # every name it tells apart
+_e2e_kinds()
 
 
 # at most this many header lines are scanned (more: the parser reads the response)
