@@ -66,7 +66,9 @@ def write_tags(
     body = renamed_tags(winner.body, client_name, winner.project.name)
     rewriter = winner.project.rewriter if rewriter is None else rewriter
     headers = [
-        (n, v) for n, v in rewriter.end_to_end(winner.headers)[0] if n.lower() != b"content-length"
+        (n, v)
+        for n, v in rewriter.end_to_end(winner.headers)[0]
+        if len(n) != 14 or n.lower() != b"content-length"  # the length is the new body's
     ]
     out = responses.head(
         winner.status, headers, content_length=len(body), close=not client.keep_alive
