@@ -40,7 +40,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "mapping": ("MappingCache",),
     "tiers": ("Tiers",),
     "breaker": ("Breaker", "Breakers"),
-    "metrics": ("Metrics",),
+    "metrics": ("Metrics", "ProjectCalls"),
     "responses": (),
     "replies": (),
     "auth": ("Credentials", "Decisions"),

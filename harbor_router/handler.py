@@ -269,7 +269,7 @@ class RequestHandler(FastPath):
         request.project = name
         request.fast = (route, project, breaker, started, client)
         self.fast_starts += 1
-        self._metrics.lookups[HIT] += 1
+        self._metrics.fast_hits += 1
         if tiers.shared is not None:
             tiers.shared.touch(key)
         return started[1]

@@ -2,10 +2,13 @@
 
 Theory of operation: a cache hit must not pay for prometheus-client objects (a ``.labels()``
 lookup takes a lock and hashes the label values on every call). So every per-request number is
-plain Python data in :class:`Metrics` — ints in dicts keyed by small tuples, and a histogram is
-a list of bucket counts (plus the sum in its last slot) counted into by ``_wire.observe``
-(compiled: a typed loop over the precomputed bounds; the twin uses :func:`bisect.bisect_left`).
-Label values are derived from those keys only when ``/metrics`` is scraped:
+plain Python data in :class:`Metrics`, found without building or hashing a tuple per request:
+request histograms in a table indexed by method, route kind and status class, and one
+:class:`ProjectCalls` record a project (its counts by status label and its duration histogram).
+A histogram is a list of bucket counts (plus the sum in its last slot) counted into by
+``_wire.observe`` (compiled: a typed loop over the precomputed bounds; the twin uses
+:func:`bisect.bisect_left`). Label values are derived from those tables only when ``/metrics``
+is scraped:
 :meth:`Metrics.collect` turns the data, and the counters other services already keep (TTL
 caches, the Redis store, breakers, discovery), into metric families.
 
@@ -87,6 +90,9 @@ KIND_TYPES: Final = {
 TYPE_LABELS: Final = ("manifest", "blob", "tags", "referrers", "v2check", "health", "other")
 OTHER_KIND: Final = -1
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD: Final = "OTHER"  # the method label of any other
+# Status classes a request table row holds: a status has three digits (0xx-9xx).
+_STATUS_CLASSES: Final = 10
 #: A request that ended without a response (the client left first), as nginx counts it.
 CLIENT_CLOSED: Final = 499
 # Upstream statuses kept as codes; any other becomes its class ("5xx").
@@ -121,23 +127,39 @@ def upstream_status(status: int) -> str:
         return f"{status // 100}xx"
 
 
+def _request_rows() -> list[list[Histogram | None]]:
+    """One method's request histograms: a row a route kind (the last: unparsed, index -1),
+    a slot a status class, None until a request counts into it."""
+    return [[None] * _STATUS_CLASSES for _ in range(len(routes.KIND_NAMES) + 1)]
+
+
+class ProjectCalls:
+    """One project's requests to Harbor: counts by status label, and their durations."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.duration: list[float] = new_histogram(UPSTREAM_BOUNDS)
+
+
 class Metrics:
     """One process's numbers. Everything here is written on the event loop thread."""
 
     def __init__(self) -> None:
         self.inflight = 0
-        # (method, route kind, status class) → request duration histogram; its count is
-        # requests_total, so one structure serves both.
-        self.requests: dict[tuple[str, int, int], Histogram] = {}
+        # method (any other: OTHER_METHOD) → [route kind][status class] → request duration
+        # histogram; its count is requests_total, so one structure serves both.
+        self.requests: dict[str, list[list[Histogram | None]]] = {
+            method: _request_rows() for method in (*sorted(_METHODS), OTHER_METHOD)
+        }
         self.response_bytes = [0] * (len(routes.KIND_NAMES) + 1)  # index -1: unparsed
         self.rate_limited = 0
         self.lookups: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
+        self.fast_hits = 0  # HIT lookups of handler.fast, kept apart from the dict (one add)
         self.stale_serves = 0
         self.resolves: dict[tuple[bool, str], Histogram] = {}  # (tags?, result)
         self.fanout = new_histogram(FANOUT_BOUNDS)
         self.dedup = 0
-        self.upstream: dict[tuple[str, str], int] = {}
-        self.upstream_duration: dict[str, Histogram] = {}
+        self.upstream: dict[str, ProjectCalls] = {}  # project → its requests to Harbor
         self._status_labels: dict[int, str] = _UPSTREAM_LABELS
         self.connection_errors: dict[str, int] = {}
         self.blob: dict[str, Histogram] = {}
@@ -153,10 +175,14 @@ class Metrics:
     # -- the request boundary (protocol.py) -------------------------------------------------
 
     def request_done(self, method: str, kind: int, status: int, duration: float, sent: int) -> None:
-        key = (method, kind, status // 100)
-        hist = self.requests.get(key)
+        rows = self.requests.get(method)
+        if rows is None:
+            rows = self.requests[OTHER_METHOD]
+        row = rows[kind]
+        cls = status // 100
+        hist = row[cls]
         if hist is None:
-            hist = self.requests[key] = new_histogram(REQUEST_BOUNDS)
+            hist = row[cls] = new_histogram(REQUEST_BOUNDS)
         observe(hist, REQUEST_BOUNDS, duration)
         self.response_bytes[kind] += sent
 
@@ -173,12 +199,20 @@ class Metrics:
         observe(self.fanout, FANOUT_BOUNDS, size)
 
     def upstream_done(self, project: str, status: str, duration: float) -> None:
-        key = (project, status)
-        self.upstream[key] = self.upstream.get(key, 0) + 1
-        hist = self.upstream_duration.get(project)
-        if hist is None:
-            hist = self.upstream_duration[project] = new_histogram(UPSTREAM_BOUNDS)
-        observe(hist, UPSTREAM_BOUNDS, duration)
+        calls: ProjectCalls | None = self.upstream.get(project)
+        if calls is None:
+            calls = self.upstream[project] = ProjectCalls()
+        counts = calls.counts
+        counts[status] = counts.get(status, 0) + 1
+        observe(calls.duration, UPSTREAM_BOUNDS, duration)
+
+    def upstream_counts(self) -> dict[tuple[str, str], int]:
+        """Requests to Harbor by (project, status label)."""
+        return {
+            (project, status): count
+            for project, calls in self.upstream.items()
+            for status, count in calls.counts.items()
+        }
 
     def upstream_answered(self, project: str, status: int, duration: float) -> None:
         """:meth:`upstream_done` of a request Harbor answered with ``status``."""
@@ -215,7 +249,7 @@ class Metrics:
 
         lookups = _counter("cache_lookups", "Mapping lookups by result", ["result"])
         for result, count in self.lookups.items():
-            lookups.add_metric([result], count)
+            lookups.add_metric([result], count + self.fast_hits if result == HIT else count)
         out.append(lookups)
         out.append(
             _single(
@@ -281,7 +315,7 @@ class Metrics:
             "Requests to Harbor by project and status (timeout/error: no response)",
             ["project", "status"],
         )
-        for (project, status), count in sorted(self.upstream.items()):
+        for (project, status), count in sorted(self.upstream_counts().items()):
             upstream.add_metric([project, status], count)
         out.append(upstream)
         durations = _histogram(
@@ -289,8 +323,8 @@ class Metrics:
             "Requests to one project, until its response ended (hit path) or was read (fan-out)",
             ["project"],
         )
-        for project, hist in sorted(self.upstream_duration.items()):
-            _add_histogram(durations, [project], hist, UPSTREAM_BOUNDS)
+        for project, calls in sorted(self.upstream.items()):
+            _add_histogram(durations, [project], calls.duration, UPSTREAM_BOUNDS)
         out.append(durations)
         errors = _counter(
             "upstream_connection_errors", "Failed connections to Harbor by reason", ["reason"]
@@ -362,8 +396,8 @@ class Metrics:
             ["method", "req_type", "status_class"],
         )
         merged: dict[tuple[str, str, str], Histogram] = {}
-        for (method, kind, cls), hist in self.requests.items():
-            key = (method if method in _METHODS else "OTHER", KIND_TYPES[kind], f"{cls}xx")
+        for method, kind, cls, hist in self._request_histograms():
+            key = (method, KIND_TYPES[kind], f"{cls}xx")
             into = merged.get(key)
             if into is None:
                 merged[key] = list(hist)
@@ -383,6 +417,16 @@ class Metrics:
             sent.add_metric([label], count)
         inflight = _single(_gauge, "inflight_requests", "Requests being answered", self.inflight)
         return [total, duration, sent, inflight, *self._connection_families()]
+
+    def _request_histograms(self) -> list[tuple[str, int, int, Histogram]]:
+        """(method label, route kind, status class, histogram) of every one counted into."""
+        return [
+            (method, kind, cls, hist)
+            for method, rows in self.requests.items()
+            for kind in KIND_TYPES
+            for cls, hist in enumerate(rows[kind])
+            if hist is not None
+        ]
 
     def _connection_families(self) -> list[Metric]:
         src = self.sources

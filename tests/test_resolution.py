@@ -564,7 +564,7 @@ def test_losers_of_a_decided_fan_out_are_not_waited_for_and_keep_their_connectio
     assert len(losers) == 8
     assert len({r.peer for r in losers}) <= 4, "the losers' connections were not kept"
     for project in ("dockerhub", "quay"):
-        assert router.app.metrics.upstream.get((project, "404"), 0) == 0
+        assert router.app.metrics.upstream_counts().get((project, "404"), 0) == 0
 
 
 def test_a_loser_still_running_at_resolver_timeout_is_given_up(
