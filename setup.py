@@ -16,6 +16,9 @@ from setuptools.command.build_ext import build_ext
 HERE = pathlib.Path(__file__).parent
 NO_EXTENSIONS = os.environ.get("HARBOR_ROUTER_NO_EXTENSIONS", "") not in ("", "0")
 REQUIRE_EXTENSIONS = os.environ.get("HARBOR_ROUTER_REQUIRE_EXTENSIONS", "") not in ("", "0")
+# every extension: -O3 inlines the scans' per-field helper, among others (-O2: 0.5k more
+# instructions per cache hit)
+OPTIMIZE = ["-O3"]
 
 
 def extensions():  # type: ignore[no-untyped-def]
@@ -34,14 +37,14 @@ def extensions():  # type: ignore[no-untyped-def]
     from setuptools import Extension
 
     exts = [
-        Extension(f"harbor_router.{pathlib.Path(src).stem}", [src], extra_compile_args=["-O3"])
+        Extension(f"harbor_router.{pathlib.Path(src).stem}", [src], extra_compile_args=OPTIMIZE)
         for src in sources
     ]
     sys.path.insert(0, str(HERE / "_speedups"))
     import dataplane
 
     plane = [
-        Extension(name, [src], extra_compile_args=["-O3"])
+        Extension(name, [src], extra_compile_args=OPTIMIZE)
         for name, src in dataplane.prepare(HERE, HERE / "build" / "dataplane")
     ]
     directives = {"embedsignature": True}

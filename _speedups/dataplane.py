@@ -52,6 +52,7 @@ MODULES: dict[str, tuple[str, ...]] = {
 FUNCTIONS: dict[str, tuple[str, ...]] = {
     "responses": ("status_line",),
     "metrics": ("upstream_status",),
+    "breaker": ("is_failure",),
     "_wire": ("valid_name", "valid_tag", "valid_digest", "end_to_end", "build_head",
               "scan_response", "head_fields", "scan_request", "observe"),
 }  # fmt: skip
@@ -64,6 +65,13 @@ _DROPPED_BASES = ("asyncio.Protocol",)
 # (Cython would read ``float`` as a C double, and a method's declared signature must be
 # the whole truth about its arguments).
 DIRECTIVES = {"annotation_typing": False}
+
+
+def _self_attribute(node: ast.AST) -> str | None:
+    """``name`` when ``node`` is ``self.<name>``."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return node.attr if node.value.id == "self" else None
+    return None
 
 
 def _attributes(cls: ast.ClassDef) -> list[str]:
@@ -97,13 +105,7 @@ def _attributes(cls: ast.ClassDef) -> list[str]:
         elif isinstance(node, ast.AnnAssign | ast.AugAssign):
             targets = [node.target]
         for target in targets:
-            for sub in ast.walk(target):
-                if (
-                    isinstance(sub, ast.Attribute)
-                    and isinstance(sub.value, ast.Name)
-                    and sub.value.id == "self"
-                ):
-                    names.append(sub.attr)
+            names += filter(None, map(_self_attribute, ast.walk(target)))
     seen: set[str] = set()
     return [n for n in names if not (n in seen or seen.add(n)) and n not in own]
 
@@ -208,12 +210,9 @@ def _attribute_classes(cls: ast.ClassDef) -> dict[str, str]:
             else:
                 continue
             for target in targets:
-                if (
-                    isinstance(target, ast.Attribute)
-                    and isinstance(target.value, ast.Name)
-                    and target.value.id == "self"
-                ):
-                    found.setdefault(target.attr, set()).add(answer)
+                attr = _self_attribute(target)
+                if attr is not None:
+                    found.setdefault(attr, set()).add(answer)
     return {
         attr: next(iter(answers))
         for attr, answers in found.items()
@@ -221,8 +220,9 @@ def _attribute_classes(cls: ast.ClassDef) -> dict[str, str]:
     }
 
 
-# the scalar types an attribute may be a C value of (``bool``, ``int``, ``float``: what mypy
-# infers from the first assignment, or the annotation, and holds every later one to)
+# the scalar types a value is declared a C one of (what mypy infers from an attribute's first
+# assignment, or its annotation, and holds every later one to); ints and floats stay objects:
+# typed, their boxing for Python callers cost more than it saved
 _SCALARS = {"bool": "bint"}
 
 
@@ -233,8 +233,8 @@ def _scalar_annotation(node: ast.expr | None) -> str | None:
 
 
 def _scalar_value(value: ast.expr, params: dict[str, str | None]) -> str | None:
-    """The scalar type of an assigned value as mypy infers it: a literal (``-`` one too), an
-    annotated parameter, or either of a chained assignment's."""
+    """The scalar type of an assigned value as mypy infers it: a literal (``-`` one too) or
+    an annotated parameter."""
     if isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.USub):
         value = value.operand
     if isinstance(value, ast.Constant):
@@ -247,8 +247,8 @@ def _scalar_value(value: ast.expr, params: dict[str, str | None]) -> str | None:
 
 def _attribute_scalars(cls: ast.ClassDef) -> dict[str, str]:
     """Attributes whose first assignment (``__init__`` first, then in the source's order)
-    makes them a ``bool``, ``int`` or ``float`` for mypy (``self.x = 0``, ``self.x = flag``
-    with ``flag: bool``, ``self.x: float = ...``): they become C values. An attribute first
+    makes them one of :data:`_SCALARS` for mypy (``self.x = False``, ``self.x = flag`` with
+    ``flag: bool``, ``self.x: bool = ...``): they become C values. An attribute first
     assigned anything else (None, a call, a tuple's item) stays an object."""
     methods = [m for m in cls.body if isinstance(m, ast.FunctionDef)]
     methods.sort(key=lambda m: m.name != "__init__")
@@ -266,12 +266,9 @@ def _attribute_scalars(cls: ast.ClassDef) -> dict[str, str]:
                 targets, kind = node.targets, _scalar_value(node.value, params)
             for target in targets:
                 for sub in ast.walk(target):
-                    if (
-                        isinstance(sub, ast.Attribute)
-                        and isinstance(sub.value, ast.Name)
-                        and sub.value.id == "self"
-                    ):
-                        first.setdefault(sub.attr, kind if sub is target else None)
+                    attr = _self_attribute(sub)
+                    if attr is not None:  # a tuple's item: not known
+                        first.setdefault(attr, kind if sub is target else None)
     return {attr: _SCALARS[kind] for attr, kind in first.items() if kind is not None}
 
 
@@ -287,11 +284,12 @@ def _c_type(annotation: ast.expr | None) -> str | None:
 
 
 def _cpdef(method: ast.stmt, bound: bool = True) -> str | None:
-    """The C-callable declaration of a plain method (its parameters typed where they are
-    annotated with a data plane class), or None for one that must stay a Python method:
-    a decorated, special, async or generator method, one with ``*args``, ``**kwargs`` or
-    keyword-only parameters, or one that makes a closure (Cython compiles none of these as
-    a C method). ``bound``: a method (its first parameter is ``self``), else a function."""
+    """The C-callable declaration of a plain method (its parameters and result typed where
+    they are annotated with a data plane class or ``bool``), or None for one that must stay a
+    Python method: a decorated, special, async or generator method, one with ``*args``,
+    ``**kwargs`` or keyword-only parameters, or one that makes a closure (Cython compiles
+    none of these as a C method). ``bound``: a method (its first parameter is ``self``),
+    else a function."""
     if not isinstance(method, ast.FunctionDef) or method.decorator_list:
         return None
     args = method.args
@@ -442,10 +440,10 @@ def _pxd(
 
 
 def _strip_bases(source: str, classes: tuple[str, ...]) -> str:
-    """The copy that is compiled: the dropped bases gone, and relative imports spelt with
-    the package's name (what they mean at run time, where the module is
-    ``harbor_router.<module>``), so that a class imported here and cimported in the
-    declarations is one name."""
+    """The copy that is compiled: the dropped bases gone, the cimported functions left out of
+    its imports (:func:`_without_cimported`), and relative imports spelt with the package's
+    name (what they mean at run time, where the module is ``harbor_router.<module>``), so
+    that a class imported here and cimported in the declarations is one name."""
     for name in classes:
         for base in _DROPPED_BASES:
             source = source.replace(f"class {name}({base}):", f"class {name}:")
@@ -464,6 +462,15 @@ def data_plane_classes(sources: dict[str, str]) -> dict[str, ast.ClassDef]:
     }
 
 
+def _write(path: pathlib.Path, text: str | pathlib.Path) -> None:
+    """``text`` (or that file's) at ``path``, unless it is there already: an unchanged file
+    keeps its time, so nothing is compiled again for it."""
+    if isinstance(text, pathlib.Path):
+        text = text.read_text()
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
 def prepare(root: pathlib.Path, build: pathlib.Path) -> list[tuple[str, str]]:
     """Write the copies and their ``.pxd`` under ``build``; (extension name, source) pairs."""
     out = build / "harbor_router" / "_compiled"
@@ -472,23 +479,17 @@ def prepare(root: pathlib.Path, build: pathlib.Path) -> list[tuple[str, str]]:
     (out / "__init__.py").write_text("")
     (root / "harbor_router" / "_compiled").mkdir(exist_ok=True)  # where --inplace puts them
     for name in DECLARED_IN.values():  # cimported by their run-time name
-        text = (root / "_speedups" / f"{name}.pxd").read_text()
-        pxd = build / "harbor_router" / f"{name}.pxd"
-        if not pxd.exists() or pxd.read_text() != text:
-            pxd.write_text(text)
+        _write(build / "harbor_router" / f"{name}.pxd", (root / "_speedups" / f"{name}.pxd"))
     pairs = []
     sources = {m: (root / "harbor_router" / f"{m}.py").read_text() for m in MODULES}
     every = data_plane_classes(sources)
     for module, classes in MODULES.items():
         source = sources[module]
         target = out / f"{module}.py"
-        text = _strip_bases(source, classes)
-        if not target.exists() or target.read_text() != text:
-            target.write_text(text)
+        _write(target, _strip_bases(source, classes))
         text = _pxd(source, module, classes, every)
         # the module's own declarations, and the same under its run-time name for cimports
         for pxd in (out / f"{module}.pxd", build / "harbor_router" / f"{module}.pxd"):
-            if not pxd.exists() or pxd.read_text() != text:
-                pxd.write_text(text)
+            _write(pxd, text)
         pairs.append((f"harbor_router._compiled.{module}", str(target.relative_to(root))))
     return pairs

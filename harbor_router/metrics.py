@@ -160,7 +160,6 @@ class Metrics:
         self.fanout = new_histogram(FANOUT_BOUNDS)
         self.dedup = 0
         self.upstream: dict[str, ProjectCalls] = {}  # project → its requests to Harbor
-        self._status_labels: dict[int, str] = _UPSTREAM_LABELS
         self.connection_errors: dict[str, int] = {}
         self.blob: dict[str, Histogram] = {}
         self.discovery_duration = new_histogram(DISCOVERY_BOUNDS)
@@ -216,8 +215,7 @@ class Metrics:
 
     def upstream_answered(self, project: str, status: int, duration: float) -> None:
         """:meth:`upstream_done` of a request Harbor answered with ``status``."""
-        label = self._status_labels.get(status)
-        self.upstream_done(project, upstream_status(status) if label is None else label, duration)
+        self.upstream_done(project, upstream_status(status), duration)
 
     def connection_error(self, reason: str) -> None:
         self.connection_errors[reason] = self.connection_errors.get(reason, 0) + 1
