@@ -10,3 +10,4 @@ cpdef scan_response(bytes data, bint head_only)
 cpdef head_fields(bytes data)
 cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields)
 cpdef observe(list hist, tuple bounds, double value)
+cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1

@@ -802,3 +802,28 @@ cpdef observe(list hist, tuple bounds, double value):
         i += 1
     hist[i] = <double>hist[i] + 1.0
     hist[n + 1] = <double>hist[n + 1] + value
+
+
+# write_to: a write that the kernel takes at once goes to the socket itself (see the twin).
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
+
+
+cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1:
+    """``transport.write(data)``, by a ``send`` of its own when ``fd`` is the transport's plain
+    socket and nothing waits in its buffer; True when some of it may wait there now."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef ssize_t sent
+    if fd >= 0:
+        if queued:
+            queued = transport.get_write_buffer_size() != 0
+        if not queued and not transport.is_closing():
+            sent = send(fd, PyBytes_AS_STRING(data), <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL)
+            if sent == n:
+                return False
+            if sent > 0:  # -1 (EAGAIN, or an error): the transport buffers it, or reports it
+                data = data[sent:]
+    transport.write(data)
+    return True

@@ -19,6 +19,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         valid_digest,
         valid_name,
         valid_tag,
+        write_to,
     )
 
     IMPLEMENTATION = "py"
@@ -36,6 +37,7 @@ else:
             valid_digest,
             valid_name,
             valid_tag,
+            write_to,
         )
 
         IMPLEMENTATION = "c"
@@ -54,6 +56,7 @@ else:
             valid_digest,
             valid_name,
             valid_tag,
+            write_to,
         )
 
         IMPLEMENTATION = "py"
@@ -71,4 +74,5 @@ __all__ = (
     "valid_digest",
     "valid_name",
     "valid_tag",
+    "write_to",
 )

@@ -9,6 +9,8 @@ specification; ``_speedups/_wire_c.pyx`` does the same with typed loops.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -284,3 +286,27 @@ def observe(hist: list[float], bounds: Sequence[float], value: float) -> None:
     the sum): the first bucket whose bound is not below it."""
     hist[bisect_left(bounds, value)] += 1
     hist[-1] += value
+
+
+def write_to(transport: asyncio.WriteTransport, fd: int, queued: bool, data: bytes) -> bool:
+    """``transport.write(data)``, by a write of its own when ``fd`` is the transport's plain
+    socket (-1: none) and nothing waits in the transport's buffer; True when some of it may
+    wait there now (the next call asks the transport whether it still does).
+
+    The transport's own write costs more than the system call it makes; bytes the kernel
+    takes at once need none of it. Only an open transport's descriptor is written (a closing
+    one may have closed it, and the number may be another connection's by now); whatever the
+    kernel does not take, and any error, is the transport's to buffer and to report."""
+    if fd >= 0:
+        if queued:
+            queued = transport.get_write_buffer_size() != 0
+        if not queued and not transport.is_closing():
+            try:
+                sent = os.write(fd, data)
+            except OSError:  # EAGAIN: the transport buffers it; an error: it reports its own
+                sent = 0
+            if sent == len(data):
+                return False
+            data = data[sent:]
+    transport.write(data)
+    return True

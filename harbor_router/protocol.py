@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from . import errors, responses
-from ._wire import scan_request
+from ._wire import scan_request, write_to
 from .metrics import (
     CLIENT_CLOSED,
     HEADER_TIMEOUT,
@@ -49,6 +49,7 @@ from .metrics import (
     Metrics,
 )
 from .routes import ALLOW_HEADER, BLOB, PULL_METHODS
+from .splice import plain_fd
 
 if TYPE_CHECKING:
     from .logs import AccessLog
@@ -221,6 +222,7 @@ class HttpProtocol(asyncio.Protocol):
         "_fast",
         "_fast_path",
         "_fast_start",
+        "_fd",
         "_handler",
         "_head_bytes",
         "_head_since",
@@ -232,6 +234,7 @@ class HttpProtocol(asyncio.Protocol):
         "_paused_reading",
         "_paused_writing",
         "_queue",
+        "_queued",
         "_relay",
         "_sent",
         "_spliced",
@@ -267,6 +270,8 @@ class HttpProtocol(asyncio.Protocol):
         self._sent = 0  # bytes written for it
         self._spliced = False
         self.transport: asyncio.Transport | None = None
+        self._fd = -1  # the transport's plain socket, written directly (_wire.write_to)
+        self._queued = False  # a write may wait in the transport's buffer
         self.parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -298,6 +303,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             return
         conns.active.add(self)
+        self._fd = plain_fd(transport)
         self._head_since = monotonic()  # the first head is due HEADER_TIMEOUT from now
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
@@ -601,14 +607,14 @@ class HttpProtocol(asyncio.Protocol):
             if not self._status:
                 self._status = status
             self._sent += len(data)
-            self.transport.write(data)
+            self._queued = write_to(self.transport, self._fd, self._queued, data)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closing:
             if not self._status and data[:5] == b"HTTP/":
                 self._status = int(data[9:12])
             self._sent += len(data)
-            self.transport.write(data)
+            self._queued = write_to(self.transport, self._fd, self._queued, data)
 
     def count_spliced(self, moved: int) -> None:
         """Body bytes the kernel moved to this client (``splice.py``) for this response."""

@@ -44,15 +44,6 @@ SPLICE_MIN_BYTES = 64 * 1024
 SPLICE_STATUSES = frozenset({200, 206})
 
 
-def _client_fd(client: HttpProtocol) -> int:
-    """The client's socket descriptor when its transport is plain TCP, else -1."""
-    transport = client.transport
-    if transport is None or transport.get_extra_info("sslcontext") is not None:
-        return -1
-    sock = transport.get_extra_info("socket")
-    return -1 if sock is None else int(sock.fileno())
-
-
 def default_relay_status(status: int) -> bool:
     """Statuses passed through as Harbor sent them; the rest are translated (DESIGN §3.2)."""
     return status < 400 or status in (412, 416)
@@ -451,7 +442,7 @@ class Relay(Sink):
         minimum = self._splice_min
         if minimum is None or length < minimum or self.head_only or status not in SPLICE_STATUSES:
             return False
-        if not self.conn.plain or _client_fd(self._client) < 0:
+        if not self.conn.plain or splice.plain_fd(self._client.transport) < 0:
             return False
         self._length = length
         return True
@@ -461,7 +452,7 @@ class Relay(Sink):
         if self.finished or self.mode != SPLICE:
             return  # the whole body came with the head, or the response already failed
         client, conn = self._client, self.conn
-        client_fd, upstream_fd = _client_fd(client), conn.fileno()
+        client_fd, upstream_fd = splice.plain_fd(client.transport), conn.fileno()
         transport = client.transport
         if client.closing or transport is None or client_fd < 0 or upstream_fd < 0:
             self._fall_back(b"")

@@ -39,6 +39,14 @@ _UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EP
 COMPLETE, UNSUPPORTED, CLIENT_GONE, UPSTREAM_GONE = "complete", "unsupported", "client", "upstream"
 
 
+def plain_fd(transport: asyncio.BaseTransport | None) -> int:
+    """The descriptor of the plain TCP socket under ``transport``, else -1 (none, or TLS)."""
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return -1 if sock is None else int(sock.fileno())
+
+
 class SpliceStats:
     """Counters of one forwarder (read by tests and benchmarks)."""
 

@@ -26,7 +26,8 @@ from typing import cast
 
 import httptools
 
-from ._wire import scan_response
+from ._wire import scan_response, write_to
+from .splice import plain_fd
 
 NO_BODY_STATUSES = frozenset({204, 304})
 READ_HIGH_WATER = 256 * 1024
@@ -74,11 +75,13 @@ class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection; its own httptools callbacks feed the current sink."""
 
     __slots__ = (
+        "_fd",
         "_fresh",
         "_head_only",
         "_headers",
         "_parser",
         "_paused",
+        "_queued",
         "_reader",
         "_retired",
         "_sink",
@@ -93,6 +96,8 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self._fd = -1  # the transport's plain socket, written directly (_wire.write_to)
+        self._queued = False  # a write may wait in the transport's buffer
         self._sink: Sink | None = None  # the response in progress (None: none asked for)
         self._parser = httptools.HttpResponseParser(self)  # GET responses, reused
         # the current one (None: a HEAD response's, made when the scan does not take it)
@@ -111,6 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+        self._fd = plain_fd(transport)
 
     def data_received(self, data: bytes) -> None:
         sink = self._sink
@@ -218,7 +224,7 @@ class UpstreamConnection(asyncio.Protocol):
         if head_only:
             self._reader = None  # a fresh parser, made only if the scan does not take it
         self.received_any = False
-        self.transport.write(head)
+        self._queued = write_to(self.transport, self._fd, self._queued, head)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:

@@ -280,7 +280,7 @@ def test_the_wire_functions_it_cimports_are_declared_as_the_pyx_defines_them() -
     pxd = (ROOT / "_speedups" / "_wire_c.pxd").read_text()
     pyx = (ROOT / "_speedups" / "_wire_c.pyx").read_text()
     declared = {
-        line.split()[1].split("(")[0]: line.removeprefix("cpdef ")
+        line.split("(")[0].split()[-1]: line.removeprefix("cpdef ")
         for line in pxd.splitlines()
         if line.startswith("cpdef ")
     }

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import os
+import socket
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 
 import httptools
 import pytest
+import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twins import implementations, selected
 
-from harbor_router import _wire, _wire_py
+from harbor_router import _wire, _wire_py, splice
 
 
 @pytest.fixture(params=implementations(_wire_py, "harbor_router._wire_c"))
@@ -620,3 +625,109 @@ def test_scan_request_lines_are_the_ones_of_this_head(wire: ModuleType) -> None:
         other = PULL.replace(b"Host: registry", b"Host: " + host)
         assert wire.scan_request(other, *LIMITS)[3][0] == (b"host", host)
     assert wire.scan_request(PULL, *LIMITS)[3] == first
+
+
+# write_to: bytes the kernel takes at once go to the socket itself, the rest to the transport
+# (whose buffer then keeps the order), and a closing transport's descriptor is never written.
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+Reader = Callable[[int], None]
+
+
+class _Quiet(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+def _with_connection(loop_name: str, body: Callable[..., Awaitable[None]]) -> bytes:
+    """Runs ``body(transport, fd, protocol, read_some)`` on a loopback connection whose peer
+    reads nothing until ``body`` returns (but what ``read_some(n)`` reads at once); what the
+    peer received, to EOF."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname()[:2], timeout=10)
+        peer, _ = listener.accept()
+    received = bytearray()
+
+    def read() -> None:
+        while chunk := peer.recv(1 << 20):
+            received.extend(chunk)
+
+    def read_some(n: int) -> None:
+        while n > 0:
+            chunk = peer.recv(n)
+            received.extend(chunk)
+            n -= len(chunk)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_connection(_Quiet, sock=ours)
+        await body(transport, splice.plain_fd(transport), protocol, read_some)
+        reader = loop.run_in_executor(None, read)
+        transport.close()
+        await asyncio.wait_for(protocol.lost, 10)
+        await asyncio.wait_for(reader, 10)
+
+    with peer, asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        peer.settimeout(10)
+        ours.setblocking(False)
+        runner.run(main())
+    return bytes(received)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_write_to_sends_itself_what_the_kernel_takes_and_keeps_the_order(
+    wire: ModuleType, loop_name: str
+) -> None:
+    small, large, tail = b"a" * 100, bytes(range(256)) * 32768, b"the end"  # 8 MiB unread
+
+    async def body(
+        transport: asyncio.Transport, fd: int, protocol: _Quiet, read_some: Reader
+    ) -> None:
+        assert fd >= 0
+        assert wire.write_to(transport, fd, False, small) is False  # taken whole, by a send
+        assert transport.get_write_buffer_size() == 0
+        assert wire.write_to(transport, fd, False, large) is True  # the kernel took a part
+        waiting = transport.get_write_buffer_size()
+        assert 0 < waiting < len(large)
+        read_some(len(large) - waiting)  # the socket has room again; the buffer still waits
+        assert wire.write_to(transport, fd, True, tail) is True  # behind what waits
+        assert transport.get_write_buffer_size() == waiting + len(tail)
+
+    assert _with_connection(loop_name, body) == small + large + tail
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_write_to_asks_the_transport_whether_its_buffer_emptied(
+    wire: ModuleType, loop_name: str
+) -> None:
+    async def body(
+        transport: asyncio.Transport, fd: int, protocol: _Quiet, read_some: Reader
+    ) -> None:
+        assert wire.write_to(transport, fd, True, b"one") is False  # queued, but it is empty
+        assert wire.write_to(transport, -1, False, b"two") is True  # no socket: the transport's
+        await asyncio.sleep(0)
+        assert wire.write_to(transport, fd, True, b"three") is False
+
+    assert _with_connection(loop_name, body) == b"onetwothree"
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_write_to_never_writes_the_descriptor_of_a_closing_transport(
+    wire: ModuleType, loop_name: str
+) -> None:
+    """Closing, the transport may have closed the descriptor, and its number may be another
+    connection's by now: the write is the transport's (which drops it)."""
+
+    async def body(
+        transport: asyncio.Transport, fd: int, protocol: _Quiet, read_some: Reader
+    ) -> None:
+        assert wire.write_to(transport, fd, False, b"before") is False
+        transport.close()
+        with contextlib.suppress(RuntimeError):  # the transport's own answer
+            wire.write_to(transport, fd, False, b"after")
+        await asyncio.wait_for(protocol.lost, 10)
+
+    assert _with_connection(loop_name, body) == b"before"
