@@ -7,7 +7,6 @@ outcome of a request to a project is a success or a failure for that project's b
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from time import perf_counter
 
 from . import errors, routes
@@ -18,13 +17,13 @@ from .metrics import Metrics
 from .projects import Project
 from .protocol import HttpProtocol, Request
 from .relay import (
+    RELAY_PULL,
     SPLICE_MIN_BYTES,
     BodyWatch,
     HeadDeadlines,
     HeadTimeout,
     ReadTimeout,
     Relay,
-    default_relay_status,
 )
 from .resolver import SECTIONS
 from .splice import AVAILABLE as SPLICE_AVAILABLE
@@ -44,14 +43,6 @@ HEAD_STARTS = 4096
 LAST_LINES = 4096
 # A request head's first word, by method (a route under the prefix is for pulls only)
 _METHOD_WORDS = {method: method.encode() + b" " for method in routes.PULL_METHODS}
-
-
-def capture_all(status: int) -> bool:
-    return False
-
-
-def relay_all(status: int) -> bool:
-    return True
 
 
 def forward_headers(request: Request) -> list[tuple[str, str]]:
@@ -184,7 +175,7 @@ class Forwarder:
         head: bytes,
         head_only: bool,
         rewriter: Rewriter,
-        relay_status: Callable[[int], bool] = default_relay_status,
+        relay_status: int = RELAY_PULL,
     ) -> Started | None:
         """Send ``head`` on an idle pooled connection, without awaiting anything; None when
         no idle connection is at hand (then the caller takes :meth:`forward`'s path)."""
@@ -230,7 +221,7 @@ class Forwarder:
         head: bytes,
         head_only: bool,
         rewriter: Rewriter,
-        relay_status: Callable[[int], bool],
+        relay_status: int,
     ) -> Relay:
         # positional: a keyword argument costs the compiled constructor a dict
         relay = Relay(client, conn, rewriter, head_only, relay_status, self._max_body,
@@ -248,7 +239,7 @@ class Forwarder:
         label: str,
         rewriter: Rewriter,
         breaker: Breaker | None,
-        relay_status: Callable[[int], bool] = default_relay_status,
+        relay_status: int = RELAY_PULL,
         started: Started | None = None,
     ) -> Relay:
         """Send ``head`` upstream (or take over the request ``try_start`` sent); the relay

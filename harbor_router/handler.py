@@ -38,9 +38,7 @@ from .forwarding import (
     IDENTITY,
     Forwarder,
     Started,
-    capture_all,
     forward_headers,
-    relay_all,
     translate,
 )
 from .headers import Rewriter
@@ -50,7 +48,7 @@ from .metrics import HIT, MISS, NEGATIVE, REDIS_HIT, Metrics
 from .metrics import STALE as STALE_HIT
 from .projects import Project
 from .protocol import FastPath, HttpProtocol, Request
-from .relay import Relay, default_relay_status
+from .relay import CAPTURE_ALL, RELAY_ALL, RELAY_PULL, Relay
 from .resolver import NOT_FOUND_ERRORS, Resolver, Winner, definite_not_found
 from .routes import TAGS
 from .tiers import Tiers
@@ -127,7 +125,6 @@ class RequestHandler(FastPath):
         self._rejected_since_log = 0
         self._rejection_logged_at = -RATE_LIMIT_LOG_INTERVAL
         self._refreshing: set[str] = set()
-        self.fast_starts = 0  # requests started on the fast path (tests, benchmarks)
         self.draining = False  # shutting down: /readyz answers 503
         self._background: set[asyncio.Task[None]] = set()
 
@@ -211,6 +208,11 @@ class RequestHandler(FastPath):
             lookups[MISS] += 1
         await self._miss(request, client, route, exclude, hinted)
 
+    @property
+    def fast_starts(self) -> int:
+        """Requests started on the fast path (tests, benchmarks): the metrics' count of them."""
+        return self._metrics.fast_hits
+
     # the fast path: a fresh L1 hit answered without a task
     def fast(self, request: Request, client: HttpProtocol) -> Relay | None:
         """Start a plain cache hit synchronously: a fresh L1 mapping, a closed breaker and an
@@ -238,10 +240,10 @@ class RequestHandler(FastPath):
             return None
         name = found[0]  # the mapped project
         projects = self._discovery.projects
-        by_name = projects.by_name
-        if name not in by_name:
+        try:
+            project = projects.by_name[name]
+        except KeyError:  # not discovered now
             return None
-        project = by_name[name]
         rewriter = project.rewriter
         if route.host:
             if project not in projects.for_host(route.host):
@@ -260,7 +262,7 @@ class RequestHandler(FastPath):
             self._forwarder.request_head(request, route, project),
             head_only=request.method == "HEAD",
             rewriter=rewriter,
-            relay_status=capture_all if kind == TAGS else default_relay_status,
+            relay_status=CAPTURE_ALL if kind == TAGS else RELAY_PULL,
         )
         if started is None:
             return None
@@ -268,7 +270,6 @@ class RequestHandler(FastPath):
         request.cache = HIT
         request.project = name
         request.fast = (route, project, breaker, started, client)
-        self.fast_starts += 1
         self._metrics.fast_hits += 1
         if tiers.shared is not None:
             tiers.shared.touch(key)
@@ -390,7 +391,7 @@ class RequestHandler(FastPath):
                 label=project.name,
                 rewriter=_hint_rewriter(route, project),
                 breaker=breaker,
-                relay_status=capture_all if tags else default_relay_status,
+                relay_status=CAPTURE_ALL if tags else RELAY_PULL,
                 started=started if attempt == 0 else None,
             )
             # Harbor refused the robot: if its secret files were rotated since they were last
@@ -503,7 +504,7 @@ class RequestHandler(FastPath):
             label="harbor",
             rewriter=IDENTITY,
             breaker=None,
-            relay_status=relay_all,
+            relay_status=RELAY_ALL,
         )
 
     async def _authorize(self, request: Request, project: Project, name: str) -> None:

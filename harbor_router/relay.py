@@ -1,13 +1,13 @@
 """Relay: the sink that streams one upstream response to the client, or captures it.
 
 Theory of operation: the relay decides at the response head, inside the upstream parser callback,
-whether the status is the client's to see (``relay_status``). If so the head is rewritten and
-written with the body bytes of the same read: what one upstream read produced goes to the
-client transport in one write (``flush``), with no task switch and no buffering beyond that
-read and the transports' own; when the client's
-write buffer fills, the upstream connection stops reading until it drains. If not (a miss, an
-error the router must translate), the head and a bounded prefix of the body are captured for the
-handler, which decides what the client gets.
+whether the status is the client's to see (its ``relay_status``: a pull's, all or none). If so
+the head is rewritten and written with the body bytes of the same read: what one upstream read
+produced goes to the client in one write (``flush``), with no task switch and no buffering
+beyond that read and the transports' own; when the client's write buffer fills, the upstream
+connection stops reading until it drains. If not (a miss, an error the router must translate),
+the head and a bounded prefix of the body are captured for the handler, which decides what the
+client gets.
 
 A large body with a ``Content-Length`` between two plain TCP sockets is *spliced* instead
 (``splice.py``): at the head the upstream transport is paused, the body bytes that came with the
@@ -20,7 +20,6 @@ the response.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import responses, splice
@@ -44,9 +43,10 @@ SPLICE_MIN_BYTES = 64 * 1024
 SPLICE_STATUSES = frozenset({200, 206})
 
 
-def default_relay_status(status: int) -> bool:
-    """Statuses passed through as Harbor sent them; the rest are translated (DESIGN §3.2)."""
-    return status < 400 or status in (412, 416)
+# Which statuses a relay streams to the client (``relay_status``); the rest it captures:
+# RELAY_PULL, those a pull passes through as Harbor sent them (the rest are translated,
+# DESIGN §3.2); CAPTURE_ALL, none; RELAY_ALL, every one.
+RELAY_PULL, CAPTURE_ALL, RELAY_ALL = 0, 1, 2
 
 
 class HeadTimeout(Exception):
@@ -201,7 +201,7 @@ class Relay(Sink):
         conn: UpstreamConnection,
         rewriter: Rewriter,
         head_only: bool,
-        relay_status: Callable[[int], bool] = default_relay_status,
+        relay_status: int = RELAY_PULL,
         capture_limit: int = CAPTURE_LIMIT,
         splice_min: int | None = None,
         stats: SpliceStats | None = None,
@@ -227,7 +227,7 @@ class Relay(Sink):
         self._head_status = 0  # the status of a head waiting in _out
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
+        self.body: bytes | bytearray = b""  # what was captured (a bytearray once any came)
         self.mode = CAPTURE
         self.started = False  # the client has seen the response head
         self._deadlines: HeadDeadlines | None = None
@@ -283,13 +283,19 @@ class Relay(Sink):
         elif self.error is not None:
             raise self.error
 
+    def _relays(self, status: int) -> bool:
+        policy = self._relay_status
+        if policy == RELAY_PULL:
+            return status < 400 or status in (412, 416)
+        return policy == RELAY_ALL
+
     # Sink
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self._deadlines is not None:
             self._disarm()
         self.status = status
         client = self._client
-        if not self._relay_status(status) or client.closing:
+        if not self._relays(status) or client.closing:
             self.headers = headers
             return
         out, length = self._rewriter.end_to_end(headers)
@@ -323,7 +329,7 @@ class Relay(Sink):
         relayed one needs no rewriting (None: a Location or Link header, the rewriter's job);
         the header fields are only read out when something else needs them."""
         client = self._client
-        if block is None or not self._relay_status(status) or client.closing:
+        if block is None or not self._relays(status) or client.closing:
             self.on_head(status, head_fields(data))
             return
         if self._deadlines is not None:
@@ -348,6 +354,8 @@ class Relay(Sink):
         elif mode == CHUNKED:
             self._out.append(b"%x\r\n%b\r\n" % (len(data), data))
         elif len(self.body) < self._capture_limit:
+            if not self.body:
+                self.body = bytearray()
             self.body += data[: self._capture_limit - len(self.body)]
 
     def flush(self) -> None:
