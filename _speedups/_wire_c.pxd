@@ -1,6 +1,30 @@
 # The functions of _wire_c.pyx that the compiled data plane calls in C: _speedups/dataplane.py
 # (FUNCTIONS, DECLARED_IN) has the modules that import one of them from ``_wire`` cimport it
-# from here instead; the declarations are the .pyx's own.
+# from here instead; the declarations are the .pyx's own (and those of the types they take).
+
+cdef class RequestTable:
+    cdef readonly tuple methods
+    cdef Py_ssize_t nkinds, nclasses, nbounds
+    cdef double *bounds
+    cdef double **cells  # [method][kind][class] → a histogram, NULL until counted into
+    cdef long long *sent_bytes  # by kind
+
+cdef class ProjectCalls:
+    cdef long long *counts  # by UpstreamTable slot
+    cdef double *duration
+    cdef dict extra  # label → count, of labels with no slot
+
+cdef class UpstreamTable:
+    cdef dict projects  # project → ProjectCalls
+    cdef object last_project  # and its record: the one looked up last
+    cdef ProjectCalls last_calls
+    cdef dict slots  # status label → slot
+    cdef tuple labels  # slot → status label
+    cdef int status_slot[1000]  # status → slot
+    cdef Py_ssize_t nbounds
+    cdef double *bounds
+    cdef ProjectCalls calls(self, str project)
+
 cpdef valid_name(str name)
 cpdef valid_tag(str tag)
 cpdef valid_digest(str digest)
@@ -11,3 +35,6 @@ cpdef head_fields(bytes data)
 cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields)
 cpdef observe(list hist, tuple bounds, double value)
 cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1
+cpdef count_request(RequestTable table, str method, long kind, long status, double duration, long long sent)
+cpdef count_upstream(UpstreamTable table, str project, str label, double duration)
+cpdef count_answer(UpstreamTable table, str project, long status, double duration)

@@ -7,9 +7,12 @@ rewriting and head joining with fewer temporary objects.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_New
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
 HOP_BY_HOP = frozenset(
@@ -827,3 +830,203 @@ cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1:
                 data = data[sent:]
     transport.write(data)
     return True
+
+
+
+# -- the per-request metrics (``metrics``): histograms and counts in C arrays ------------------
+
+cdef inline Py_ssize_t _index(long i, Py_ssize_t n) except -1:
+    """``i`` as a list index into ``n`` items (-1: the last), or IndexError as a list's."""
+    if i < 0:
+        i += n
+    if i < 0 or i >= n:
+        raise IndexError("list index out of range")
+    return i
+
+
+cdef inline void _count(double *hist, const double *bounds, Py_ssize_t n, double value) noexcept:
+    """:func:`observe` into a C histogram of ``n`` bounds."""
+    cdef Py_ssize_t i = 0
+    while i < n and bounds[i] < value:
+        i += 1
+    hist[i] += 1.0
+    hist[n + 1] += value
+
+
+cdef double *_doubles(Py_ssize_t n) except NULL:
+    cdef double *out = <double *>calloc(n if n > 0 else 1, sizeof(double))
+    if out is NULL:
+        raise MemoryError()
+    return out
+
+
+cdef double *_bounds(bounds) except NULL:
+    cdef tuple values = tuple(bounds)
+    cdef double *out = _doubles(len(values))
+    for i, bound in enumerate(values):
+        out[i] = bound
+    return out
+
+
+cdef inline list _histogram(const double *hist, Py_ssize_t n):
+    return [hist[i] for i in range(n)]
+
+
+cdef class RequestTable:
+    """Request duration histograms (bucket counts, the +Inf one last, then the sum) by method,
+    route kind and status class, and the bytes sent by route kind, in C arrays: the twin's
+    lists of lists (``_wire_py.RequestTable``), a histogram allocated when first counted into."""
+
+    def __cinit__(self, methods, Py_ssize_t kinds, Py_ssize_t classes, bounds):
+        self.methods = tuple(methods)
+        if not self.methods or kinds < 1 or classes < 1:
+            raise ValueError("a request table needs a method, a kind and a class")
+        self.nkinds, self.nclasses = kinds, classes
+        self.nbounds = len(bounds)
+        self.bounds = _bounds(bounds)
+        self.cells = <double **>calloc(len(self.methods) * kinds * classes, sizeof(double *))
+        self.sent_bytes = <long long *>calloc(kinds, sizeof(long long))
+        if self.cells is NULL or self.sent_bytes is NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.cells is not NULL:
+            for i in range(len(self.methods) * self.nkinds * self.nclasses):
+                free(self.cells[i])
+        free(self.cells)
+        free(self.sent_bytes)
+        free(self.bounds)
+
+    def rows(self, str method):
+        """A method's histograms by [kind][class] (copies), None where none was counted."""
+        if method not in self.methods:
+            raise KeyError(method)
+        cdef Py_ssize_t m = self.methods.index(method), k, c
+        cdef double *hist
+        out = []
+        for k in range(self.nkinds):
+            row = []
+            for c in range(self.nclasses):
+                hist = self.cells[(m * self.nkinds + k) * self.nclasses + c]
+                row.append(None if hist is NULL else _histogram(hist, self.nbounds + 2))
+            out.append(row)
+        return out
+
+    def sent(self):
+        """Bytes sent, by kind."""
+        return [self.sent_bytes[k] for k in range(self.nkinds)]
+
+
+cpdef count_request(RequestTable table, str method, long kind, long status, double duration,
+                    long long sent):
+    """One request answered: its duration into its histogram, its bytes to its kind's."""
+    cdef Py_ssize_t m = 0, last = len(table.methods) - 1
+    while m < last and not (method == <str>PyTuple_GET_ITEM(table.methods, m)):
+        m += 1
+    cdef Py_ssize_t k = _index(kind, table.nkinds)
+    cdef Py_ssize_t at = (m * table.nkinds + k) * table.nclasses + _index(status // 100,
+                                                                          table.nclasses)
+    cdef double *hist = table.cells[at]
+    if hist is NULL:
+        hist = table.cells[at] = _doubles(table.nbounds + 2)
+    _count(hist, table.bounds, table.nbounds, duration)
+    table.sent_bytes[k] += sent
+
+
+cdef class ProjectCalls:
+    """One project's requests to Harbor: counts by status slot, other labels' in a dict, and
+    the duration histogram."""
+
+    def __cinit__(self, Py_ssize_t slots, Py_ssize_t width):
+        self.counts = <long long *>calloc(slots, sizeof(long long))
+        self.duration = _doubles(width)
+        self.extra = {}
+        if self.counts is NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.counts)
+        free(self.duration)
+
+
+cdef class UpstreamTable:
+    """Requests to Harbor by project: counts by status label (a status of ``codes`` is its
+    own, any other its class's, ``"5xx"``; a label given as one, any), and a duration
+    histogram a project; a status of three digits is counted in a C array by its slot."""
+
+    def __cinit__(self, codes, bounds):
+        labels = []
+        for code in codes:
+            if not 0 <= code < 1000:
+                raise ValueError(f"status code out of range: {code}")
+            if str(code) not in labels:
+                labels.append(str(code))
+        cdef Py_ssize_t named = len(labels), status
+        labels += [f"{c}xx" for c in range(10)]
+        self.labels = tuple(labels)
+        self.slots = {label: slot for slot, label in enumerate(labels)}
+        for status in range(1000):
+            self.status_slot[status] = self.slots.get(str(status), named + status // 100)
+        self.nbounds = len(bounds)
+        self.bounds = _bounds(bounds)
+        self.projects = {}
+        self.last_project = object()  # no caller's
+
+    def __dealloc__(self):
+        free(self.bounds)
+
+    cdef ProjectCalls calls(self, str project):
+        # the last project's record is kept: a caller passes the same string object again (a
+        # project's name), and comparing it is cheaper than a dictionary lookup
+        if project is self.last_project:
+            return self.last_calls
+        cdef ProjectCalls calls
+        cdef PyObject *found = PyDict_GetItem(self.projects, project)
+        if found is NULL:
+            calls = ProjectCalls(len(self.labels), self.nbounds + 2)
+            self.projects[project] = calls
+        else:
+            calls = <ProjectCalls>found
+        self.last_project, self.last_calls = project, calls
+        return calls
+
+    def counts(self):
+        """Requests by (project, status label)."""
+        cdef ProjectCalls calls
+        cdef Py_ssize_t slot
+        out = {}
+        for project, calls in self.projects.items():
+            for slot in range(len(self.labels)):
+                if calls.counts[slot]:
+                    out[project, self.labels[slot]] = calls.counts[slot]
+            for label, count in calls.extra.items():
+                out[project, label] = count
+        return out
+
+    def durations(self):
+        """Each project's duration histogram (a copy)."""
+        cdef ProjectCalls calls
+        return {project: _histogram(calls.duration, self.nbounds + 2)
+                for project, calls in self.projects.items()}
+
+
+cpdef count_upstream(UpstreamTable table, str project, str label, double duration):
+    """A request to ``project`` that ended as ``label`` (a status's, ``timeout``, ``error``)."""
+    cdef ProjectCalls calls = table.calls(project)
+    cdef PyObject *slot = PyDict_GetItem(table.slots, label)
+    if slot is NULL:
+        calls.extra[label] = calls.extra.get(label, 0) + 1
+    else:
+        calls.counts[<Py_ssize_t><object>slot] += 1
+    _count(calls.duration, table.bounds, table.nbounds, duration)
+
+
+cpdef count_answer(UpstreamTable table, str project, long status, double duration):
+    """:func:`count_upstream` of a request Harbor answered with ``status``."""
+    if not 0 <= status < 1000:
+        count_upstream(table, project, f"{status // 100}xx", duration)
+        return
+    cdef ProjectCalls calls = table.calls(project)
+    calls.counts[table.status_slot[status]] += 1
+    _count(calls.duration, table.bounds, table.nbounds, duration)

@@ -40,7 +40,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "mapping": ("MappingCache",),
     "tiers": ("Tiers",),
     "breaker": ("Breaker", "Breakers"),
-    "metrics": ("Metrics", "ProjectCalls"),
+    "metrics": ("Metrics",),
     "responses": (),
     "replies": (),
     "auth": ("Credentials", "Decisions"),
@@ -51,10 +51,10 @@ MODULES: dict[str, tuple[str, ...]] = {
 # (the name is then no attribute of the importing module)
 FUNCTIONS: dict[str, tuple[str, ...]] = {
     "responses": ("status_line",),
-    "metrics": ("upstream_status",),
     "breaker": ("is_failure",),
     "_wire": ("valid_name", "valid_tag", "valid_digest", "end_to_end", "build_head",
-              "scan_response", "head_fields", "scan_request", "observe", "write_to"),
+              "scan_response", "head_fields", "scan_request", "observe", "write_to",
+              "count_request", "count_upstream", "count_answer"),
 }  # fmt: skip
 # a module of FUNCTIONS whose functions are declared elsewhere: ``_wire``'s compiled twin,
 # whose hand-written declarations (``_speedups/_wire_c.pxd``, the .pyx's own) the compiled

@@ -9,8 +9,13 @@ IMPLEMENTATION: str
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._wire_py import (
         HOP_BY_HOP,
+        RequestTable,
+        UpstreamTable,
         build_head,
         connection_tokens,
+        count_answer,
+        count_request,
+        count_upstream,
         end_to_end,
         head_fields,
         observe,
@@ -27,8 +32,13 @@ else:
     try:
         from ._wire_c import (
             HOP_BY_HOP,
+            RequestTable,
+            UpstreamTable,
             build_head,
             connection_tokens,
+            count_answer,
+            count_request,
+            count_upstream,
             end_to_end,
             head_fields,
             observe,
@@ -46,8 +56,13 @@ else:
             raise
         from ._wire_py import (
             HOP_BY_HOP,
+            RequestTable,
+            UpstreamTable,
             build_head,
             connection_tokens,
+            count_answer,
+            count_request,
+            count_upstream,
             end_to_end,
             head_fields,
             observe,
@@ -64,8 +79,13 @@ else:
 __all__ = (
     "HOP_BY_HOP",
     "IMPLEMENTATION",
+    "RequestTable",
+    "UpstreamTable",
     "build_head",
     "connection_tokens",
+    "count_answer",
+    "count_request",
+    "count_upstream",
     "end_to_end",
     "head_fields",
     "observe",

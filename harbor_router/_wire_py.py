@@ -310,3 +310,90 @@ def write_to(transport: asyncio.WriteTransport, fd: int, queued: bool, data: byt
             data = data[sent:]
     transport.write(data)
     return True
+
+
+class RequestTable:
+    """Request duration histograms (bucket counts, the +Inf one last, then the sum) by method,
+    route kind and status class, and the bytes sent by route kind: the per-request numbers of
+    ``metrics``. ``methods``: the method labels, the last one also that of any other method;
+    a kind or class is a row or slot index (-1: the last), a class ``status // 100``."""
+
+    def __init__(
+        self, methods: Sequence[str], kinds: int, classes: int, bounds: Sequence[float]
+    ) -> None:
+        self.methods = tuple(methods)
+        if not self.methods or kinds < 1 or classes < 1:
+            raise ValueError("a request table needs a method, a kind and a class")
+        self._bounds = tuple(bounds)
+        self._rows: dict[str, list[list[list[float] | None]]] = {
+            method: [[None] * classes for _ in range(kinds)] for method in self.methods
+        }
+        self._sent = [0] * kinds
+
+    def rows(self, method: str) -> list[list[list[float] | None]]:
+        """A method's histograms by [kind][class] (copies), None where none was counted."""
+        return [[None if h is None else list(h) for h in row] for row in self._rows[method]]
+
+    def sent(self) -> list[int]:
+        """Bytes sent, by kind."""
+        return list(self._sent)
+
+
+def count_request(
+    table: RequestTable, method: str, kind: int, status: int, duration: float, sent: int
+) -> None:
+    """One request answered: its duration into its histogram, its bytes to its kind's."""
+    rows = table._rows.get(method)
+    if rows is None:
+        rows = table._rows[table.methods[-1]]
+    row = rows[kind]
+    cls = status // 100
+    hist = row[cls]
+    if hist is None:
+        hist = row[cls] = [0.0] * (len(table._bounds) + 2)
+    observe(hist, table._bounds, duration)
+    table._sent[kind] += sent
+
+
+class UpstreamTable:
+    """Requests to Harbor by project: counts by status label (a status of ``codes`` is its
+    own, any other its class's, ``"5xx"``; a label given as one, any), and a duration
+    histogram a project, as :class:`RequestTable`'s."""
+
+    def __init__(self, codes: Iterable[int], bounds: Sequence[float]) -> None:
+        self._labels = {code: str(code) for code in codes}
+        for code in self._labels:
+            if not 0 <= code < 1000:
+                raise ValueError(f"status code out of range: {code}")
+        self._bounds = tuple(bounds)
+        self._projects: dict[str, tuple[dict[str, int], list[float]]] = {}
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Requests by (project, status label)."""
+        return {
+            (project, label): count
+            for project, (counts, _) in self._projects.items()
+            for label, count in counts.items()
+        }
+
+    def durations(self) -> dict[str, list[float]]:
+        """Each project's duration histogram (a copy)."""
+        return {project: list(hist) for project, (_, hist) in self._projects.items()}
+
+
+def count_upstream(table: UpstreamTable, project: str, label: str, duration: float) -> None:
+    """A request to ``project`` that ended as ``label`` (a status's, ``timeout``, ``error``)."""
+    calls = table._projects.get(project)
+    if calls is None:
+        calls = table._projects[project] = ({}, [0.0] * (len(table._bounds) + 2))
+    counts = calls[0]
+    counts[label] = counts.get(label, 0) + 1
+    observe(calls[1], table._bounds, duration)
+
+
+def count_answer(table: UpstreamTable, project: str, status: int, duration: float) -> None:
+    """:func:`count_upstream` of a request Harbor answered with ``status``."""
+    label = table._labels.get(status)
+    if label is None:
+        label = f"{status // 100}xx"
+    count_upstream(table, project, label, duration)

@@ -51,6 +51,7 @@ class Breaker:
     __slots__ = (
         "_clock",
         "_on_transition",
+        "_steady",
         "_threshold",
         "_timeout",
         "failures",
@@ -76,6 +77,9 @@ class Breaker:
         self.state: str = CLOSED
         self.failures = 0
         self.opened_at = 0.0
+        # closed with no failure counted, so that a success changes nothing: the answered hit
+        # path tests one C value (compiled) instead of calling success()
+        self._steady = True
 
     def allow(self) -> bool:
         """May a request go to this project now? In half-open, only the one probe may."""
@@ -97,7 +101,7 @@ class Breaker:
         """The project answered with ``status``: a failure (:func:`is_failure`) or a success."""
         if is_failure(status):  # compiled: a C call (dataplane FUNCTIONS)
             self.failure()
-        else:
+        elif not self._steady:
             self.success()
 
     def success(self) -> None:
@@ -108,6 +112,7 @@ class Breaker:
     def failure(self) -> None:
         if self.state is CLOSED:
             self.failures += 1
+            self._steady = False
             if self.failures >= self._threshold:
                 self._move(TRIP)
         else:
@@ -125,6 +130,7 @@ class Breaker:
         if new is OPEN and old is not OPEN:
             self.opened_at = self._clock()
         self.state = new
+        self._steady = new is CLOSED and not self.failures
         if new is not old and self._on_transition is not None:
             self._on_transition(self.name, old, new)
 

@@ -2,13 +2,14 @@
 
 Theory of operation: a cache hit must not pay for prometheus-client objects (a ``.labels()``
 lookup takes a lock and hashes the label values on every call). So every per-request number is
-plain Python data in :class:`Metrics`, found without building or hashing a tuple per request:
-request histograms in a table indexed by method, route kind and status class, and one
-:class:`ProjectCalls` record a project (its counts by status label and its duration histogram).
-A histogram is a list of bucket counts (plus the sum in its last slot) counted into by
-``_wire.observe`` (compiled: a typed loop over the precomputed bounds; the twin uses
-:func:`bisect.bisect_left`). Label values are derived from those tables only when ``/metrics``
-is scraped:
+plain data in :class:`Metrics`, found without building or hashing a tuple per request: the
+request histograms and bytes sent in a ``_wire.RequestTable`` indexed by method, route kind and
+status class, and the requests to Harbor in a ``_wire.UpstreamTable`` (a record a project: its
+counts by status label and its duration histogram). A histogram is bucket counts (plus the sum
+in its last slot); the tables' are C arrays in the compiled build, counted into by one C call
+per request (``_wire.count_request``, ``count_answer``), and lists in the twin, like the other
+histograms here, which ``_wire.observe`` counts into (the twin uses :func:`bisect.bisect_left`).
+Label values are derived from those tables only when ``/metrics`` is scraped:
 :meth:`Metrics.collect` turns the data, and the counters other services already keep (TTL
 caches, the Redis store, breakers, discovery), into metric families.
 
@@ -39,7 +40,14 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __commit__, __version__, routes
-from ._wire import observe
+from ._wire import (
+    RequestTable,
+    UpstreamTable,
+    count_answer,
+    count_request,
+    count_upstream,
+    observe,
+)
 
 if TYPE_CHECKING:
     from ._cache import TTLCache
@@ -89,8 +97,9 @@ KIND_TYPES: Final = {
 }
 TYPE_LABELS: Final = ("manifest", "blob", "tags", "referrers", "v2check", "health", "other")
 OTHER_KIND: Final = -1
-_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD: Final = "OTHER"  # the method label of any other
+# the request table's methods, commonest first (it compares them in turn); the last: any other
+_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", OTHER_METHOD)
 # Status classes a request table row holds: a status has three digits (0xx-9xx).
 _STATUS_CLASSES: Final = 10
 #: A request that ended without a response (the client left first), as nginx counts it.
@@ -117,41 +126,15 @@ def new_histogram(bounds: Sequence[float]) -> Histogram:
     return [0.0] * (len(bounds) + 2)
 
 
-_UPSTREAM_LABELS: Final = {code: str(code) for code in _UPSTREAM_CODES}
-
-
-def upstream_status(status: int) -> str:
-    try:  # subscripted, like responses.status_line
-        return _UPSTREAM_LABELS[status]
-    except KeyError:
-        return f"{status // 100}xx"
-
-
-def _request_rows() -> list[list[Histogram | None]]:
-    """One method's request histograms: a row a route kind (the last: unparsed, index -1),
-    a slot a status class, None until a request counts into it."""
-    return [[None] * _STATUS_CLASSES for _ in range(len(routes.KIND_NAMES) + 1)]
-
-
-class ProjectCalls:
-    """One project's requests to Harbor: counts by status label, and their durations."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.duration: list[float] = new_histogram(UPSTREAM_BOUNDS)
-
-
 class Metrics:
     """One process's numbers. Everything here is written on the event loop thread."""
 
     def __init__(self) -> None:
         self.inflight = 0
-        # method (any other: OTHER_METHOD) → [route kind][status class] → request duration
-        # histogram; its count is requests_total, so one structure serves both.
-        self.requests: dict[str, list[list[Histogram | None]]] = {
-            method: _request_rows() for method in (*sorted(_METHODS), OTHER_METHOD)
-        }
-        self.response_bytes = [0] * (len(routes.KIND_NAMES) + 1)  # index -1: unparsed
+        # method (any other: OTHER_METHOD) → [route kind (the last: unparsed, -1)][status
+        # class] → request duration histogram, whose count is requests_total; bytes by kind
+        kinds = len(routes.KIND_NAMES) + 1
+        self.requests = RequestTable(_METHODS, kinds, _STATUS_CLASSES, REQUEST_BOUNDS)
         self.rate_limited = 0
         self.lookups: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
         self.fast_hits = 0  # HIT lookups of handler.fast, kept apart from the dict (one add)
@@ -159,7 +142,7 @@ class Metrics:
         self.resolves: dict[tuple[bool, str], Histogram] = {}  # (tags?, result)
         self.fanout = new_histogram(FANOUT_BOUNDS)
         self.dedup = 0
-        self.upstream: dict[str, ProjectCalls] = {}  # project → its requests to Harbor
+        self.upstream = UpstreamTable(_UPSTREAM_CODES, UPSTREAM_BOUNDS)  # requests to Harbor
         self.connection_errors: dict[str, int] = {}
         self.blob: dict[str, Histogram] = {}
         self.discovery_duration = new_histogram(DISCOVERY_BOUNDS)
@@ -174,16 +157,7 @@ class Metrics:
     # -- the request boundary (protocol.py) -------------------------------------------------
 
     def request_done(self, method: str, kind: int, status: int, duration: float, sent: int) -> None:
-        rows = self.requests.get(method)
-        if rows is None:
-            rows = self.requests[OTHER_METHOD]
-        row = rows[kind]
-        cls = status // 100
-        hist = row[cls]
-        if hist is None:
-            hist = row[cls] = new_histogram(REQUEST_BOUNDS)
-        observe(hist, REQUEST_BOUNDS, duration)
-        self.response_bytes[kind] += sent
+        count_request(self.requests, method, kind, status, duration, sent)
 
     # -- the control plane -----------------------------------------------------------------
 
@@ -198,24 +172,16 @@ class Metrics:
         observe(self.fanout, FANOUT_BOUNDS, size)
 
     def upstream_done(self, project: str, status: str, duration: float) -> None:
-        calls: ProjectCalls | None = self.upstream.get(project)
-        if calls is None:
-            calls = self.upstream[project] = ProjectCalls()
-        counts = calls.counts
-        counts[status] = counts.get(status, 0) + 1
-        observe(calls.duration, UPSTREAM_BOUNDS, duration)
+        count_upstream(self.upstream, project, status, duration)
 
     def upstream_counts(self) -> dict[tuple[str, str], int]:
         """Requests to Harbor by (project, status label)."""
-        return {
-            (project, status): count
-            for project, calls in self.upstream.items()
-            for status, count in calls.counts.items()
-        }
+        return self.upstream.counts()
 
     def upstream_answered(self, project: str, status: int, duration: float) -> None:
-        """:meth:`upstream_done` of a request Harbor answered with ``status``."""
-        self.upstream_done(project, upstream_status(status), duration)
+        """:meth:`upstream_done` of a request Harbor answered with ``status`` (its label: the
+        code for one of a fixed set, else its class, ``"5xx"``)."""
+        count_answer(self.upstream, project, status, duration)
 
     def connection_error(self, reason: str) -> None:
         self.connection_errors[reason] = self.connection_errors.get(reason, 0) + 1
@@ -321,8 +287,8 @@ class Metrics:
             "Requests to one project, until its response ended (hit path) or was read (fan-out)",
             ["project"],
         )
-        for project, calls in sorted(self.upstream.items()):
-            _add_histogram(durations, [project], calls.duration, UPSTREAM_BOUNDS)
+        for project, hist in sorted(self.upstream.durations().items()):
+            _add_histogram(durations, [project], hist, UPSTREAM_BOUNDS)
         out.append(durations)
         errors = _counter(
             "upstream_connection_errors", "Failed connections to Harbor by reason", ["reason"]
@@ -409,8 +375,9 @@ class Metrics:
             "response_bytes", "Bytes written to clients (heads and bodies)", ["req_type"]
         )
         by_type = dict.fromkeys(TYPE_LABELS, 0)
+        by_kind = self.requests.sent()
         for kind, label in KIND_TYPES.items():
-            by_type[label] += self.response_bytes[kind]
+            by_type[label] += by_kind[kind]
         for label, count in by_type.items():
             sent.add_metric([label], count)
         inflight = _single(_gauge, "inflight_requests", "Requests being answered", self.inflight)
@@ -418,13 +385,16 @@ class Metrics:
 
     def _request_histograms(self) -> list[tuple[str, int, int, Histogram]]:
         """(method label, route kind, status class, histogram) of every one counted into."""
-        return [
-            (method, kind, cls, hist)
-            for method, rows in self.requests.items()
-            for kind in KIND_TYPES
-            for cls, hist in enumerate(rows[kind])
-            if hist is not None
-        ]
+        out: list[tuple[str, int, int, Histogram]] = []
+        for method in self.requests.methods:
+            rows = self.requests.rows(method)
+            out += [
+                (method, kind, cls, hist)
+                for kind in KIND_TYPES
+                for cls, hist in enumerate(rows[kind])
+                if hist is not None
+            ]
+        return out
 
     def _connection_families(self) -> list[Metric]:
         src = self.sources

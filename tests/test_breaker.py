@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harbor_router.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, Breakers, is_failure
 
@@ -107,3 +109,46 @@ def test_breakers_are_per_project(clock: Clock) -> None:
     breakers.get("quay").failure()
     assert breakers.states(["dockerhub", "quay"]) == {"dockerhub": CLOSED, "quay": OPEN}
     assert breakers.get("quay") is breakers.get("quay")
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("answer"), st.sampled_from([200, 304, 404, 429, 499, 500, 503])),
+        st.tuples(st.just("allow"), st.just(0)),
+        st.tuples(st.just("abandon"), st.just(0)),
+        st.tuples(st.just("tick"), st.sampled_from([1, 10, 31])),
+    ),
+    max_size=40,
+)
+
+
+@given(ops=_OPS)
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_answered_is_success_or_failure_by_status(ops: list[tuple[str, int]]) -> None:
+    """``answered`` skips a success that changes nothing (closed, no failure counted): it
+    moves exactly as ``success()``/``failure()`` by :func:`is_failure` do."""
+    clock = Clock()
+    moves: dict[str, list[tuple[str, str, str]]] = {"a": [], "b": []}
+
+    def record(name: str, old: str, new: str) -> None:
+        moves[name].append((name, old, new))
+
+    answered = Breaker(3, 30, clock, name="a", on_transition=record)
+    reference = Breaker(3, 30, clock, name="b", on_transition=record)
+    for op, arg in ops:
+        if op == "answer":
+            answered.answered(arg)
+            reference.failure() if is_failure(arg) else reference.success()
+        elif op == "allow":
+            assert answered.allow() == reference.allow()
+        elif op == "abandon":
+            answered.abandon()
+            reference.abandon()
+        else:
+            clock.now += arg
+        assert (answered.state, answered.failures, answered.opened_at) == (
+            reference.state,
+            reference.failures,
+            reference.opened_at,
+        )
+        assert [m[1:] for m in moves["a"]] == [m[1:] for m in moves["b"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from redis_topology import RedisTopology
 from router_runner import RunningRouter
 from support_tools import free_port
 
-from harbor_router import metrics
+from harbor_router import metrics, routes
 
 pytestmark = pytest.mark.integration
 
@@ -273,6 +274,23 @@ def test_merge_sums_counters_and_ranks_gauges() -> None:
     merged = parse(metrics.render(metrics.merge(states)).decode())
     assert value(merged, P + "circuit_breaker_state", project="a") == 1
     assert value(merged, P + "circuit_breaker_state", project="b") == 2
+
+
+def test_request_and_upstream_tables_expose_the_same_text() -> None:
+    m = metrics.Metrics()
+    m.request_done("GET", routes.MANIFEST, 200, 0.0002, 1000)
+    m.request_done("GET", routes.MANIFEST, 200, 0.02, 500)
+    m.request_done("BREW", -1, 499, 3.0, 0)  # any other method, an unparsed target
+    m.upstream_answered("dockerhub", 200, 0.0001)
+    m.upstream_answered("dockerhub", 503, 0.5)
+    m.upstream_answered("dockerhub", 599, 40.0)  # not a code of its own: its class
+    m.upstream_done("dockerhub", "timeout", 10.0)
+    families = m._request_families()[:3]
+    families += [f for f in m.collect() if f.name.startswith(P + "upstream_")]
+    # the text as it was when the tables were Python dictionaries and lists (the compiled ones
+    # keep C arrays: the exposition must not change)
+    expected = (pathlib.Path(__file__).parent / "metrics_tables.txt").read_text()
+    assert metrics.render(families).decode() == expected
 
 
 def _get(url: str, method: str = "GET") -> tuple[int, bytes]:

@@ -13,7 +13,7 @@ from types import ModuleType
 import httptools
 import pytest
 import uvloop
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twins import implementations, selected
 
@@ -731,3 +731,116 @@ def test_write_to_never_writes_the_descriptor_of_a_closing_transport(
         await asyncio.wait_for(protocol.lost, 10)
 
     assert _with_connection(loop_name, body) == b"before"
+
+
+# -- the metrics tables: both twins against the dictionaries and lists they replace ----------
+
+_TABLE_BOUNDS = (0.0005, 0.001, 1.0, 30.0)
+_TABLE_METHODS = ("GET", "HEAD", "PUT", "OTHER")  # the last: any other method
+_KINDS, _CLASSES = 4, 10
+# the fixture is only a module: nothing carries over between examples
+_STATELESS = [HealthCheck.function_scoped_fixture]
+_DURATIONS = st.one_of(
+    st.sampled_from([0.0, 0.0005, 0.001, 30.0, 31.0, -1.0, float("inf")]),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6),
+)
+
+
+def _new_histogram() -> list[float]:
+    return [0.0] * (len(_TABLE_BOUNDS) + 2)
+
+
+def _observed(hist: list[float], value: float) -> None:
+    hist[bisect.bisect_left(_TABLE_BOUNDS, value)] += 1
+    hist[-1] += value
+
+
+_REQUESTS = st.lists(
+    st.tuples(
+        st.sampled_from([*_TABLE_METHODS, "POST", "get", "", "BREW"]),
+        st.integers(-_KINDS - 1, _KINDS),  # out of range too: IndexError, nothing counted
+        st.integers(-1100, 1100),  # a class out of range too
+        _DURATIONS,
+        st.integers(0, 2**40),
+    ),
+    max_size=60,
+)
+
+
+@given(requests=_REQUESTS)
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=_STATELESS)
+def test_request_table_counts_as_lists_indexed_by_method_kind_and_class(
+    wire: ModuleType, requests: list[tuple[str, int, int, float, int]]
+) -> None:
+    table = wire.RequestTable(_TABLE_METHODS, _KINDS, _CLASSES, _TABLE_BOUNDS)
+    rows: dict[str, list[list[list[float] | None]]] = {
+        m: [[None] * _CLASSES for _ in range(_KINDS)] for m in _TABLE_METHODS
+    }
+    sent = [0] * _KINDS
+    for method, kind, status, duration, size in requests:
+        row = rows.get(method, rows["OTHER"])
+        try:
+            cells = row[kind]
+            hist = cells[status // 100]
+        except IndexError:
+            with pytest.raises(IndexError):
+                wire.count_request(table, method, kind, status, duration, size)
+            continue
+        if hist is None:
+            hist = cells[status // 100] = _new_histogram()
+        _observed(hist, duration)
+        sent[kind] += size
+        wire.count_request(table, method, kind, status, duration, size)
+    assert {m: table.rows(m) for m in table.methods} == rows
+    assert table.sent() == sent
+
+
+def test_request_table_refuses_what_it_cannot_index(wire: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        wire.RequestTable((), 1, 1, _TABLE_BOUNDS)
+    with pytest.raises(ValueError):
+        wire.RequestTable(("GET",), 0, 1, _TABLE_BOUNDS)
+    with pytest.raises(KeyError):
+        wire.RequestTable(("GET",), 1, 1, _TABLE_BOUNDS).rows("HEAD")
+
+
+_CODES = (200, 304, 404, 503)
+# a project given as a copy of its name too: the compiled table keeps the last project looked up
+# by identity, so an equal string that is another object must find the same record
+_UPSTREAM = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.sampled_from(["dockerhub", "quay", "ghcr"]),
+        st.booleans(),
+        st.one_of(st.sampled_from(_CODES), st.integers(-1100, 1100)),
+        st.sampled_from(["timeout", "error", "200", "5xx", "10xx", "other"]),
+        _DURATIONS,
+    ),
+    max_size=60,
+)
+
+
+@given(calls=_UPSTREAM)
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=_STATELESS)
+def test_upstream_table_counts_as_a_dict_by_project_and_label(
+    wire: ModuleType, calls: list[tuple[bool, str, bool, int, str, float]]
+) -> None:
+    table = wire.UpstreamTable(_CODES, _TABLE_BOUNDS)
+    counts: dict[tuple[str, str], int] = {}
+    durations: dict[str, list[float]] = {}
+    for answered, name, copy, status, label, duration in calls:
+        project = "".join(list(name)) if copy else name
+        if answered:
+            label = str(status) if status in _CODES else f"{status // 100}xx"
+            wire.count_answer(table, project, status, duration)
+        else:
+            wire.count_upstream(table, project, label, duration)
+        counts[name, label] = counts.get((name, label), 0) + 1
+        _observed(durations.setdefault(name, _new_histogram()), duration)
+    assert table.counts() == counts
+    assert table.durations() == durations
+
+
+def test_upstream_table_refuses_a_code_of_more_than_three_digits(wire: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        wire.UpstreamTable((200, 1000), _TABLE_BOUNDS)
