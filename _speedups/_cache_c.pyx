@@ -306,6 +306,15 @@ cdef class TTLCache:
             return None
         return <object>self._entries[s].value
 
+    def get_timed(self, key):
+        """``(value, now)``: :meth:`get`'s value and the clock reading it was judged live by,
+        or None."""
+        cdef double now = self._now()
+        cdef Py_ssize_t s = self._lookup(key, now, True)
+        if s < 0:
+            return None
+        return (<object>self._entries[s].value, now)
+
     def get_entry(self, key):
         """``(value, stored_at)`` of the live entry for ``key`` (now most recent), or None."""
         cdef double now = self._now()

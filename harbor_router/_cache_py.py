@@ -109,17 +109,23 @@ class TTLCache(Generic[V]):
         entry = self._lookup(key)
         return None if entry is None else entry[0]
 
+    def get_timed(self, key: str) -> tuple[V, float] | None:
+        """``(value, now)``: :meth:`get`'s value and the clock reading it was judged live by."""
+        now = self._clock()
+        entry = self._lookup(key, now)
+        return None if entry is None else (entry[0], now)
+
     def get_entry(self, key: str) -> tuple[V, float] | None:
         entry = self._lookup(key)
         return None if entry is None else (entry[0], entry[1])
 
-    def _lookup(self, key: str) -> tuple[V, float, float] | None:
+    def _lookup(self, key: str, now: float | None = None) -> tuple[V, float, float] | None:
         data = self._data
         entry = data.get(key)
         if entry is None:
             self._misses += 1
             return None
-        if self._clock() > entry[2]:
+        if (self._clock() if now is None else now) > entry[2]:
             del data[key]
             self._expirations += 1
             self._misses += 1

@@ -61,12 +61,11 @@ class MappingCache:
     # positive entries
     def lookup(self, name: str) -> tuple[str, int] | None:
         """``(project, FRESH or STALE)``, or None when there is no usable entry."""
-        lru = self._lru
-        entry = lru.get(name)
-        if entry is None:
+        found = self._lru.get_timed(name)
+        if found is None:
             return None
-        project, stored_at = entry
-        return project, FRESH if lru.now() - stored_at <= self._ttl else STALE
+        (project, stored_at), now = found
+        return project, FRESH if now - stored_at <= self._ttl else STALE
 
     def get(self, name: str) -> str | None:
         found = self.lookup(name)

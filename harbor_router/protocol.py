@@ -162,7 +162,6 @@ class Request:
         path: str,
         query: str,
         headers: list[tuple[bytes, bytes]],
-        *,
         http11: bool,
         keep_alive: bool,
         client_ip: str,
@@ -319,9 +318,9 @@ class HttpProtocol(asyncio.Protocol):
             if scanned is not None:
                 self._head_since = self._idle_since = 0.0
                 method, path, query, headers, http11, keep_alive = scanned
-                request = Request(method, path, query, headers, http11=http11,
-                                  keep_alive=keep_alive and not conns.draining,
-                                  client_ip=self._client_ip)  # fmt: skip
+                # positional: the compiled constructor matches keyword arguments by name
+                request = Request(method, path, query, headers, http11,
+                                  keep_alive and not conns.draining, self._client_ip)  # fmt: skip
                 self._enqueue(request)
                 return
         if self._in_headers:

@@ -55,6 +55,20 @@ def test_get_set_and_stored_at(impl: ModuleType, clock: Clock) -> None:
     assert cache.max_entries == 4 and cache.ttl == 10.0 and cache.now() == 100.0
 
 
+def test_get_timed_is_get_with_the_clock_reading_it_used(impl: ModuleType, clock: Clock) -> None:
+    cache = impl.TTLCache(2, 10, clock=clock)
+    assert cache.get_timed("a") is None
+    cache.set("a", "dockerhub")
+    cache.set("b", "ghcr")
+    clock.now = 107.5
+    assert cache.get_timed("a") == ("dockerhub", 107.5)  # and "a" is now the most recent
+    cache.set("c", "quay")  # evicts the least recently used: "b"
+    assert cache.get("b") is None and cache.get("a") == "dockerhub"
+    clock.now = 110.5
+    assert cache.get_timed("a") is None  # expired at 110
+    assert (cache.hits, cache.misses) == (2, 3)
+
+
 def test_ttl_expiry_is_inclusive_then_lazy(impl: ModuleType, clock: Clock) -> None:
     cache = impl.TTLCache(4, 10, clock=clock)
     cache.set("a", 1)

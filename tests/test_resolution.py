@@ -404,6 +404,27 @@ def test_followers_of_a_stuck_fan_out_are_bounded(
     assert harbor.count("ghcr", "/manifests/") == 1
 
 
+def test_a_mapped_project_that_sends_no_head_is_a_timely_502(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    """The hit path's head deadline (``relay.HeadDeadlines``): a request to the mapped project
+    whose head does not come is answered about RESOLVER_TIMEOUT later, naming the timeout,
+    and the next request is served as before."""
+    router = make_router(RESOLVER_TIMEOUT="500ms")
+    image = seeded.get("ghcr", "acme/tool")
+    path = manifest_path(image.repo, image.tag)
+    for _ in range(3):  # mapped, and hits
+        assert router.request("GET", path, accept(image))[0] == 200
+    harbor.set_fault("ghcr", delay=10, times=1)
+    started = time.monotonic()
+    status, _, body = router.request("GET", path, accept(image), timeout=10)
+    elapsed = time.monotonic() - started
+    assert status == 502 and b"did not answer within 0.5s" in body, body[:300]
+    assert 0.45 < elapsed < 2.0, elapsed
+    status, _, body = router.request("GET", path, accept(image))
+    assert status == 200 and body == image.manifest
+
+
 # -- 3.2 fan-out: which answer wins -----------------------------------------------------------
 
 
