@@ -9,9 +9,11 @@ IMPLEMENTATION: str
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._wire_py import (
         HOP_BY_HOP,
+        ForwardLines,
         build_head,
         connection_tokens,
         end_to_end,
+        forward_head,
         head_fields,
         observe,
         scan_request,
@@ -26,9 +28,11 @@ else:
     try:
         from ._wire_c import (
             HOP_BY_HOP,
+            ForwardLines,
             build_head,
             connection_tokens,
             end_to_end,
+            forward_head,
             head_fields,
             observe,
             scan_request,
@@ -44,9 +48,11 @@ else:
             raise
         from ._wire_py import (
             HOP_BY_HOP,
+            ForwardLines,
             build_head,
             connection_tokens,
             end_to_end,
+            forward_head,
             head_fields,
             observe,
             scan_request,
@@ -61,9 +67,11 @@ else:
 __all__ = (
     "HOP_BY_HOP",
     "IMPLEMENTATION",
+    "ForwardLines",
     "build_head",
     "connection_tokens",
     "end_to_end",
+    "forward_head",
     "head_fields",
     "observe",
     "scan_request",

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from time import perf_counter
 
 from . import errors, routes
+from ._wire import ForwardLines, forward_head
 from .auth import Credentials
 from .breaker import Breaker
 from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
@@ -38,12 +39,9 @@ Started = tuple[UpstreamConnection, Relay, float]
 _PASSTHROUGH_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"content-length"}
 IDENTITY = Rewriter("", "")
 _RETRY_SOON = ((b"Retry-After", b"1"),)
-#: Request heads' first lines kept (``Forwarder._head_start``), and last lines (per client
-#: address, ``Forwarder._last_line``); each emptied when full.
+#: Request heads' first lines kept (``Forwarder._head_start``); emptied when full.
 HEAD_STARTS = 4096
-LAST_LINES = 4096
-# A request head's first word, by method (a route under the prefix is for pulls only)
-_METHOD_WORDS = {method: method.encode() + b" " for method in routes.PULL_METHODS}
+_FORWARD_LINES = ForwardLines(FORWARD_REQUEST_LINES)
 
 
 def capture_all(status: int) -> bool:
@@ -100,10 +98,8 @@ class Forwarder:
         self._bodies = BodyWatch(read_timeout)
         # route → (project, credentials, its head's start after the method)
         self._starts: dict[routes.Route, tuple[str, bytes | None, bytes]] = {}
-        self._method_words: dict[str, bytes] = _METHOD_WORDS
         # a client header's line start, if it is forwarded
-        self._forward_lines: dict[bytes, bytes] = FORWARD_REQUEST_LINES
-        self._last_lines: dict[str, bytes] = {}
+        self._forward_lines = _FORWARD_LINES
 
     def close(self) -> None:
         self._deadlines.close()
@@ -135,32 +131,10 @@ class Forwarder:
         return start
 
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
-        parts = [self._method_words[request.method], self._head_start(route, project)]
-        forwarded: bytes | None = None
-        lines = self._forward_lines
-        for hname, value in request.headers:
-            line = lines.get(hname)
-            if line is not None:
-                parts.append(line)
-                parts.append(value)
-                parts.append(b"\r\n")
-            elif hname == b"x-forwarded-for":
-                forwarded = value if forwarded is None else forwarded + b", " + value
-        if forwarded:
-            ip = request.client_ip.encode()
-            parts += (b"X-Forwarded-For: ", forwarded + b", " + ip, b"\r\n\r\n")
-        else:
-            last = self._last_lines.get(request.client_ip)
-            parts.append(last if last is not None else self._last_line(request.client_ip))
-        return b"".join(parts)
-
-    def _last_line(self, client_ip: str) -> bytes:
-        """The X-Forwarded-For line, and the head's end, of a request that came without one."""
-        line = b"X-Forwarded-For: " + client_ip.encode() + b"\r\n\r\n"
-        if len(self._last_lines) >= LAST_LINES:
-            self._last_lines.clear()
-        self._last_lines[client_ip] = line
-        return line
+        """The head of ``request`` (a pull) to send to ``project``: the client headers of
+        FORWARD_REQUEST and X-Forwarded-For appended to, ``_wire.forward_head``."""
+        return forward_head(request.method, self._head_start(route, project), request.headers,
+                            self._forward_lines, request.client_ip)  # fmt: skip
 
     def passthrough_head(self, request: Request, route: routes.Route) -> bytes:
         """The client's request as it came (its own Authorization included), Host and
