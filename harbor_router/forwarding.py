@@ -98,6 +98,11 @@ class Forwarder:
         self._bodies = BodyWatch(read_timeout)
         # route → (project, credentials, its head's start after the method)
         self._starts: dict[routes.Route, tuple[str, bytes | None, bytes]] = {}
+        # the last start returned, and its route, project and credentials (by identity)
+        self._last_route: routes.Route | None = None
+        self._last_project: Project | None = None
+        self._last_auth: bytes | None = None
+        self._last_start = b""
         # a client header's line start, if it is forwarded
         self._forward_lines = _FORWARD_LINES
 
@@ -108,11 +113,16 @@ class Forwarder:
     def _head_start(self, route: routes.Route, project: Project) -> bytes:
         """Request line (but its method), Host and Authorization of ``route`` at ``project``,
         kept per route (routes are shared, ``routes.Router.parse``) for the project it was last
-        sent to, until the credentials change."""
+        sent to, until the credentials change; the last one returned is also kept by the
+        identity of its route, project and credentials, and returned again for the same three
+        (the table holds it for them: only this method changes the table, and it keeps the
+        start it returns)."""
         auth = self._credentials.header
+        if route is self._last_route and project is self._last_project and auth is self._last_auth:
+            return self._last_start
         known = self._starts.get(route)
         if known is not None and known[1] is auth and known[0] == project.name:
-            return known[2]
+            return self._keep_last(route, project, auth, known[2])
         name = project.upstream_name(route.upstream)
         if route.kind == routes.TAGS:
             tail = "/tags/list"
@@ -128,6 +138,13 @@ class Forwarder:
         if len(self._starts) >= HEAD_STARTS:
             self._starts.clear()
         self._starts[route] = (project.name, auth, start)
+        return self._keep_last(route, project, auth, start)
+
+    def _keep_last(
+        self, route: routes.Route, project: Project, auth: bytes | None, start: bytes
+    ) -> bytes:
+        self._last_route, self._last_project, self._last_auth = route, project, auth
+        self._last_start = start
         return start
 
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
