@@ -21,12 +21,11 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from time import monotonic
 from typing import cast
 
 import httptools
 
-from ._wire import scan_response
+from ._wire import monotonic, scan_response
 
 NO_BODY_STATUSES = frozenset({204, 304})
 READ_HIGH_WATER = 256 * 1024

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from types import ModuleType
 
 import httptools
@@ -726,3 +727,12 @@ def test_forward_head_of_a_scanned_request(wire: ModuleType) -> None:
             assert got == expected
             headers = wire.scan_request(head, *LIMITS)[3]
     assert b"Range: bytes=0-1\r\n" in expected and b"10.0.0.9, 10.1.2.3\r\n" in expected
+
+
+def test_monotonic_is_time_monotonic(wire: ModuleType) -> None:
+    """The same clock in the same seconds: read between two of time.monotonic's readings, it
+    lies between them."""
+    for _ in range(1000):
+        before = time.monotonic()
+        now = wire.monotonic()
+        assert type(now) is float and before <= now <= time.monotonic()
