@@ -25,6 +25,10 @@ cdef class UpstreamTable:
     cdef double *bounds
     cdef ProjectCalls calls(self, str project)
 
+cdef class ForwardLines:
+    cdef tuple known  # by the index of each name _KNOWN has: its line start, or None
+    cdef dict others  # the other names' line starts
+
 cpdef valid_name(str name)
 cpdef valid_tag(str tag)
 cpdef valid_digest(str digest)
@@ -33,8 +37,10 @@ cpdef build_head(bytes status_line, headers, bytes extra, long content_length, b
 cpdef scan_response(bytes data, bint head_only)
 cpdef head_fields(bytes data)
 cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields)
+cpdef forward_head(str method, bytes start, list headers, ForwardLines lines, str client_ip)
 cpdef observe(list hist, tuple bounds, double value)
 cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1
 cpdef count_request(RequestTable table, str method, long kind, long status, double duration, long long sent)
 cpdef count_upstream(UpstreamTable table, str project, str label, double duration)
 cpdef count_answer(UpstreamTable table, str project, long status, double duration)
+cpdef monotonic()

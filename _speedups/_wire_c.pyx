@@ -6,14 +6,20 @@ and digest validation as typed character loops instead of regular expressions; h
 rewriting and head joining with fewer temporary objects.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
+                            PyBytes_GET_SIZE)
 from cpython.object cimport PyObject
-from cpython.tuple cimport PyTuple_GET_ITEM
-from cpython.unicode cimport PyUnicode_DATA, PyUnicode_New
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport (PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_GET_LENGTH,
+                              PyUnicode_New)
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+import time
 
 HOP_BY_HOP = frozenset(
     {
@@ -797,6 +803,149 @@ cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssiz
             headers, http11, keep_alive)
 
 
+# forward_head: the upstream request head. A request's known names are looked up in
+# ForwardLines by their index in _KNOWN (the object scan_request handed out, or the same bytes),
+# the others in a dict (empty for the router's own table: every name it forwards is known).
+cdef dict _KNOWN_INDEX = {name: k for k, name in enumerate(_KNOWN_NAMES)}
+cdef Py_ssize_t _FORWARDED_FOR = _KNOWN_NAMES.index(b"x-forwarded-for")
+
+
+cdef class ForwardLines:
+    """The client request headers ``forward_head`` passes on: each one's line start
+    (``Name: ``) by its lowercased name (bytes both)."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.known = (None,) * len(_KNOWN_NAMES)
+        self.others = {}
+
+    def __init__(self, lines):
+        cdef list known = [None] * len(_KNOWN_NAMES)
+        cdef dict others = {}
+        for name, line in lines.items():
+            if type(name) is not bytes or type(line) is not bytes:
+                raise TypeError("header names and line starts are bytes")
+            index = _KNOWN_INDEX.get(name)
+            if index is None:
+                others[name] = line
+            else:
+                known[index] = line
+        self.known = tuple(known)
+        self.others = others
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+
+
+cdef inline const char* _utf8(str text, Py_ssize_t* n) except NULL:
+    """``text`` encoded (without a copy: an ASCII str's own bytes)."""
+    if PyUnicode_IS_COMPACT_ASCII(text):
+        n[0] = PyUnicode_GET_LENGTH(text)
+        return <const char*>PyUnicode_DATA(text)
+    return PyUnicode_AsUTF8AndSize(text, n)
+
+
+cdef inline Py_ssize_t _known_index(PyObject* name) noexcept:
+    """The index in _KNOWN of the bytes ``name`` (the object scan_request handed out, or the
+    same bytes), or -1."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(<object>name), k
+    if n > _LONGEST_KNOWN:
+        return -1
+    for k in range(_KNOWN_AT[n], _KNOWN_AT[n + 1]):
+        if PyTuple_GET_ITEM(_KNOWN_NAMES, k) == name:
+            return k
+    for k in range(_KNOWN_AT[n], _KNOWN_AT[n + 1]):
+        if memcmp(PyBytes_AS_STRING(<object>PyTuple_GET_ITEM(_KNOWN_NAMES, k)),
+                  PyBytes_AS_STRING(<object>name), n) == 0:
+            return k
+    return -1
+
+
+cdef inline PyObject* _line_start(ForwardLines lines, PyObject* name, Py_ssize_t* known):
+    """The line start (borrowed) ``lines`` has for the bytes ``name``, or NULL; ``known``: the
+    name's index in _KNOWN."""
+    cdef Py_ssize_t k = _known_index(name)
+    known[0] = k
+    if k >= 0:
+        line = PyTuple_GET_ITEM(lines.known, k)
+        return NULL if line == <PyObject*>None else line
+    if lines.others:  # exact bytes keys: the lookup runs no Python code
+        return PyDict_GetItem(lines.others, <object>name)
+    return NULL
+
+
+cdef inline int _field_pair(list headers, Py_ssize_t i, PyObject** name,
+                            PyObject** value) except -1:
+    """Borrows the name and the value of ``headers[i]``, a tuple of two bytes."""
+    cdef PyObject* item = PyList_GET_ITEM(headers, i)
+    if not PyTuple_CheckExact(<object>item) or PyTuple_GET_SIZE(<object>item) != 2:
+        raise TypeError("headers are (name, value) tuples")
+    name[0] = PyTuple_GET_ITEM(<object>item, 0)
+    value[0] = PyTuple_GET_ITEM(<object>item, 1)
+    if not PyBytes_CheckExact(<object>name[0]) or not PyBytes_CheckExact(<object>value[0]):
+        raise TypeError("header names and values are bytes")
+    return 0
+
+
+cpdef forward_head(str method, bytes start, list headers, ForwardLines lines, str client_ip):
+    """A request head to send upstream, one bytes (see the twin). Between the two passes
+    over ``headers`` no Python code runs: the second reads what the first measured."""
+    if method is None or start is None or headers is None or lines is None or client_ip is None:
+        raise TypeError("forward_head takes a method, a start, headers, lines and an address")
+    cdef Py_ssize_t method_n, ip_n, k, i, at, fields_end, forwarded = 0, count = 0, forwarded_at
+    cdef Py_ssize_t fields = PyList_GET_SIZE(headers)
+    cdef const char* method_p = _utf8(method, &method_n)
+    cdef const char* ip_p = _utf8(client_ip, &ip_n)
+    cdef Py_ssize_t size = method_n + 1 + PyBytes_GET_SIZE(start)
+    cdef PyObject* name
+    cdef PyObject* value
+    cdef PyObject* line
+    cdef bytes head
+    cdef char* out
+    for i in range(fields):
+        _field_pair(headers, i, &name, &value)
+        line = _line_start(lines, name, &k)
+        if line != NULL:
+            size += PyBytes_GET_SIZE(<object>line) + PyBytes_GET_SIZE(<object>value) + 2
+        elif k == _FORWARDED_FOR:
+            count += 1
+            forwarded += PyBytes_GET_SIZE(<object>value) + 2  # the value and ", "
+    if count == 1 and forwarded == 2:
+        forwarded = 0  # one empty value: none
+    fields_end = size
+    size += 17 + forwarded + ip_n + 4
+    head = PyBytes_FromStringAndSize(NULL, size)
+    out = PyBytes_AS_STRING(head)
+    memcpy(out, method_p, method_n)
+    out[method_n] = 32
+    at = method_n + 1
+    memcpy(out + at, PyBytes_AS_STRING(start), PyBytes_GET_SIZE(start))
+    at += PyBytes_GET_SIZE(start)
+    forwarded_at = fields_end + 17
+    for i in range(fields):
+        _field_pair(headers, i, &name, &value)
+        line = _line_start(lines, name, &k)
+        if line != NULL:
+            memcpy(out + at, PyBytes_AS_STRING(<object>line), PyBytes_GET_SIZE(<object>line))
+            at += PyBytes_GET_SIZE(<object>line)
+            memcpy(out + at, PyBytes_AS_STRING(<object>value), PyBytes_GET_SIZE(<object>value))
+            at += PyBytes_GET_SIZE(<object>value)
+            out[at] = 13
+            out[at + 1] = 10
+            at += 2
+        elif k == _FORWARDED_FOR and forwarded:
+            memcpy(out + forwarded_at, PyBytes_AS_STRING(<object>value),
+                   PyBytes_GET_SIZE(<object>value))
+            forwarded_at += PyBytes_GET_SIZE(<object>value)
+            out[forwarded_at] = 44
+            out[forwarded_at + 1] = 32
+            forwarded_at += 2
+    memcpy(out + at, b"X-Forwarded-For: ", 17)
+    memcpy(out + forwarded_at, ip_p, ip_n)
+    memcpy(out + forwarded_at + ip_n, b"\r\n\r\n", 4)
+    return head
+
+
 cpdef observe(list hist, tuple bounds, double value):
     """Counts ``value`` into a histogram (``metrics``: bucket counts, the +Inf one last, then
     the sum): the first bucket whose bound is not below it, as ``bisect_left`` finds it."""
@@ -1030,3 +1179,16 @@ cpdef count_answer(UpstreamTable table, str project, long status, double duratio
     cdef ProjectCalls calls = table.calls(project)
     calls.counts[table.status_slot[status]] += 1
     _count(calls.duration, table.bounds, table.nbounds, duration)
+
+
+cpdef monotonic():
+    """``time.monotonic()`` without the call through Python: the same clock
+    (``CLOCK_MONOTONIC``), turned into seconds the same way."""
+    cdef timespec ts
+    cdef long long ns
+    if clock_gettime(CLOCK_MONOTONIC, &ts) != 0:
+        return time.monotonic()  # which raises what the clock says
+    ns = <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+    if ns % 1000000000 == 0:
+        return <double>(ns // 1000000000)
+    return <double>ns / 1e9

@@ -9,6 +9,7 @@ IMPLEMENTATION: str
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._wire_py import (
         HOP_BY_HOP,
+        ForwardLines,
         RequestTable,
         UpstreamTable,
         build_head,
@@ -17,7 +18,9 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         count_request,
         count_upstream,
         end_to_end,
+        forward_head,
         head_fields,
+        monotonic,
         observe,
         scan_request,
         scan_response,
@@ -32,6 +35,7 @@ else:
     try:
         from ._wire_c import (
             HOP_BY_HOP,
+            ForwardLines,
             RequestTable,
             UpstreamTable,
             build_head,
@@ -40,7 +44,9 @@ else:
             count_request,
             count_upstream,
             end_to_end,
+            forward_head,
             head_fields,
+            monotonic,
             observe,
             scan_request,
             scan_response,
@@ -56,6 +62,7 @@ else:
             raise
         from ._wire_py import (
             HOP_BY_HOP,
+            ForwardLines,
             RequestTable,
             UpstreamTable,
             build_head,
@@ -64,7 +71,9 @@ else:
             count_request,
             count_upstream,
             end_to_end,
+            forward_head,
             head_fields,
+            monotonic,
             observe,
             scan_request,
             scan_response,
@@ -79,6 +88,7 @@ else:
 __all__ = (
     "HOP_BY_HOP",
     "IMPLEMENTATION",
+    "ForwardLines",
     "RequestTable",
     "UpstreamTable",
     "build_head",
@@ -87,7 +97,9 @@ __all__ = (
     "count_request",
     "count_upstream",
     "end_to_end",
+    "forward_head",
     "head_fields",
+    "monotonic",
     "observe",
     "scan_request",
     "scan_response",

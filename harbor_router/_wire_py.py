@@ -2,7 +2,8 @@
 
 Four jobs, all on every request: validating a repository name, tag or digest (DESIGN §2),
 turning Harbor's response headers into the client's (hop-by-hop dropped, ``Location``/``Link``
-into ``/v2/{project}/`` rewritten to ``/v2/{P}/``), joining a response head, and reading a
+into ``/v2/{project}/`` rewritten to ``/v2/{P}/``), joining a response head (and the upstream
+request head, ``forward_head``), and reading a
 whole small response that came in one read (``scan_response``). This module is the
 specification; ``_speedups/_wire_c.pyx`` does the same with typed loops.
 """
@@ -13,7 +14,8 @@ import asyncio
 import os
 import re
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from time import monotonic as monotonic  # the compiled twin's is the same clock, called in C
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -118,6 +120,47 @@ def build_head(
     if close:
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class ForwardLines:
+    """The client request headers :func:`forward_head` passes on: each one's line start
+    (``Name: ``) by its lowercased name (bytes both)."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self, lines: Mapping[bytes, bytes]) -> None:
+        for name, line in lines.items():
+            if type(name) is not bytes or type(line) is not bytes:
+                raise TypeError("header names and line starts are bytes")
+        self.lines = dict(lines)
+
+
+def forward_head(
+    method: str,
+    start: bytes,
+    headers: list[tuple[bytes, bytes]],
+    lines: ForwardLines,
+    client_ip: str,
+) -> bytes:
+    """A request head to send upstream, one bytes: ``method`` and a space, ``start`` (the
+    rest of the request line and the lines of the router's own), each header of ``headers``
+    that ``lines`` has a line start for (in order), then ``X-Forwarded-For``: the values of
+    the request's own (if they are not one empty value), ``client_ip`` appended; and the
+    blank line."""
+    table = lines.lines
+    parts = [method.encode(), b" ", start]
+    forwarded: bytes | None = None
+    for name, value in headers:
+        line = table.get(name)
+        if line is not None:
+            parts += (line, value, b"\r\n")
+        elif name == b"x-forwarded-for":
+            forwarded = value if forwarded is None else forwarded + b", " + value
+    parts.append(b"X-Forwarded-For: ")
+    if forwarded:
+        parts += (forwarded, b", ")
+    parts += (client_ip.encode(), b"\r\n\r\n")
     return b"".join(parts)
 
 

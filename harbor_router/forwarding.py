@@ -10,6 +10,7 @@ from __future__ import annotations
 from time import perf_counter
 
 from . import errors, routes
+from ._wire import ForwardLines, forward_head
 from .auth import Credentials
 from .breaker import Breaker
 from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
@@ -37,12 +38,9 @@ Started = tuple[UpstreamConnection, Relay, float]
 _PASSTHROUGH_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"content-length"}
 IDENTITY = Rewriter("", "")
 _RETRY_SOON = ((b"Retry-After", b"1"),)
-#: Request heads' first lines kept (``Forwarder._head_start``), and last lines (per client
-#: address, ``Forwarder._last_line``); each emptied when full.
+#: Request heads' first lines kept (``Forwarder._head_start``); emptied when full.
 HEAD_STARTS = 4096
-LAST_LINES = 4096
-# A request head's first word, by method (a route under the prefix is for pulls only)
-_METHOD_WORDS = {method: method.encode() + b" " for method in routes.PULL_METHODS}
+_FORWARD_LINES = ForwardLines(FORWARD_REQUEST_LINES)
 
 
 def forward_headers(request: Request) -> list[tuple[str, str]]:
@@ -91,10 +89,13 @@ class Forwarder:
         self._bodies = BodyWatch(read_timeout)
         # route → (project, credentials, its head's start after the method)
         self._starts: dict[routes.Route, tuple[str, bytes | None, bytes]] = {}
-        self._method_words: dict[str, bytes] = _METHOD_WORDS
+        # the last start returned, and its route, project and credentials (by identity)
+        self._last_route: routes.Route | None = None
+        self._last_project: Project | None = None
+        self._last_auth: bytes | None = None
+        self._last_start = b""
         # a client header's line start, if it is forwarded
-        self._forward_lines: dict[bytes, bytes] = FORWARD_REQUEST_LINES
-        self._last_lines: dict[str, bytes] = {}
+        self._forward_lines = _FORWARD_LINES
 
     def close(self) -> None:
         self._deadlines.close()
@@ -103,11 +104,16 @@ class Forwarder:
     def _head_start(self, route: routes.Route, project: Project) -> bytes:
         """Request line (but its method), Host and Authorization of ``route`` at ``project``,
         kept per route (routes are shared, ``routes.Router.parse``) for the project it was last
-        sent to, until the credentials change."""
+        sent to, until the credentials change; the last one returned is also kept by the
+        identity of its route, project and credentials, and returned again for the same three
+        (the table holds it for them: only this method changes the table, and it keeps the
+        start it returns)."""
         auth = self._credentials.header
+        if route is self._last_route and project is self._last_project and auth is self._last_auth:
+            return self._last_start
         known = self._starts.get(route)
         if known is not None and known[1] is auth and known[0] == project.name:
-            return known[2]
+            return self._keep_last(route, project, auth, known[2])
         name = project.upstream_name(route.upstream)
         if route.kind == routes.TAGS:
             tail = "/tags/list"
@@ -123,35 +129,20 @@ class Forwarder:
         if len(self._starts) >= HEAD_STARTS:
             self._starts.clear()
         self._starts[route] = (project.name, auth, start)
+        return self._keep_last(route, project, auth, start)
+
+    def _keep_last(
+        self, route: routes.Route, project: Project, auth: bytes | None, start: bytes
+    ) -> bytes:
+        self._last_route, self._last_project, self._last_auth = route, project, auth
+        self._last_start = start
         return start
 
     def request_head(self, request: Request, route: routes.Route, project: Project) -> bytes:
-        parts = [self._method_words[request.method], self._head_start(route, project)]
-        forwarded: bytes | None = None
-        lines = self._forward_lines
-        for hname, value in request.headers:
-            line = lines.get(hname)
-            if line is not None:
-                parts.append(line)
-                parts.append(value)
-                parts.append(b"\r\n")
-            elif hname == b"x-forwarded-for":
-                forwarded = value if forwarded is None else forwarded + b", " + value
-        if forwarded:
-            ip = request.client_ip.encode()
-            parts += (b"X-Forwarded-For: ", forwarded + b", " + ip, b"\r\n\r\n")
-        else:
-            last = self._last_lines.get(request.client_ip)
-            parts.append(last if last is not None else self._last_line(request.client_ip))
-        return b"".join(parts)
-
-    def _last_line(self, client_ip: str) -> bytes:
-        """The X-Forwarded-For line, and the head's end, of a request that came without one."""
-        line = b"X-Forwarded-For: " + client_ip.encode() + b"\r\n\r\n"
-        if len(self._last_lines) >= LAST_LINES:
-            self._last_lines.clear()
-        self._last_lines[client_ip] = line
-        return line
+        """The head of ``request`` (a pull) to send to ``project``: the client headers of
+        FORWARD_REQUEST and X-Forwarded-For appended to, ``_wire.forward_head``."""
+        return forward_head(request.method, self._head_start(route, project), request.headers,
+                            self._forward_lines, request.client_ip)  # fmt: skip
 
     def passthrough_head(self, request: Request, route: routes.Route) -> bytes:
         """The client's request as it came (its own Authorization included), Host and

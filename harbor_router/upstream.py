@@ -21,12 +21,11 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from time import monotonic
 from typing import cast
 
 import httptools
 
-from ._wire import scan_response, write_to
+from ._wire import monotonic, scan_response, write_to
 from .splice import plain_fd
 
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -316,6 +315,9 @@ class UpstreamPool:
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
+        # the idle stack: its top (the last released, None when taken) and the rest below it,
+        # in order; with one connection in turn, releasing and taking it changes no list
+        self._top: UpstreamConnection | None = None
         self._idle: list[UpstreamConnection] = []
         self._active: set[UpstreamConnection] = set()
         self._max_connections = max_connections
@@ -330,7 +332,7 @@ class UpstreamPool:
 
     @property
     def idle_count(self) -> int:
-        return len(self._idle)
+        return len(self._idle) + (self._top is not None)
 
     @property
     def active_count(self) -> int:
@@ -341,21 +343,25 @@ class UpstreamPool:
 
     def try_acquire(self) -> UpstreamConnection | None:
         """An idle keep-alive connection, or None (then :meth:`acquire` connects)."""
+        conn: UpstreamConnection | None = self._top
         idle = self._idle
-        if not idle:
+        if conn is not None:
+            self._top = None
+        elif idle:
+            conn = idle.pop()
+        else:
             return None
         now = monotonic()
-        while idle:
-            conn: UpstreamConnection = idle.pop()
-            if conn.closed:
-                continue
-            if now - conn.idle_since > self._idle_timeout:
+        while True:
+            if not conn.closed:
+                if now - conn.idle_since <= self._idle_timeout:
+                    conn.reused = True
+                    self._active.add(conn)
+                    return conn
                 conn.close()
-                continue
-            conn.reused = True
-            self._active.add(conn)
-            return conn
-        return None
+            if not idle:
+                return None
+            conn = idle.pop()
 
     async def acquire(self) -> UpstreamConnection:
         conn = self.try_acquire()
@@ -436,11 +442,25 @@ class UpstreamPool:
         self._active.discard(conn)
         if self._waiters:
             self._wake()
-        if not keep_alive or conn.closed or self._closed or len(self._idle) >= self._max_idle:
+        top = self._top
+        if (not keep_alive or conn.closed or self._closed
+                or len(self._idle) + (top is not None) >= self._max_idle):  # fmt: skip
             conn.close()
             return
         conn.idle_since = monotonic()
-        self._idle.append(conn)
+        self._push(conn)
+
+    def _push(self, conn: UpstreamConnection) -> None:
+        """``conn`` on top of the idle stack."""
+        top = self._top
+        if top is not None:
+            self._idle.append(top)
+        self._top = conn
+
+    def _stack(self) -> list[UpstreamConnection]:
+        """The idle stack, bottom to top."""
+        top = self._top
+        return self._idle if top is None else [*self._idle, top]
 
     def forget(self, conn: UpstreamConnection) -> None:
         self._active.discard(conn)
@@ -457,22 +477,24 @@ class UpstreamPool:
 
     def _sweep(self) -> None:
         deadline = monotonic() - self._idle_timeout
-        keep = []
-        for conn in self._idle:
+        stack = self._stack()
+        self._top = None
+        self._idle = []
+        for conn in stack:
             if conn.closed:
                 continue
             if conn.idle_since < deadline:
                 conn.close()
             else:
-                keep.append(conn)
-        self._idle = keep
+                self._push(conn)
         self._schedule_sweep()
 
     def close(self) -> None:
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for conn in [*self._idle, *self._active]:
+        for conn in [*self._stack(), *self._active]:
             conn.close()
+        self._top = None
         self._idle.clear()
         self._active.clear()

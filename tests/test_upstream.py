@@ -236,3 +236,83 @@ async def test_connect_failure_is_an_upstream_error() -> None:
     with pytest.raises(UpstreamError, match="cannot connect"):
         await pool.acquire()
     pool.close()
+
+
+def idle_pool(max_idle: int = 8, idle_timeout: float = 30.0) -> UpstreamPool:
+    """A pool whose idle stack is filled by hand, with connections that never connected."""
+    return UpstreamPool("127.0.0.1", 1, ssl_context=None, max_idle=max_idle,
+                        idle_timeout=idle_timeout, connect_timeout=1.0)  # fmt: skip
+
+
+def released(pool: UpstreamPool, count: int) -> list[UpstreamConnection]:
+    conns = [UpstreamConnection(pool) for _ in range(count)]
+    for conn in conns:
+        pool.release(conn, True)
+    return conns
+
+
+def test_idle_connections_are_reused_last_released_first() -> None:
+    pool = idle_pool()
+    a, b, c = released(pool, 3)
+    assert pool.idle_count == 3
+    assert pool.try_acquire() is c
+    pool.release(c, True)
+    assert [pool.try_acquire() for _ in range(4)] == [c, b, a, None]
+    assert pool.active_count == 3 and pool.idle_count == 0
+    for conn in (a, b):
+        pool.release(conn, True)
+    assert [pool.try_acquire(), pool.try_acquire()] == [b, a]
+
+
+def test_closed_and_expired_idle_connections_are_passed_over() -> None:
+    pool = idle_pool()
+    a, b, c = released(pool, 3)
+    c.close()  # the top: the one below it is taken
+    assert pool.try_acquire() is b
+    assert pool.idle_count == 1
+    pool.release(b, True)
+    b.idle_since -= 60  # the top expired (and, released earlier, the rest would have too)
+    assert pool.try_acquire() is a and b.closed
+    pool = idle_pool()
+    a, b = released(pool, 2)
+    for conn in (a, b):
+        conn.idle_since -= 60
+    assert pool.try_acquire() is None and a.closed and b.closed
+    assert pool.idle_count == 0
+
+
+def test_the_idle_cap_counts_the_top() -> None:
+    pool = idle_pool(max_idle=2)
+    a, b, c = released(pool, 3)
+    assert (a.closed, b.closed, c.closed) == (False, False, True)
+    assert pool.idle_count == 2
+    pool.release(pool.try_acquire(), False)  # type: ignore[arg-type]
+    assert b.closed and pool.idle_count == 1
+
+
+async def test_the_sweep_keeps_the_idle_stack_in_order() -> None:
+    pool = idle_pool()
+    a, b, c, d = released(pool, 4)
+    a.idle_since -= 60
+    c.close()
+    pool._sweep()
+    assert a.closed and pool.idle_count == 2
+    assert [pool.try_acquire(), pool.try_acquire(), pool.try_acquire()] == [d, b, None]
+    a, b = released(pool, 2)
+    b.idle_since -= 60  # the top alone (a clock is not this exact in a real pool)
+    pool._sweep()
+    assert b.closed and pool.idle_count == 1 and pool.try_acquire() is a
+    pool.close()
+
+
+def test_closing_the_pool_closes_every_idle_connection() -> None:
+    pool = idle_pool()
+    conns = released(pool, 3)
+    active = pool.try_acquire()
+    pool.close()
+    assert all(conn.closed for conn in conns) and active is conns[-1]
+    assert pool.idle_count == 0 and pool.try_acquire() is None
+    lone = idle_pool()
+    (only,) = released(lone, 1)
+    lone.close()
+    assert only.closed and lone.idle_count == 0

@@ -7,6 +7,7 @@ import bisect
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from types import ModuleType
 
@@ -844,3 +845,118 @@ def test_upstream_table_counts_as_a_dict_by_project_and_label(
 def test_upstream_table_refuses_a_code_of_more_than_three_digits(wire: ModuleType) -> None:
     with pytest.raises(ValueError):
         wire.UpstreamTable((200, 1000), _TABLE_BOUNDS)
+
+
+# forward_head: the upstream request head of a hit
+_LINES = {b"accept": b"Accept: ", b"range": b"Range: ", b"if-range": b"If-Range: ",
+          b"if-none-match": b"If-None-Match: ", b"user-agent": b"User-Agent: "}  # fmt: skip
+_START = b"/v2/p/library/nginx/manifests/1 HTTP/1.1\r\nHost: harbor\r\n"
+
+
+def _old_request_head(
+    method: str, start: bytes, headers: list[tuple[bytes, bytes]], lines: dict[bytes, bytes],
+    client_ip: str,
+) -> bytes:  # fmt: skip
+    """The head ``Forwarder.request_head`` joined before ``forward_head`` did: the method
+    word, the start, the lines it forwards, the client's X-Forwarded-For values (a comma list,
+    unless they are one empty one) with the client's address appended, the blank line."""
+    kept = [lines[name] + value + b"\r\n" for name, value in headers if name in lines]
+    forwarded = b", ".join(
+        value for name, value in headers if name == b"x-forwarded-for" and name not in lines
+    )
+    ip = client_ip.encode()
+    last = forwarded + b", " + ip if forwarded else ip
+    head = [method.encode(), b" ", start, *kept, b"X-Forwarded-For: ", last, b"\r\n\r\n"]
+    return b"".join(head)
+
+
+def test_forward_head(wire: ModuleType) -> None:
+    lines = wire.ForwardLines(_LINES)
+    headers = [(b"host", b"registry"), (b"accept", b"a/b"), (b"x-forwarded-for", b"10.0.0.1"),
+               (b"authorization", b"Basic x"), (b"accept", b"c/d"), (b"x-forwarded-for", b"::1"),
+               (b"cookie", b"c")]  # fmt: skip
+    assert wire.forward_head("GET", _START, headers, lines, "127.0.0.1") == (
+        b"GET " + _START + b"Accept: a/b\r\nAccept: c/d\r\n"
+        b"X-Forwarded-For: 10.0.0.1, ::1, 127.0.0.1\r\n\r\n"
+    )
+    assert wire.forward_head("HEAD", b"", [], lines, "::1") == (
+        b"HEAD X-Forwarded-For: ::1\r\n\r\n"
+    )
+    only_empty = [(b"x-forwarded-for", b""), (b"user-agent", b"u")]
+    assert wire.forward_head("GET", _START, only_empty, lines, "1.2.3.4") == (
+        b"GET " + _START + b"User-Agent: u\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"
+    )
+    # a name the scans do not know, and X-Forwarded-For itself, may have a line start too
+    own = wire.ForwardLines({b"x-a": b"X-A: ", b"x-forwarded-for": b"Via-XFF: "})
+    headers = [(b"x-a", b"1"), (b"X-A", b"2"), (b"x-forwarded-for", b"3")]
+    assert wire.forward_head("GET", b"", headers, own, "h") == (
+        b"GET X-A: 1\r\nVia-XFF: 3\r\nX-Forwarded-For: h\r\n\r\n"
+    )
+    for bad in ({"accept": b"Accept: "}, {b"accept": "Accept: "}):
+        with pytest.raises(TypeError):
+            wire.ForwardLines(bad)
+
+
+_HEAD_NAMES = st.one_of(
+    st.sampled_from([*_LINES, *_SPECIAL_NAMES, b"x-a", b"Accept", b"accepts", b"hos", b""]),
+    st.binary(max_size=20),
+).flatmap(lambda name: st.sampled_from([name, bytes(bytearray(name))]))  # a copy: not the same
+_HEAD_VALUES = st.one_of(st.sampled_from([b"", b"a", b"1.2.3.4"]), st.binary(max_size=12))
+
+
+@settings(max_examples=3000, derandomize=True, deadline=None)
+@given(
+    st.sampled_from(["GET", "HEAD", "PUT", "GÉT"]),
+    st.binary(max_size=40),
+    st.lists(st.tuples(_HEAD_NAMES, _HEAD_VALUES), max_size=8),
+    st.dictionaries(_HEAD_NAMES, st.binary(max_size=12), max_size=6),
+    st.sampled_from(["127.0.0.1", "::1", "", "2001:db8::7", "é"]),
+)
+def test_forward_head_is_the_twins_and_the_old_join(
+    method: str, start: bytes, headers: list[tuple[bytes, bytes]], lines: dict[bytes, bytes],
+    client_ip: str,
+) -> None:  # fmt: skip
+    """Over arbitrary header lists and line tables, both twins join the head the hit path
+    joined before (every forwarded line in order, X-Forwarded-For's values merged)."""
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    expected = _old_request_head(method, start, headers, lines, client_ip)
+    assert _wire_py.forward_head(method, start, headers, _wire_py.ForwardLines(lines),
+                                 client_ip) == expected  # fmt: skip
+    assert compiled.forward_head(method, start, headers, compiled.ForwardLines(lines),
+                                 client_ip) == expected  # fmt: skip
+
+
+def test_compiled_forward_head_refuses_what_is_not_bytes() -> None:
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    lines = compiled.ForwardLines(_LINES)
+    for headers in ([(b"accept", None)], [(None, b"x")], [[b"accept", b"x"]], [(b"a",)], [b"ab"]):
+        with pytest.raises(TypeError):
+            compiled.forward_head("GET", b"", headers, lines, "h")
+    with pytest.raises(TypeError):
+        compiled.forward_head("GET", b"", [], None, "h")
+    blank = compiled.ForwardLines.__new__(compiled.ForwardLines)  # never initialised: no lines
+    assert compiled.forward_head("GET", b"", [(b"accept", b"x")], blank, "h") == (
+        b"GET X-Forwarded-For: h\r\n\r\n"
+    )
+
+
+def test_forward_head_of_a_scanned_request(wire: ModuleType) -> None:
+    """The header names scan_request hands out (one object per known name) join alike."""
+    data = PULL.replace(b"\r\n\r\n", b"\r\nRange: bytes=0-1\r\nX-Forwarded-For: 10.0.0.9\r\n\r\n")
+    for head in (PULL, data):
+        headers = wire.scan_request(head, *LIMITS)[3]
+        for _ in range(2):  # the second time the scan hands out the lines it kept
+            expected = _old_request_head("GET", _START, headers, _LINES, "10.1.2.3")
+            got = wire.forward_head("GET", _START, headers, wire.ForwardLines(_LINES), "10.1.2.3")
+            assert got == expected
+            headers = wire.scan_request(head, *LIMITS)[3]
+    assert b"Range: bytes=0-1\r\n" in expected and b"10.0.0.9, 10.1.2.3\r\n" in expected
+
+
+def test_monotonic_is_time_monotonic(wire: ModuleType) -> None:
+    """The same clock in the same seconds: read between two of time.monotonic's readings, it
+    lies between them."""
+    for _ in range(1000):
+        before = time.monotonic()
+        now = wire.monotonic()
+        assert type(now) is float and before <= now <= time.monotonic()
