@@ -617,6 +617,102 @@ def test_compiled_request_scan_agrees_on_targets_of_every_length_and_byte() -> N
                     assert scanned == _wire_py.scan_request(data, *LIMITS), data
 
 
+# the compiled scans skip name, value and target bytes sixteen at a time (SSE2), the last step
+# the sixteen bytes that end at the scan's end: every length around one and two such steps,
+# every byte value at every place, and runs that end at every distance from the buffer's end
+_RUN_LENGTHS = [*range(1, 19), *range(30, 35)]
+_NAME_FILL = b"aZ0-9zA"  # the bytes skipped sixteen at a time: letters, digits and '-'
+
+
+def _agree_on_response(compiled: ModuleType, response: bytes, head_only: bool = False) -> bool:
+    scanned = compiled.scan_response(response, head_only)
+    assert scanned == _wire_py.scan_response(response, head_only), response
+    if scanned is not None:
+        assert compiled.head_fields(response) == _wire_py.head_fields(response), response
+    return scanned is not None
+
+
+def _agree_on_request(compiled: ModuleType, request: bytes) -> bool:
+    scanned = compiled.scan_request(request, *LIMITS)
+    assert scanned == _wire_py.scan_request(request, *LIMITS), request
+    return scanned is not None
+
+
+def _with_every_byte(fill: bytes, length: int) -> list[bytes]:
+    """``length`` bytes of ``fill`` (repeated), and the same with each byte value at each place."""
+    plain = (fill * (length // len(fill) + 1))[:length]
+    return [plain] + [plain[:at] + bytes([byte]) + plain[at + 1 :]
+                      for at in range(length) for byte in range(256)]  # fmt: skip
+
+
+def test_compiled_scans_agree_on_names_of_every_length_and_byte() -> None:
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    taken = 0
+    for length in _RUN_LENGTHS:
+        for name in _with_every_byte(_NAME_FILL, length):
+            line = name + b": v\r\n"
+            taken += _agree_on_response(
+                compiled, b"HTTP/1.1 200 OK\r\n" + line + b"Content-Length: 0\r\n\r\n"
+            )
+            _agree_on_request(compiled, b"GET / HTTP/1.1\r\n" + line + b"\r\n")
+    assert taken > 2000
+
+
+def test_compiled_scans_agree_on_long_values_of_every_byte() -> None:
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    taken = 0
+    for length in _RUN_LENGTHS:
+        for value in _with_every_byte(b"vA1 ~,", length):
+            line = b"A: " + value + b"\r\n"
+            taken += _agree_on_response(
+                compiled, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + line + b"\r\n"
+            )
+            _agree_on_request(compiled, b"GET / HTTP/1.1\r\n" + line + b"\r\n")
+            _agree_on_response(
+                compiled, b"HTTP/1.1 200 " + value + b"\r\nContent-Length: 0\r\n\r\n"
+            )
+    assert taken > 2000
+
+
+def test_compiled_scans_agree_where_a_head_ends_at_the_buffer_end() -> None:
+    """The last line's name and value at every distance from the end of the buffer (a head
+    with no body after it, or a few body bytes), a byte of each class last or next to last."""
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    taken = 0
+    for name_length in range(1, 20):
+        for value_length in range(1, 20):
+            for last in b"\x00\t\r\x1f -:_~\x7f\x80\xff":
+                for at in (name_length - 1, name_length - 2):
+                    name = (_NAME_FILL * 3)[:name_length]
+                    if at >= 0:
+                        name = name[:at] + bytes([last]) + name[at + 1 :]
+                    value = (b"x" * value_length)[:-1] + bytes([last])
+                    for body in (b"", b"{", b"{}\r\n"):
+                        head = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body)
+                                + name + b": " + value + b"\r\n\r\n")  # fmt: skip
+                        taken += _agree_on_response(compiled, head + body)
+                        _agree_on_response(compiled, head, True)
+                        _agree_on_response(compiled, head[:-1] + body)
+                    _agree_on_request(compiled, b"GET / HTTP/1.1\r\n" + name + b": " + value
+                                      + b"\r\n\r\n")  # fmt: skip
+    assert taken > 1000
+
+
+def test_compiled_request_scan_agrees_on_short_heads_and_long_targets() -> None:
+    """Heads shorter than sixteen bytes past the request line's start (no step of sixteen at
+    all), and targets with a byte of each class at each place of one and two steps."""
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    for length in range(0, 6):
+        for target in _with_every_byte(b"/a", length + 1):
+            for tail in (b"", b"A:b\r\n"):
+                _agree_on_request(compiled, b"GET " + target + b" HTTP/1.1\r\n" + tail + b"\r\n")
+                _agree_on_request(compiled, b"HEAD " + target + b" HTTP/1.0\r\n" + tail + b"\r\n")
+    for length in (15, 16, 17, 31, 32, 33):
+        for part in _with_every_byte(b"a/b.c", length):
+            for target in (b"/" + part, b"/x?" + part, b"/" + part + b"?q"):
+                _agree_on_request(compiled, b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+
+
 def test_scan_request_lines_are_the_ones_of_this_head(wire: ModuleType) -> None:
     """The compiled scan hands out the previous head's line again when it is the same; a
     value that differs in a byte, or in length, is this head's own."""
