@@ -7,10 +7,8 @@ outcome of a request to a project is a success or a failure for that project's b
 
 from __future__ import annotations
 
-from time import perf_counter
-
 from . import errors, routes
-from ._wire import ForwardLines, forward_head
+from ._wire import ForwardLines, forward_head, perf_counter
 from .auth import Credentials
 from .breaker import Breaker
 from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
