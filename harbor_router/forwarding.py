@@ -83,7 +83,7 @@ class Forwarder:
         self._base_path = base_path
         self._timeout = timeout
         self._max_body = max_body
-        self._deadlines = HeadDeadlines()
+        self._deadlines = HeadDeadlines(pool)
         self._bodies = BodyWatch(read_timeout)
         # route → (project, credentials, its head's start after the method)
         self._starts: dict[routes.Route, tuple[str, bytes | None, bytes]] = {}

@@ -477,6 +477,10 @@ class UpstreamPool:
             conn.in_use = False
             self._in_use -= 1
 
+    def sinks(self) -> list[Sink]:
+        """The sinks of the responses in progress on the open connections."""
+        return [conn._sink for conn in self._connections if conn._sink is not None]
+
     def forget(self, conn: UpstreamConnection) -> None:
         """``conn`` is closed."""
         self._give_back(conn)
