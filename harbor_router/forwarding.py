@@ -212,9 +212,10 @@ class Forwarder:
         rewriter: Rewriter,
         relay_status: int,
     ) -> Relay:
-        # positional: a keyword argument costs the compiled constructor a dict
-        relay = Relay(client, conn, rewriter, head_only, relay_status, self._max_body,
-                      self.splice_min_bytes, self.splice_stats, self._bodies)  # fmt: skip
+        # made and set up in two C calls (compiled) rather than through the constructor
+        relay: Relay = Relay.__new__(Relay)
+        relay.setup(client, conn, rewriter, head_only, relay_status, self._max_body,
+                    self.splice_min_bytes, self.splice_stats, self._bodies)  # fmt: skip
         conn.send(head, relay, head_only)
         relay.arm_timeout(self._deadlines, self._timeout)
         return relay

@@ -232,6 +232,24 @@ class Relay(Sink):
         stats: SpliceStats | None = None,
         bodies: BodyWatch | None = None,
     ) -> None:
+        self.setup(client, conn, rewriter, head_only, relay_status, capture_limit, splice_min,
+                   stats, bodies)  # fmt: skip
+
+    def setup(
+        self,
+        client: HttpProtocol,
+        conn: UpstreamConnection,
+        rewriter: Rewriter,
+        head_only: bool,
+        relay_status: int,
+        capture_limit: int,
+        splice_min: int | None,
+        stats: SpliceStats | None,
+        bodies: BodyWatch | None,
+    ) -> None:
+        """What ``__init__`` does; a relay made by ``Relay.__new__(Relay)`` and set up by this
+        call is the same relay (compiled, a C call instead of the constructor's argument
+        matching)."""
         self._client = client
         self._bodies = bodies  # watches a body that outlasts a read (None: never)
         self._watching = False
