@@ -85,17 +85,3 @@ async def test_closed_deadlines_let_the_relays_in_flight_be() -> None:
     while not other.finished:
         await asyncio.sleep(TICK / 2)
     assert isinstance(other.error, HeadTimeout) and relay.error is None and left.error is None
-
-
-def test_a_relay_set_up_after_new_is_the_constructed_one() -> None:
-    """The forwarder makes its relays with ``Relay.__new__`` and ``setup``: every field as
-    the constructor sets it, its lists new ones."""
-    client, conn = HttpProtocol(_handler, 8192), UpstreamConnection(pool())
-    args = (client, conn, IDENTITY, True, CAPTURE_ALL, 77, None, None, None)
-    made = Relay(*args)
-    setup = Relay.__new__(Relay)
-    setup.setup(*args)
-    for name in Relay.__slots__:
-        assert getattr(setup, name) == getattr(made, name), name
-    assert setup._out is not made._out and setup.headers is not made.headers
-    assert (setup.head_only, setup._capture_limit, setup.conn) == (True, 77, conn)
