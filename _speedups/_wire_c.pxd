@@ -44,3 +44,4 @@ cpdef count_request(RequestTable table, str method, long kind, long status, doub
 cpdef count_upstream(UpstreamTable table, str project, str label, double duration)
 cpdef count_answer(UpstreamTable table, str project, long status, double duration)
 cpdef monotonic()
+cpdef perf_counter()

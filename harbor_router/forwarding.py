@@ -7,10 +7,8 @@ outcome of a request to a project is a success or a failure for that project's b
 
 from __future__ import annotations
 
-from time import perf_counter
-
 from . import errors, routes
-from ._wire import ForwardLines, forward_head
+from ._wire import ForwardLines, forward_head, perf_counter
 from .auth import Credentials
 from .breaker import Breaker
 from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
@@ -85,7 +83,7 @@ class Forwarder:
         self._base_path = base_path
         self._timeout = timeout
         self._max_body = max_body
-        self._deadlines = HeadDeadlines()
+        self._deadlines = HeadDeadlines(pool)
         self._bodies = BodyWatch(read_timeout)
         # route → (project, credentials, its head's start after the method)
         self._starts: dict[routes.Route, tuple[str, bytes | None, bytes]] = {}
@@ -214,9 +212,10 @@ class Forwarder:
         rewriter: Rewriter,
         relay_status: int,
     ) -> Relay:
-        # positional: a keyword argument costs the compiled constructor a dict
-        relay = Relay(client, conn, rewriter, head_only, relay_status, self._max_body,
-                      self.splice_min_bytes, self.splice_stats, self._bodies)  # fmt: skip
+        # made and set up in two C calls (compiled) rather than through the constructor
+        relay: Relay = Relay.__new__(Relay)
+        relay.setup(client, conn, rewriter, head_only, relay_status, self._max_body,
+                    self.splice_min_bytes, self.splice_stats, self._bodies)  # fmt: skip
         conn.send(head, relay, head_only)
         relay.arm_timeout(self._deadlines, self._timeout)
         return relay

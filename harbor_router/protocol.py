@@ -33,13 +33,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from time import monotonic, perf_counter
+from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
 from . import errors, responses
-from ._wire import scan_request, write_to
+from ._wire import perf_counter, scan_request, write_to
 from .metrics import (
     CLIENT_CLOSED,
     HEADER_TIMEOUT,

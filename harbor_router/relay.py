@@ -27,7 +27,7 @@ from ._wire import build_head, head_fields
 from .headers import Rewriter
 from .responses import status_line
 from .splice import Splice, SpliceStats
-from .upstream import Sink, UpstreamConnection, UpstreamError
+from .upstream import Sink, UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
@@ -116,53 +116,77 @@ class BodyWatch:
 
 
 class HeadDeadlines:
-    """Response-head deadlines of every relay in flight, checked by one coarse ticker.
+    """Response-head deadlines of the relays in flight on ``pool``'s connections, checked by
+    one coarse ticker.
 
-    A timer per request costs more than the rest of a cache hit's bookkeeping; a head deadline
-    only needs to fire about on time, so relays are kept in a dict and one callback every
-    ``tick`` seconds (only while some are watched) expires the overdue ones.
+    A timer per request costs more than the rest of a cache hit's bookkeeping, and so does a
+    container the relay is put in and taken out of; a head deadline only needs to fire about on
+    time. So a relay waiting for its head holds its deadline itself (``head_due``, 0: none) and
+    is its connection's sink; the deadlines only count the waiting relays, and one callback
+    every ``tick`` seconds (only while some wait) looks through the pool's connections for the
+    overdue ones and expires them.
     """
 
-    __slots__ = ("_handle", "_now", "_tick", "_watched")
+    __slots__ = ("_due", "_handle", "_now", "_pool", "_seconds", "_tick", "waiting")
 
-    def __init__(self, tick: float = 0.1) -> None:
+    def __init__(self, pool: UpstreamPool, tick: float = 0.1) -> None:
+        self._pool = pool
         self._tick = tick
-        self._watched: dict[Relay, float] = {}
+        self.waiting = 0  # relays watched and not yet unwatched
         self._handle: asyncio.TimerHandle | None = None
         self._now = 0.0  # the loop's clock at the last tick (a deadline may be a tick late)
+        # the deadline of a head asked for now with ``_seconds`` to go (0: to be computed),
+        # the same for every relay until the next tick
+        self._due = 0.0
+        self._seconds = 0.0
 
     def watch(self, relay: Relay, seconds: float) -> None:
         if self._handle is None:
             loop = asyncio.get_running_loop()
             self._now = loop.time()
             self._handle = loop.call_later(min(self._tick, seconds), self._check)
-        self._watched[relay] = self._now + self._tick + seconds
+            self._due = 0.0
+        if not self._due or seconds is not self._seconds:  # the forwarder's: the same object
+            self._seconds = seconds
+            self._due = self._now + self._tick + seconds
+        relay.head_due = self._due
+        self.waiting += 1
 
     def unwatch(self, relay: Relay) -> None:
-        self._watched.pop(relay, None)
+        if relay.head_due:
+            relay.head_due = 0.0
+            self.waiting -= 1
 
     def __len__(self) -> int:
-        return len(self._watched)
+        return self.waiting
+
+    def _watched(self) -> list[Relay]:
+        """The relays in flight on the pool's connections that wait for their head."""
+        found: list[Relay] = []
+        for sink in self._pool.sinks():
+            if isinstance(sink, Relay) and sink.head_due:
+                found.append(sink)
+        return found
 
     def _check(self) -> None:
         self._handle = None
-        watched = self._watched
-        if not watched:
+        if self.waiting <= 0:
             return
         loop = asyncio.get_running_loop()
         now = self._now = loop.time()
-        overdue = [relay for relay, deadline in watched.items() if deadline <= now]
-        for relay in overdue:
-            del watched[relay]
-            relay.expire()
-        if watched:
+        self._due = 0.0
+        for relay in self._watched():
+            if relay.head_due <= now:
+                relay.expire()
+        if self.waiting > 0:
             self._handle = loop.call_later(self._tick, self._check)
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        self._watched.clear()
+        for relay in self._watched():
+            self.unwatch(relay)
 
 
 class Relay(Sink):
@@ -187,6 +211,7 @@ class Relay(Sink):
         "conn",
         "error",
         "finished",
+        "head_due",
         "head_only",
         "headers",
         "mode",
@@ -207,6 +232,24 @@ class Relay(Sink):
         stats: SpliceStats | None = None,
         bodies: BodyWatch | None = None,
     ) -> None:
+        self.setup(client, conn, rewriter, head_only, relay_status, capture_limit, splice_min,
+                   stats, bodies)  # fmt: skip
+
+    def setup(
+        self,
+        client: HttpProtocol,
+        conn: UpstreamConnection,
+        rewriter: Rewriter,
+        head_only: bool,
+        relay_status: int,
+        capture_limit: int,
+        splice_min: int | None,
+        stats: SpliceStats | None,
+        bodies: BodyWatch | None,
+    ) -> None:
+        """What ``__init__`` does; a relay made by ``Relay.__new__(Relay)`` and set up by this
+        call is the same relay (compiled, a C call instead of the constructor's argument
+        matching)."""
         self._client = client
         self._bodies = bodies  # watches a body that outlasts a read (None: never)
         self._watching = False
@@ -231,6 +274,7 @@ class Relay(Sink):
         self.mode = CAPTURE
         self.started = False  # the client has seen the response head
         self._deadlines: HeadDeadlines | None = None
+        self.head_due = 0.0  # when the head is due (HeadDeadlines; 0: not waited for)
         self._splice_min = splice_min  # None: never splice
         self._stats = stats
         self._splice: Splice | None = None
@@ -249,7 +293,7 @@ class Relay(Sink):
             deadlines.unwatch(self)
 
     def expire(self) -> None:
-        self._deadlines = None
+        self._disarm()
         if self.status == 0 and not self.finished:
             self._finish(HeadTimeout())
             self.conn.abandon()
@@ -258,6 +302,8 @@ class Relay(Sink):
         if self.finished:
             return
         self.finished = True
+        if self._deadlines is not None:  # ended before its head (the client left)
+            self._disarm()
         if self._watching:
             self._watching = False
             assert self._bodies is not None

@@ -86,6 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_sink",
         "closed",
         "idle_since",
+        "in_use",
         "pool",
         "received_any",
         "reused",
@@ -108,6 +109,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self.closed = False
         self.idle_since = 0.0
+        self.in_use = False  # lent out by the pool (counted in its active_count)
         self.received_any = False
         self.reused = False
 
@@ -319,7 +321,11 @@ class UpstreamPool:
         # in order; with one connection in turn, releasing and taking it changes no list
         self._top: UpstreamConnection | None = None
         self._idle: list[UpstreamConnection] = []
-        self._active: set[UpstreamConnection] = set()
+        # connections in use: each has ``in_use`` set, and they are counted (no container
+        # operation per request); every open connection is also in ``_connections``, from its
+        # connect to its close, for closing them all
+        self._in_use = 0
+        self._connections: set[UpstreamConnection] = set()
         self._max_connections = max_connections
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -336,7 +342,7 @@ class UpstreamPool:
 
     @property
     def active_count(self) -> int:
-        return len(self._active)
+        return self._in_use
 
     def start(self) -> None:
         self._schedule_sweep()
@@ -356,7 +362,8 @@ class UpstreamPool:
             if not conn.closed:
                 if now - conn.idle_since <= self._idle_timeout:
                     conn.reused = True
-                    self._active.add(conn)
+                    conn.in_use = True
+                    self._in_use += 1
                     return conn
                 conn.close()
             if not idle:
@@ -373,7 +380,7 @@ class UpstreamPool:
         if self._closed:
             raise UpstreamError("the upstream pool is closed")
         loop = asyncio.get_running_loop()
-        if len(self._active) + self._connecting >= self._max_connections:
+        if self._in_use + self._connecting >= self._max_connections:
             conn = await self._wait_for_slot(loop)
             if conn is not None:
                 return conn
@@ -386,7 +393,7 @@ class UpstreamPool:
     async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> UpstreamConnection | None:
         """Until a connection is released (then an idle one, or None: open one)."""
         deadline = loop.time() + self._connect_timeout
-        while len(self._active) + self._connecting >= self._max_connections:
+        while self._in_use + self._connecting >= self._max_connections:
             remaining = deadline - loop.time()
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
@@ -435,11 +442,13 @@ class UpstreamPool:
         except OSError as exc:
             raise UpstreamError(f"cannot connect to Harbor: {exc.strerror or exc}") from None
         conn.reused = False
-        self._active.add(conn)
+        conn.in_use = True
+        self._in_use += 1
+        self._connections.add(conn)
         return conn
 
     def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        self._active.discard(conn)
+        self._give_back(conn)
         if self._waiters:
             self._wake()
         top = self._top
@@ -462,8 +471,20 @@ class UpstreamPool:
         top = self._top
         return self._idle if top is None else [*self._idle, top]
 
+    def _give_back(self, conn: UpstreamConnection) -> None:
+        """``conn`` is no longer in use (if it was)."""
+        if conn.in_use:
+            conn.in_use = False
+            self._in_use -= 1
+
+    def sinks(self) -> list[Sink]:
+        """The sinks of the responses in progress on the open connections."""
+        return [conn._sink for conn in self._connections if conn._sink is not None]
+
     def forget(self, conn: UpstreamConnection) -> None:
-        self._active.discard(conn)
+        """``conn`` is closed."""
+        self._give_back(conn)
+        self._connections.discard(conn)
         if self._waiters:
             self._wake()
         # closed idle connections are skipped lazily by acquire() and the sweeper
@@ -493,8 +514,8 @@ class UpstreamPool:
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for conn in [*self._stack(), *self._active]:
+        for conn in [*self._stack(), *self._connections]:
             conn.close()
         self._top = None
         self._idle.clear()
-        self._active.clear()
+        self._connections.clear()

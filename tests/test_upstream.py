@@ -247,6 +247,7 @@ def idle_pool(max_idle: int = 8, idle_timeout: float = 30.0) -> UpstreamPool:
 def released(pool: UpstreamPool, count: int) -> list[UpstreamConnection]:
     conns = [UpstreamConnection(pool) for _ in range(count)]
     for conn in conns:
+        pool._connections.add(conn)  # the pool's own, as if it had opened them
         pool.release(conn, True)
     return conns
 
@@ -316,3 +317,32 @@ def test_closing_the_pool_closes_every_idle_connection() -> None:
     (only,) = released(lone, 1)
     lone.close()
     assert only.closed and lone.idle_count == 0
+
+
+def test_active_count_counts_each_connection_in_use_once() -> None:
+    """Taken: counted; released or closed: not, however often either is said of it."""
+    pool = idle_pool()
+    a, b = released(pool, 2)
+    assert pool.active_count == 0
+    assert pool.try_acquire() is b and pool.try_acquire() is a
+    assert pool.active_count == 2 and a.in_use and b.in_use
+    pool.release(b, True)
+    pool.release(b, True)  # once more: nothing more to give back
+    assert pool.active_count == 1 and not b.in_use
+    a.close()  # closed in use (forget)
+    assert pool.active_count == 0 and not a.in_use
+    pool.release(a, True)  # and then released: still not counted twice
+    assert pool.active_count == 0
+    b.close()  # an idle one closed: nothing was counted for it
+    assert pool.active_count == 0
+
+
+async def test_closing_the_pool_closes_open_connections_in_use_and_idle(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, _ = await pool_for(lambda head: ok(b"x"))
+    idle, busy, gone = await pool.connect(), await pool.connect(), await pool.connect()
+    await exchange(idle)  # back on the idle stack
+    gone.close()  # closed: no longer one of the open connections
+    assert pool.active_count == 1 and pool.idle_count == 1
+    assert pool._connections == {idle, busy}
+    pool.close()
+    assert idle.closed and busy.closed and pool.active_count == 0 and not pool._connections

@@ -1056,3 +1056,11 @@ def test_monotonic_is_time_monotonic(wire: ModuleType) -> None:
         before = time.monotonic()
         now = wire.monotonic()
         assert type(now) is float and before <= now <= time.monotonic()
+
+
+def test_perf_counter_is_time_perf_counter(wire: ModuleType) -> None:
+    """Likewise for the request durations' clock: between two of time.perf_counter's readings."""
+    for _ in range(1000):
+        before = time.perf_counter()
+        now = wire.perf_counter()
+        assert type(now) is float and before <= now <= time.perf_counter()

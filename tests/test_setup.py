@@ -1,0 +1,27 @@
+"""Objects the hit path makes by ``X.__new__(X)`` and ``setup`` (compiled, two C calls instead
+of the constructor's argument matching) are the ones their constructor makes."""
+
+from __future__ import annotations
+
+from harbor_router.forwarding import IDENTITY
+from harbor_router.protocol import HttpProtocol, Request
+from harbor_router.relay import CAPTURE_ALL, Relay
+from harbor_router.upstream import UpstreamConnection, UpstreamPool
+
+
+async def _handler(request: Request, client: HttpProtocol) -> None:
+    raise AssertionError("no request is answered here")
+
+
+def test_a_relay_set_up_after_new_is_the_constructed_one() -> None:
+    pool = UpstreamPool("127.0.0.1", 1, ssl_context=None, max_idle=1, idle_timeout=1.0,
+                        connect_timeout=1.0)  # fmt: skip
+    client, conn = HttpProtocol(_handler, 8192), UpstreamConnection(pool)
+    args = (client, conn, IDENTITY, True, CAPTURE_ALL, 77, None, None, None)
+    made = Relay(*args)
+    setup = Relay.__new__(Relay)
+    setup.setup(*args)
+    for name in Relay.__slots__:
+        assert getattr(setup, name) == getattr(made, name), name
+    assert setup._out is not made._out and setup.headers is not made.headers
+    assert (setup.head_only, setup._capture_limit, setup.conn) == (True, 77, conn)
