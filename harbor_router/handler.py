@@ -46,7 +46,7 @@ from .logs import event
 from .mapping import STALE
 from .metrics import HIT, MISS, NEGATIVE, REDIS_HIT, Metrics
 from .metrics import STALE as STALE_HIT
-from .projects import Project
+from .projects import Project, ProjectSet
 from .protocol import FastPath, HttpProtocol, Request
 from .relay import CAPTURE_ALL, RELAY_ALL, RELAY_PULL, Relay
 from .resolver import NOT_FOUND_ERRORS, Resolver, Winner, definite_not_found
@@ -61,6 +61,8 @@ _BASE_HEAD: Final = responses.simple(200, _BASE_BODY, head_only=True)
 _NEGATIVE_MESSAGE: Final = "unknown to every proxy-cache project (remembered)"
 # The method a background refresh uses per route kind: HEAD where Harbor answers it.
 _FAST_KINDS: Final = frozenset({routes.MANIFEST, routes.BLOB, routes.REFERRERS})
+# by route kind: True for the kinds the fast path takes whatever the method (a tag list: GET)
+_FAST_KIND: Final = tuple(kind in _FAST_KINDS for kind in range(len(routes.KIND_NAMES)))
 _REFRESH_METHOD: Final = {
     routes.MANIFEST: "HEAD",
     routes.REFERRERS: "GET",
@@ -112,6 +114,10 @@ class RequestHandler(FastPath):
         self._proxy_project = proxy_project
         self._tiers = tiers
         self._discovery = discovery
+        # the fast path's table of the discovered projects: name → (project, its rewriter),
+        # made again when discovery has a new project set (``_fast_projects``)
+        self._fast_set: ProjectSet | None = None
+        self._fast_by_name: dict[str, tuple[Project, Rewriter]] = {}
         self._forwarder = forwarder
         self._resolver = resolver
         self._breakers = breakers
@@ -227,7 +233,7 @@ class RequestHandler(FastPath):
         except errors.RegistryError:
             return None
         kind = route.kind
-        if kind not in _FAST_KINDS and not (kind == TAGS and request.method == "GET"):
+        if not _FAST_KIND[kind] and not (kind == TAGS and request.method == "GET"):
             return None
         if self._auth_header and request.header(b"authorization") is None:
             return None
@@ -240,11 +246,13 @@ class RequestHandler(FastPath):
             return None
         name = found[0]  # the mapped project
         projects = self._discovery.projects
+        by_name = self._fast_by_name
+        if projects is not self._fast_set:
+            by_name = self._fast_projects(projects)
         try:
-            project = projects.by_name[name]
+            project, rewriter = by_name[name]
         except KeyError:  # not discovered now
             return None
-        rewriter = project.rewriter
         if route.host:
             if project not in projects.for_host(route.host):
                 return None
@@ -274,6 +282,11 @@ class RequestHandler(FastPath):
         if tiers.shared is not None:
             tiers.shared.touch(key)
         return started[1]
+
+    def _fast_projects(self, projects: ProjectSet) -> dict[str, tuple[Project, Rewriter]]:
+        by_name = {name: (p, p.rewriter) for name, p in projects.by_name.items()}
+        self._fast_set, self._fast_by_name = projects, by_name
+        return by_name
 
     def finish_fast(self, request: Request, now: float) -> bool:
         """The fast path's relay is done: True when it was a complete answer (accounted)."""

@@ -22,6 +22,8 @@ from conftest import Seeded, SeedImage
 from harbor_emulator import HarborEmulator
 from router_runner import RunningRouter
 
+from harbor_router.projects import ProjectSet
+
 pytestmark = pytest.mark.integration
 
 PREFIX = "/v2/proxy"
@@ -423,6 +425,31 @@ def test_a_mapped_project_that_sends_no_head_is_a_timely_502(
     assert 0.45 < elapsed < 2.0, elapsed
     status, _, body = router.request("GET", path, accept(image))
     assert status == 200 and body == image.manifest
+
+
+def test_a_mapped_project_no_longer_discovered_is_not_asked(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    """The fast path keeps its own table of the discovered projects: a new project set from
+    discovery replaces it, so a mapping to a project that is gone is not followed."""
+    router = make_router()
+    image = seeded.get("ghcr", "acme/tool")
+    path = manifest_path(image.repo, image.tag)
+    for _ in range(3):  # mapped to ghcr, then fast-path hits
+        assert router.request("GET", path, accept(image))[0] == 200
+    assert router.app.handler is not None and router.app.handler.fast_starts >= 1
+    discovery = router.app.discovery
+    assert discovery is not None
+    remaining = [p for p in discovery.projects.ordered if p.name != "ghcr"]
+
+    async def rediscover() -> None:
+        discovery.projects = ProjectSet(remaining)
+
+    router.call(rediscover())
+    harbor.clear_log()
+    status, _, body = router.request("GET", path, accept(image))
+    assert status == 404, body[:300]
+    assert harbor.count("ghcr", "/manifests/") == 0
 
 
 # -- 3.2 fan-out: which answer wins -----------------------------------------------------------
