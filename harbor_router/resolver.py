@@ -444,13 +444,16 @@ class Resolver:
                         decided = True
                         break  # nothing pending could beat it
         finally:
-            if decided and pending and not stream:
-                self._linger(shared, pending, [candidates[rank[t]] for t in pending], expires)
+            # a probe may have ended since the last arrival was taken (its callback not run
+            # yet): it counted itself as any probe does, and is no loser to wait for
+            running = [task for task in pending if not task.done()]
+            if decided and running and not stream:
+                self._linger(shared, running, [candidates[rank[t]] for t in running], expires)
             else:  # a blob race's losers would download; an interrupted fan-out has no use
-                for task in pending:
+                for task in running:
                     task.cancel()
-                if pending:
-                    await asyncio.gather(*pending, return_exceptions=True)
+                if running:
+                    await asyncio.gather(*running, return_exceptions=True)
             chosen = best.winner if best is not None else None
             for task in rank:  # close every open response but the chosen one
                 if task.done() and not task.cancelled() and task.exception() is None:
@@ -466,7 +469,7 @@ class Resolver:
     def _linger(
         self,
         shared: _Round,
-        losers: set[asyncio.Task[Outcome]],
+        losers: list[asyncio.Task[Outcome]],
         projects: list[Project],
         expires: float,
     ) -> None:
