@@ -59,10 +59,12 @@ _BASE_BODY: Final = b"{}"
 _BASE_GET: Final = responses.simple(200, _BASE_BODY)
 _BASE_HEAD: Final = responses.simple(200, _BASE_BODY, head_only=True)
 _NEGATIVE_MESSAGE: Final = "unknown to every proxy-cache project (remembered)"
-# The method a background refresh uses per route kind: HEAD where Harbor answers it.
-_FAST_KINDS: Final = frozenset({routes.MANIFEST, routes.BLOB, routes.REFERRERS})
 # by route kind: True for the kinds the fast path takes whatever the method (a tag list: GET)
-_FAST_KIND: Final = tuple(kind in _FAST_KINDS for kind in range(len(routes.KIND_NAMES)))
+_FAST_KIND: Final = tuple(
+    kind in (routes.MANIFEST, routes.BLOB, routes.REFERRERS)
+    for kind in range(len(routes.KIND_NAMES))
+)
+# The method a background refresh uses per route kind: HEAD where Harbor answers it.
 _REFRESH_METHOD: Final = {
     routes.MANIFEST: "HEAD",
     routes.REFERRERS: "GET",

@@ -146,7 +146,7 @@ class HeadDeadlines:
             self._now = loop.time()
             self._handle = loop.call_later(min(self._tick, seconds), self._check)
             self._due = 0.0
-        if not self._due or seconds is not self._seconds:  # the forwarder's: the same object
+        if not self._due or seconds != self._seconds:
             self._seconds = seconds
             self._due = self._now + self._tick + seconds
         relay.head_due = self._due

@@ -514,7 +514,7 @@ class UpstreamPool:
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for conn in [*self._stack(), *self._connections]:
+        for conn in [*self._connections]:  # (idle ones too: each open one is there)
             conn.close()
         self._top = None
         self._idle.clear()
