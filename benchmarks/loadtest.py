@@ -23,7 +23,8 @@ over rounds; ratios are medians of the per-round ratios, so a noisy neighbour sh
 Scenarios (full run): manifest GET, manifest HEAD and tags/list (``wrk -t1 -c32 --latency``); a
 1 GiB blob (MiB/s, CPU s per GiB, RSS growth); cold misses fanned out over the 50 projects
 (router only, against the answering project's own latency); added latency at a fixed rate
-against the upstream direct; ``WORKERS=1`` vs ``WORKERS=2``. Results go to
+against the upstream direct; ``WORKERS=1`` vs ``WORKERS=2`` with nginx's one and two workers
+as the reference, at 32 and 64 connections (:func:`workers_scenario`). Results go to
 ``benchmarks/results/latest.{json,md,png}``.
 
 ``--gate``: the manifest GET scenario only, shorter; exits 1 when router/nginx or router/aiohttp
@@ -131,7 +132,10 @@ def wrk_scenario(
     args: argparse.Namespace,
     pinning: Pinning,
     head: bool = False,
+    connections: int | None = None,
 ) -> dict[str, Any]:
+    """``connections``: wrk's connection count (``--connections`` by default)."""
+    connections = connections or args.connections
     rounds: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
     for order in rotations(targets, args.rounds):
         for target in order:
@@ -139,14 +143,14 @@ def wrk_scenario(
             cpu0 = cpu_seconds(pids)
             if head:
                 result = head_load(
-                    target.port, path(target), connections=args.connections,
+                    target.port, path(target), connections=connections,
                     duration=args.duration,
                 )  # fmt: skip
             else:
                 result = run_wrk(
                     target.base + path(target),
                     duration=args.duration,
-                    connections=args.connections,
+                    connections=connections,
                     pinning=pinning,
                 )
             time.sleep(0.05)  # let the proxy finish the last responses' bookkeeping
@@ -167,6 +171,34 @@ def wrk_scenario(
                 ratios[f"router/{other}"] = paired_ratio(rounds, "router", other, "req_per_cpu_s")
                 ratios[f"router/{other} rps"] = paired_ratio(rounds, "router", other, "rps")
     return {"kind": "wrk", "median": summary, "ratios": ratios, "rounds": rounds}
+
+
+def workers_scenario(
+    targets: Sequence[Server], args: argparse.Namespace, pinning: Pinning
+) -> dict[str, Any]:
+    """``WORKERS=2`` against ``WORKERS=1`` (and nginx's 2 workers against its 1, the reference),
+    all on the one proxy CPU, at ``--connections`` and at twice as many. The two processes
+    share that CPU, so each wakes up for about half the ready sockets a single process finds:
+    the fixed cost of a wakeup is shared by fewer requests, the more so the fewer connections.
+    The target is read at twice ``--connections``; both counts are reported."""
+    result: dict[str, Any] = {"by_connections": {}, "processes": {}}
+    for target in targets:
+        result["processes"][target.name] = len(target.cpu_pids())
+    for connections in (args.connections, 2 * args.connections):
+        run = wrk_scenario(targets, lambda t: MANIFEST_PATH, args, pinning, connections=connections)
+        rounds = run["rounds"]
+        run["ratios"].update(
+            {
+                "w2/w1": paired_ratio(rounds, "router-w2", "router", "req_per_cpu_s"),
+                "w2/w1 rps": paired_ratio(rounds, "router-w2", "router", "rps"),
+                "nginx w2/w1": paired_ratio(rounds, "nginx-w2", "nginx", "req_per_cpu_s"),
+                "nginx w2/w1 rps": paired_ratio(rounds, "nginx-w2", "nginx", "rps"),
+            }
+        )
+        result["by_connections"][str(connections)] = run
+    result["connections"] = 2 * args.connections
+    result["ratios"] = result["by_connections"][str(2 * args.connections)]["ratios"]
+    return result
 
 
 def warm(targets: Sequence[Server], args: argparse.Namespace, pinning: Pinning) -> None:
@@ -388,21 +420,16 @@ def run(args: argparse.Namespace) -> int:
             scenarios["cold_miss"] = cold_scenario(router, upstream, args)
             log(f"added latency at {args.rate:g} req/s")
             scenarios["added_latency"] = latency_scenario([direct, *proxies], args)
-            log("WORKERS=1 vs WORKERS=2 (manifest GET)")
-            nginx.close()
+            log("WORKERS=1 vs WORKERS=2 (manifest GET), nginx with 1 and 2 workers beside")
             aio.close()
             router2 = Router(upstream, pinning, workers=2, tree=args.router_tree)
             servers.append(router2)
-            warm([router2], args, pinning)
+            nginx2 = NginxProxy(tmp, upstream, pinning, workers=2)
+            servers.append(nginx2)
+            warm([router2, nginx2], args, pinning)
             if len(router2.cpu_pids()) < 3:
                 raise RuntimeError(f"WORKERS=2 router has pids {router2.cpu_pids()}")
-            workers = wrk_scenario([router, router2], lambda t: MANIFEST_PATH, args, pinning)
-            workers["ratios"] = {
-                "w2/w1": paired_ratio(workers["rounds"], "router-w2", "router", "req_per_cpu_s"),
-                "w2/w1 rps": paired_ratio(workers["rounds"], "router-w2", "router", "rps"),
-            }
-            workers["processes"] = {"router": 1, "router-w2": len(router2.cpu_pids())}
-            scenarios["workers"] = workers
+            scenarios["workers"] = workers_scenario([router, router2, nginx, nginx2], args, pinning)
     finally:
         for server in reversed(servers):
             try:

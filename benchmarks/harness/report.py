@@ -158,21 +158,30 @@ def markdown(results: dict[str, Any], floors: dict[str, float]) -> str:
         w = s["workers"]
         lines += [
             "",
-            "## WORKERS=1 vs WORKERS=2 (manifest GET, both on the proxy CPU)",
+            "## WORKERS=1 vs WORKERS=2 (manifest GET, all on the proxy CPU)",
             "",
-            "| router | processes | req/CPU-s | req/s | p99 ms |",
-            "|---|---:|---:|---:|---:|",
+            "nginx with one and two workers (`reuseport`) is the reference, in the same rounds."
+            " Two processes on one CPU each wake up for about half the ready sockets one"
+            " process finds, so the fixed cost of a wakeup is shared by fewer requests; the"
+            f" target is read at {w['connections']} connections.",
+            "",
+            "| connections | proxy | processes | req/CPU-s | req/s | p99 ms |",
+            "|---:|---|---:|---:|---:|---:|",
         ]
-        for name, med in w["median"].items():
+        for connections, run in w["by_connections"].items():
+            for name, med in run["median"].items():
+                lines.append(
+                    f"| {connections} | {name} | {w['processes'][name]} | "
+                    f"{_f(med['req_per_cpu_s'])} | {_f(med['rps'])} | {med['p99_ms']:.2f} |"
+                )
+        lines.append("")
+        for connections, run in w["by_connections"].items():
+            r = run["ratios"]
             lines.append(
-                f"| {name} | {w['processes'][name]} | {_f(med['req_per_cpu_s'])} | "
-                f"{_f(med['rps'])} | {med['p99_ms']:.2f} |"
+                f"- {connections} connections: router WORKERS=2 / WORKERS=1 req/CPU-s"
+                f" **{r['w2/w1']:.2f}** (req/s {r['w2/w1 rps']:.2f}); nginx 2 / 1 workers"
+                f" {r['nginx w2/w1']:.2f} (req/s {r['nginx w2/w1 rps']:.2f})"
             )
-        lines += [
-            "",
-            f"WORKERS=2 / WORKERS=1: req/CPU-s {w['ratios']['w2/w1']:.2f}, "
-            f"req/s {w['ratios']['w2/w1 rps']:.2f}.",
-        ]
     lines += ["", "## Gate floors (`make bench-gate`, manifest GET req/CPU-s)", ""]
     if "manifest_get" in s:
         rat = s["manifest_get"]["ratios"]

@@ -269,9 +269,16 @@ class Upstream(Nginx):
 
 
 class NginxProxy(Nginx):
-    def __init__(self, root: Path, upstream: Upstream, pinning: Pinning) -> None:
+    def __init__(self, root: Path, upstream: Upstream, pinning: Pinning, workers: int = 1) -> None:
+        """``workers`` > 1: that many worker processes, each with its own listening socket
+        (``reuseport``), the way the router's workers share a port."""
         self._upstream_port = upstream.port
-        super().__init__(root, "nginx", PROXY_CONF, pinning, "proxy")
+        name = "nginx" if workers == 1 else f"nginx-w{workers}"
+        conf = PROXY_CONF.replace("{root}/proxy.pid", f"{{root}}/{name}.pid")
+        if workers > 1:
+            conf = conf.replace("worker_processes 1;", f"worker_processes {workers};")
+            conf = conf.replace("backlog=4096;", "backlog=4096 reuseport;")
+        super().__init__(root, name, conf, pinning, "proxy")
 
     def _extra(self) -> dict[str, object]:
         return {"upstream_port": self._upstream_port}
