@@ -1275,9 +1275,9 @@ cpdef count_answer(UpstreamTable table, str project, long status, double duratio
     _count(calls.duration, table.bounds, table.nbounds, duration)
 
 
-cpdef monotonic():
+cpdef double monotonic() except? -1.0:
     """``time.monotonic()`` without the call through Python: the same clock
-    (``CLOCK_MONOTONIC``), turned into seconds the same way."""
+    (``CLOCK_MONOTONIC``), turned into seconds the same way; a C double for compiled callers."""
     cdef timespec ts
     cdef long long ns
     if clock_gettime(CLOCK_MONOTONIC, &ts) != 0:
@@ -1288,7 +1288,7 @@ cpdef monotonic():
     return <double>ns / 1e9
 
 
-cpdef perf_counter():
+cpdef double perf_counter() except? -1.0:
     """``time.perf_counter()`` in C: on Linux (CPython's pytime.c) it is the monotonic clock,
     read and turned into seconds as :func:`monotonic` does."""
     return monotonic()

@@ -223,8 +223,11 @@ def _attribute_classes(cls: ast.ClassDef) -> dict[str, str]:
 
 # the scalar types a value is declared a C one of (what mypy infers from an attribute's first
 # assignment, or its annotation, and holds every later one to); ints and floats stay objects:
-# typed, their boxing for Python callers cost more than it saved
-_SCALARS = {"bool": "bint"}
+# typed, their boxing for Python callers cost more than it saved. ``Seconds`` (``_wire``'s
+# alias of float, for clock readings and spans) is a C double where the source says so: an
+# attribute, parameter, result or local annotated with it, passed between compiled code and
+# ``_wire``'s C clock without a float object made
+_SCALARS = {"bool": "bint", "Seconds": "double"}
 
 
 def _scalar_annotation(node: ast.expr | None) -> str | None:

@@ -1,10 +1,14 @@
 """Selects the compiled per-request byte work or its pure-Python twin (DESIGN §9)."""
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from ._speedups_env import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 
 IMPLEMENTATION: str
+#: A clock reading (:func:`perf_counter`'s) or a span of seconds. Annotated with it, a data
+#: plane attribute, parameter, result or local is a C double in the compiled build
+#: (``_speedups/dataplane.py``): a reading passed along in C makes no float object.
+Seconds: TypeAlias = float
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._wire_py import (
@@ -93,6 +97,7 @@ __all__ = (
     "IMPLEMENTATION",
     "ForwardLines",
     "RequestTable",
+    "Seconds",
     "UpstreamTable",
     "build_head",
     "connection_tokens",

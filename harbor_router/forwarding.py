@@ -8,7 +8,7 @@ outcome of a request to a project is a success or a failure for that project's b
 from __future__ import annotations
 
 from . import errors, routes
-from ._wire import ForwardLines, forward_head, perf_counter
+from ._wire import ForwardLines, Seconds, forward_head, perf_counter
 from .auth import Credentials
 from .breaker import Breaker
 from .headers import FORWARD_REQUEST, FORWARD_REQUEST_LINES, HOP_BY_HOP, Rewriter
@@ -29,7 +29,7 @@ from .splice import AVAILABLE as SPLICE_AVAILABLE
 from .splice import SpliceStats
 from .upstream import PoolFull, UpstreamConnection, UpstreamError, UpstreamPool
 
-# A request try_start() sent: its connection, its relay, and when it was sent.
+# A request try_start() sent: its connection, its relay, and when it started (perf_counter).
 Started = tuple[UpstreamConnection, Relay, float]
 
 # Client headers never passed through unchanged, even for PASSTHROUGH_UNMATCHED.
@@ -164,36 +164,40 @@ class Forwarder:
         head: bytes,
         head_only: bool,
         rewriter: Rewriter,
+        now: Seconds,
         relay_status: int = RELAY_PULL,
     ) -> Started | None:
         """Send ``head`` on an idle pooled connection, without awaiting anything; None when
-        no idle connection is at hand (then the caller takes :meth:`forward`'s path)."""
-        conn = self._pool.try_acquire()
+        no idle connection is at hand (then the caller takes :meth:`forward`'s path).
+        ``now``: ``perf_counter()`` read at the request's start, for the pool's idle check and
+        as the start of the upstream request's duration."""
+        conn = self._pool.try_acquire(now)
         if conn is None:
             return None
-        start = perf_counter()
-        return conn, self._send(client, conn, head, head_only, rewriter, relay_status), start
+        return conn, self._send(client, conn, head, head_only, rewriter, relay_status), now
 
-    def finish_started(self, started: Started, label: str, breaker: Breaker, now: float) -> bool:
+    def finish_started(self, started: Started, label: str, breaker: Breaker, now: Seconds) -> bool:
         """Account a started request whose relay streamed a complete answer to the client
         (``now``: ``time.perf_counter()`` at its end); False (nothing accounted) for any other
         ending: :meth:`forward` takes it from there."""
         return self._finish(started[1], started[2], label, breaker, now)
 
-    def account(self, started: Started, label: str, breaker: Breaker, now: float) -> None:
+    def account(self, started: Started, label: str, breaker: Breaker, now: Seconds) -> None:
         """A started request's outcome, for its project's breaker and the metrics."""
         self._account(started[1], started[2], label, breaker, now)
 
     # :meth:`finish_started` and :meth:`account` with the relay as a parameter of its own
     # (in the compiled build its fields are then read as a struct's)
-    def _finish(self, relay: Relay, start: float, label: str, breaker: Breaker, now: float) -> bool:
+    def _finish(
+        self, relay: Relay, start: Seconds, label: str, breaker: Breaker, now: Seconds
+    ) -> bool:
         if not relay.started or not relay.finished or relay.error is not None:
             return False
         self._account(relay, start, label, breaker, now)
         return True
 
     def _account(
-        self, relay: Relay, start: float, label: str, breaker: Breaker, now: float
+        self, relay: Relay, start: Seconds, label: str, breaker: Breaker, now: Seconds
     ) -> None:
         status = relay.status
         breaker.answered(status)

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Final, Protocol
 
 from . import errors, replies, responses, routes
+from ._wire import Seconds
 from .auth import HEADER, ChallengeCache, HarborAuth, client_credentials
 from .breaker import CLOSED, Breakers
 from .discovery import Discovery
@@ -222,7 +223,7 @@ class RequestHandler(FastPath):
         return self._metrics.fast_hits
 
     # the fast path: a fresh L1 hit answered without a task
-    def fast(self, request: Request, client: HttpProtocol) -> Relay | None:
+    def fast(self, request: Request, client: HttpProtocol, now: Seconds) -> Relay | None:
         """Start a plain cache hit synchronously: a fresh L1 mapping, a closed breaker and an
         idle pooled connection, nothing that needs I/O first. The relay streams the answer
         from the upstream protocol's callbacks; when it ends in anything but a complete
@@ -272,6 +273,7 @@ class RequestHandler(FastPath):
             self._forwarder.request_head(request, route, project),
             head_only=request.method == "HEAD",
             rewriter=rewriter,
+            now=now,
             relay_status=CAPTURE_ALL if kind == TAGS else RELAY_PULL,
         )
         if started is None:
@@ -290,7 +292,7 @@ class RequestHandler(FastPath):
         self._fast_set, self._fast_by_name = projects, by_name
         return by_name
 
-    def finish_fast(self, request: Request, now: float) -> bool:
+    def finish_fast(self, request: Request, now: Seconds) -> bool:
         """The fast path's relay is done: True when it was a complete answer (accounted)."""
         assert request.fast is not None
         route, project, breaker, started, client = request.fast

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Final
 
 from ._cache import TTLCache
+from ._wire import Seconds
 
 FRESH: Final = 1
 STALE: Final = 2
@@ -40,7 +41,7 @@ class MappingCache:
         )
         self._lifetime = ttl + stale_while_revalidate
         self._negative: TTLCache[bool] = TTLCache(max_entries, negative_ttl or 1.0, clock=clock)
-        self._ttl = ttl
+        self._ttl: Seconds = ttl
         self._negative_ttl = negative_ttl
 
     @property
@@ -64,6 +65,8 @@ class MappingCache:
         found = self._lru.get_timed(name)
         if found is None:
             return None
+        stored_at: Seconds  # (C doubles compiled: the age is judged with no float made)
+        now: Seconds
         (project, stored_at), now = found
         return project, FRESH if now - stored_at <= self._ttl else STALE
 

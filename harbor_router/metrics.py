@@ -42,6 +42,7 @@ from prometheus_client.process_collector import ProcessCollector
 from . import __commit__, __version__, routes
 from ._wire import (
     RequestTable,
+    Seconds,
     UpstreamTable,
     count_answer,
     count_request,
@@ -156,7 +157,9 @@ class Metrics:
 
     # -- the request boundary (protocol.py) -------------------------------------------------
 
-    def request_done(self, method: str, kind: int, status: int, duration: float, sent: int) -> None:
+    def request_done(
+        self, method: str, kind: int, status: int, duration: Seconds, sent: int
+    ) -> None:
         count_request(self.requests, method, kind, status, duration, sent)
 
     # -- the control plane -----------------------------------------------------------------
@@ -178,7 +181,7 @@ class Metrics:
         """Requests to Harbor by (project, status label)."""
         return self.upstream.counts()
 
-    def upstream_answered(self, project: str, status: int, duration: float) -> None:
+    def upstream_answered(self, project: str, status: int, duration: Seconds) -> None:
         """:meth:`upstream_done` of a request Harbor answered with ``status`` (its label: the
         code for one of a fixed set, else its class, ``"5xx"``)."""
         count_answer(self.upstream, project, status, duration)

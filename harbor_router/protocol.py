@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from . import errors, responses
-from ._wire import perf_counter, scan_request, write_to
+from ._wire import Seconds, perf_counter, scan_request, write_to
 from .metrics import (
     CLIENT_CLOSED,
     HEADER_TIMEOUT,
@@ -198,11 +198,12 @@ class FastPath:
 
     __slots__ = ()
 
-    def fast(self, request: Request, client: HttpProtocol) -> Relay | None:
-        """Start ``request`` from this callback if it is a plain cache hit (None: it is not)."""
+    def fast(self, request: Request, client: HttpProtocol, now: Seconds) -> Relay | None:
+        """Start ``request`` from this callback if it is a plain cache hit (None: it is not);
+        ``now``: ``_wire.perf_counter()`` read at its start, the reading its clocks use."""
         raise NotImplementedError
 
-    def finish_fast(self, request: Request, now: float) -> bool:
+    def finish_fast(self, request: Request, now: Seconds) -> bool:
         """The fast start's relay ended: True when that was a complete answer (accounted)."""
         raise NotImplementedError
 
@@ -261,7 +262,7 @@ class HttpProtocol(asyncio.Protocol):
         self._conns = connections if connections is not None else Connections()
         self._fast_path = fast_path
         self._fast: Request | None = None  # the request in flight on the fast path
-        self._fast_start = 0.0
+        self._fast_start: Seconds = 0.0
         self._max_header_bytes = max_header_bytes
         self._metrics = metrics if metrics is not None else Metrics()
         self._access = access
@@ -472,8 +473,8 @@ class HttpProtocol(asyncio.Protocol):
         self.keep_alive = request.keep_alive
         self._status = self._sent = 0
         self._spliced = False
-        start = perf_counter()
-        relay = self._fast_path.fast(request, self)
+        start: Seconds = perf_counter()  # one reading: the request's start and its clocks'
+        relay = self._fast_path.fast(request, self, start)
         if relay is None:
             return False
         self._metrics.inflight += 1
@@ -489,7 +490,7 @@ class HttpProtocol(asyncio.Protocol):
         request = self._fast
         assert request is not None and self._fast_path is not None
         self._fast = None
-        now = perf_counter()
+        now: Seconds = perf_counter()
         if not self._fast_path.finish_fast(request, now):
             # anything but a complete answer: the normal path takes over, in order
             self._task = asyncio.get_running_loop().create_task(self._run(request))
@@ -585,7 +586,7 @@ class HttpProtocol(asyncio.Protocol):
             self._metrics.inflight -= 1
             self._account(request, start)
 
-    def _account(self, request: Request, start: float, now: float = 0.0) -> None:
+    def _account(self, request: Request, start: Seconds, now: Seconds = 0.0) -> None:
         duration = (now or perf_counter()) - start
         status = self._status or CLIENT_CLOSED
         method, kind, sent = request.method, request.kind, self._sent

@@ -25,7 +25,7 @@ from typing import cast
 
 import httptools
 
-from ._wire import monotonic, scan_response, write_to
+from ._wire import Seconds, perf_counter, scan_response, write_to
 from .splice import plain_fd
 
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -108,7 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._paused = False
         self._headers: list[tuple[bytes, bytes]] = []
         self.closed = False
-        self.idle_since = 0.0
+        self.idle_since: Seconds = 0.0  # when it was last released (the pool's clock)
         self.in_use = False  # lent out by the pool (counted in its active_count)
         self.received_any = False
         self.reused = False
@@ -315,7 +315,7 @@ class UpstreamPool:
         self.port = port
         self._ssl = ssl_context
         self._max_idle = max_idle
-        self._idle_timeout = idle_timeout
+        self._idle_timeout: Seconds = idle_timeout
         self._connect_timeout = connect_timeout
         # the idle stack: its top (the last released, None when taken) and the rest below it,
         # in order; with one connection in turn, releasing and taking it changes no list
@@ -347,8 +347,9 @@ class UpstreamPool:
     def start(self) -> None:
         self._schedule_sweep()
 
-    def try_acquire(self) -> UpstreamConnection | None:
-        """An idle keep-alive connection, or None (then :meth:`acquire` connects)."""
+    def try_acquire(self, now: Seconds = 0.0) -> UpstreamConnection | None:
+        """An idle keep-alive connection, or None (then :meth:`acquire` connects). ``now``:
+        the pool's clock (``_wire.perf_counter``) as the caller read it (0: read here)."""
         conn: UpstreamConnection | None = self._top
         idle = self._idle
         if conn is not None:
@@ -357,7 +358,8 @@ class UpstreamPool:
             conn = idle.pop()
         else:
             return None
-        now = monotonic()
+        if not now:
+            now = perf_counter()
         while True:
             if not conn.closed:
                 if now - conn.idle_since <= self._idle_timeout:
@@ -456,7 +458,7 @@ class UpstreamPool:
                 or len(self._idle) + (top is not None) >= self._max_idle):  # fmt: skip
             conn.close()
             return
-        conn.idle_since = monotonic()
+        conn.idle_since = perf_counter()
         self._push(conn)
 
     def _push(self, conn: UpstreamConnection) -> None:
@@ -497,7 +499,7 @@ class UpstreamPool:
         self._sweeper = loop.call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
-        deadline = monotonic() - self._idle_timeout
+        deadline = perf_counter() - self._idle_timeout
         stack = self._stack()
         self._top = None
         self._idle = []

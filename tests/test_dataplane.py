@@ -235,6 +235,32 @@ def test_generator_makes_bool_attributes_parameters_and_returns_c_values() -> No
     assert "cpdef bint later(self, bint quick)" in lines
 
 
+SECONDS_SOURCE = """
+class Pool:
+    def __init__(self, timeout: float) -> None:
+        self.timeout: Seconds = timeout
+        self.since = 0.0
+        self.given = timeout
+
+    def take(self, now: Seconds, spare: float = 0.0) -> Seconds:
+        start: Seconds = now
+        self.last = now
+        return start
+"""
+
+
+def test_generator_makes_seconds_c_doubles_where_annotated() -> None:
+    """``Seconds`` (``_wire``'s alias of float for clock readings) makes an attribute,
+    parameter, result or local a C double; a float (a literal, a ``float`` parameter) stays
+    an object."""
+    pxd = DATAPLANE._pxd(SECONDS_SOURCE, "upstream", ("Pool",))
+    lines = [line.strip() for line in pxd.splitlines()]
+    assert {"cdef public double timeout", "cdef public double last"} <= set(lines)
+    assert {"cdef public object since", "cdef public object given"} <= set(lines)
+    at = lines.index("cpdef double take(self, double now, spare=*)")
+    assert lines[at - 1] == "@cython.locals(start=double)"
+
+
 LOCALS_SOURCE = """
 class Pool:
     def take(self) -> None:

@@ -247,6 +247,36 @@ def test_redis_fallback_and_reconnection(
     assert value(samples, P + "redis_up") == 1
 
 
+def test_a_fast_path_hit_is_timed_from_its_start_to_its_end(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    """A hit answered on the fast path reads the clock at its start (for its duration, the
+    pool's idle check and the upstream request's duration) and at its end: both durations
+    cover the time Harbor took to answer."""
+    router = make_router()
+    image = seeded.get("ghcr", "acme/tool")
+    for _ in range(3):  # mapped, then hits: an idle pooled connection for the fast path
+        assert pull(router, image) == 200
+    handler = router.app.handler
+    assert handler is not None
+    starts = handler.fast_starts
+    before, _ = scrape(router)
+    harbor.set_fault("ghcr", delay=0.3, times=1)
+    assert pull(router, image) == 200
+    assert handler.fast_starts == starts + 1
+    after, _ = scrape(router)
+    timed = {"method": "GET", "req_type": "manifest", "status_class": "2xx"}
+    for name, labels in (
+        ("request_duration_seconds", timed),
+        ("upstream_project_duration_seconds", {"project": "ghcr"}),
+    ):
+        count, took = (
+            value(after, P + name + end, **labels) - value(before, P + name + end, **labels)
+            for end in ("_count", "_sum")
+        )
+        assert count == 1 and 0.3 <= took < 5.0, (name, count, took)
+
+
 def test_merge_sums_counters_and_ranks_gauges() -> None:
     one = metrics.Metrics()
     two = metrics.Metrics()

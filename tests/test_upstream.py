@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from harbor_router._wire import head_fields
+from harbor_router._wire import head_fields, perf_counter
 from harbor_router.upstream import Sink, UpstreamConnection, UpstreamError, UpstreamPool
 
 Script = Callable[[bytes], bytes | None]  # request head -> raw response (None: close at once)
@@ -280,6 +280,23 @@ def test_closed_and_expired_idle_connections_are_passed_over() -> None:
         conn.idle_since -= 60
     assert pool.try_acquire() is None and a.closed and b.closed
     assert pool.idle_count == 0
+
+
+def test_a_reading_passed_in_is_the_idle_check_s_clock() -> None:
+    """A release is stamped with the data plane's clock (``_wire.perf_counter``, which the
+    caller's reading comes from); ``try_acquire(now)`` judges idleness by that reading, not
+    by one of its own (0: it reads the clock)."""
+    pool = idle_pool(idle_timeout=30.0)
+    before = perf_counter()
+    (a,) = released(pool, 1)
+    assert before <= a.idle_since <= perf_counter()
+    assert pool.try_acquire(a.idle_since + 29.5) is a and not a.closed  # idle for 29.5 s
+    pool.release(a, True)
+    assert pool.try_acquire(a.idle_since + 30.5) is None and a.closed  # idle for longer
+    b, c = released(pool, 2)
+    assert pool.try_acquire(0.0) is c  # the clock read: released a moment ago
+    b.idle_since -= 60
+    assert pool.try_acquire(0.0) is None and b.closed  # the clock read: a minute ago
 
 
 def test_the_idle_cap_counts_the_top() -> None:
