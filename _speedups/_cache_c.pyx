@@ -19,11 +19,9 @@ and bool only).
 """
 
 cimport cython
-from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_Compare
 from libc.math cimport isnan
-from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -50,34 +48,9 @@ cdef enum:
     NIL = -1
     MIN_CAPACITY = 8
 
-ctypedef struct Entry:
-    PyObject* key  # NULL: a free slot
-    PyObject* value
-    Py_hash_t hash
-    double stored_at
-    double expires_at
-    int32_t newer  # towards the most recently used end (the head)
-    int32_t older  # towards the least recently used end (the tail); the free list's link
-
-
 @cython.final
 cdef class TTLCache:
-    cdef Entry* _entries
-    cdef int32_t* _table
-    cdef size_t _mask  # table size - 1
-    cdef Py_ssize_t _capacity  # slots in _entries
-    cdef Py_ssize_t _used  # slots handed out since the last resize
-    cdef int32_t _free  # free list of slots below _used
-    cdef int32_t _head  # most recently used
-    cdef int32_t _tail  # least recently used
-    cdef Py_ssize_t _count
-    cdef Py_ssize_t _max_entries
-    cdef double _ttl
-    cdef object _clock
-    cdef readonly Py_ssize_t hits
-    cdef readonly Py_ssize_t misses
-    cdef readonly Py_ssize_t evictions
-    cdef readonly Py_ssize_t expirations
+    # attributes: _cache_c.pxd
 
     def __cinit__(self):
         self._entries = NULL
@@ -298,7 +271,7 @@ cdef class TTLCache:
         """The cache's clock: monotonic seconds."""
         return self._now()
 
-    def get(self, key):
+    cpdef get(self, key):
         """The live value for ``key`` (now the most recently used), or None."""
         cdef double now = self._now()
         cdef Py_ssize_t s = self._lookup(key, now, True)
@@ -306,7 +279,7 @@ cdef class TTLCache:
             return None
         return <object>self._entries[s].value
 
-    def get_timed(self, key):
+    cpdef get_timed(self, key):
         """``(value, now)``: :meth:`get`'s value and the clock reading it was judged live by,
         or None."""
         cdef double now = self._now()
@@ -473,3 +446,4 @@ cdef class TTLCache:
             f"<TTLCache {self._count}/{self._max_entries} ttl={self._ttl}"
             f" hits={self.hits} misses={self.misses}>"
         )
+

@@ -312,6 +312,26 @@ def test_stale_while_revalidate_window(clock: Clock) -> None:
     assert len(mapping) == 0
 
 
+def test_fresh_is_the_project_of_a_fresh_entry_only(clock: Clock) -> None:
+    """What the fast path asks: the project while the entry is fresh, None once it is stale
+    or gone; it looks the entry up (and counts it) just as lookup does."""
+    mapping = MappingCache(10, ttl=10, stale_while_revalidate=5, clock=clock)
+    assert mapping.fresh("acme/tool") is None
+    mapping.set("acme/tool", "ghcr")
+    mapping.set("old/tool", "quay", clock.now - 11)  # learnt elsewhere, stale already
+    assert mapping.fresh("acme/tool") == "ghcr"
+    assert mapping.fresh("old/tool") is None and mapping.lookup("old/tool") is not None
+    clock.now += 10
+    assert mapping.fresh("acme/tool") == "ghcr"
+    clock.now += 1
+    assert mapping.fresh("acme/tool") is None
+    assert mapping.lookup("acme/tool") is not None  # stale, still there
+    clock.now += 5
+    assert mapping.fresh("acme/tool") is None and len(mapping) == 1
+    positive = mapping.positive
+    assert (positive.hits, positive.misses, positive.expirations) == (6, 2, 1)
+
+
 def test_mapping_is_bounded_lru(clock: Clock) -> None:
     mapping = MappingCache(2, ttl=10, clock=clock)
     mapping.set("a/a", "p1")
