@@ -1,10 +1,10 @@
-# The TTL/LRU cache as the compiled data plane knows it: _speedups/dataplane.py (TYPES,
-# DECLARED_IN) has a module that imports it from ``_cache`` cimport it from here, so an
-# attribute annotated with it is this type and its cpdef methods are C calls; the
+# The TTL/LRU cache and the memo as the compiled data plane knows them: _speedups/dataplane.py
+# (TYPES, DECLARED_IN) has a module that imports one from ``_cache`` cimport it from here, so
+# an attribute annotated with it is this type and its cpdef methods are C calls; the
 # declarations are the .pyx's own.
 
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, uint64_t
 
 cimport cython
 
@@ -52,3 +52,22 @@ cdef class TTLCache:
     cpdef get(self, key)
     cpdef get_timed(self, key)
 
+
+ctypedef struct MemoSlot:
+    PyObject* key  # NULL: an empty slot
+    PyObject* value
+    uint64_t hash
+
+
+@cython.final
+cdef class Memo:
+    cdef MemoSlot* _slots
+    cdef size_t _mask  # slots - 1
+    cdef Py_ssize_t _count
+    cdef Py_ssize_t _max_entries
+
+    cdef inline MemoSlot* _slot(self, PyObject* key, uint64_t h) noexcept
+    cdef int _grow(self) except -1
+
+    cpdef get(self, key)
+    cpdef set(self, key, value)

@@ -61,7 +61,7 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
 # name (``from ._cache import TTLCache``): such a module cimports it, and an attribute annotated
 # with it (``TTLCache[V]``, maybe ``| None``) is declared as it, so that its cpdef methods are
 # C calls
-TYPES: dict[str, tuple[str, ...]] = {"_cache": ("TTLCache",)}
+TYPES: dict[str, tuple[str, ...]] = {"_cache": ("TTLCache", "Memo")}
 # a module of FUNCTIONS or TYPES whose names are declared elsewhere: ``_wire``'s and
 # ``_cache``'s compiled twins, whose hand-written declarations (``_speedups/_wire_c.pxd``,
 # ``_cache_c.pxd``, the .pyx's own) the compiled modules cimport; the source, and the twin

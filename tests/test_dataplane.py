@@ -307,17 +307,17 @@ def test_generator_types_attributes_with_a_hand_declared_type_and_cimports_it() 
     Python import leaves it out), and an attribute annotated with it, subscripted or not,
     is declared as it, so that its cpdef methods are C calls."""
     source = (
-        "from ._cache import TTLCache\n"
+        "from ._cache import Memo, TTLCache\n"
         "class MappingCache:\n"
         "    def __init__(self) -> None:\n"
         "        self._lru: TTLCache[tuple[str, float]] = TTLCache(1, 1.0)\n"
-        "        self._known: TTLCache[int] | None = None\n"
+        "        self._known: Memo[int] | None = None\n"
         "        self._other = TTLCache(1, 1.0)\n"
     )
     pxd = DATAPLANE._pxd(source, "mapping", ("MappingCache",))
     lines = {line.strip() for line in pxd.splitlines()}
-    assert "from harbor_router._cache_c cimport TTLCache" in lines
-    assert {"cdef public TTLCache _lru", "cdef public TTLCache _known",
+    assert "from harbor_router._cache_c cimport Memo, TTLCache" in lines
+    assert {"cdef public TTLCache _lru", "cdef public Memo _known",
             "cdef public object _other"} <= lines  # fmt: skip
     assert DATAPLANE._strip_bases(source, ("MappingCache",)).startswith("pass\n")
 
