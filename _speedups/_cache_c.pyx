@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Bounded LRU cache with a TTL per entry: the compiled twin of ``harbor_router/_cache_py.py``.
+"""Bounded LRU cache with a TTL per entry, and a bounded memo: the compiled twins of
+``harbor_router/_cache_py.py``.
 
 That module's docstring is the contract; this one only says how it is met.
 
@@ -19,14 +20,13 @@ and bool only).
 """
 
 cimport cython
-from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_Compare
 from libc.math cimport isnan
-from libc.stdint cimport int32_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
+from os import urandom
 from types import GenericAlias
 
 cdef extern from *:
@@ -50,34 +50,9 @@ cdef enum:
     NIL = -1
     MIN_CAPACITY = 8
 
-ctypedef struct Entry:
-    PyObject* key  # NULL: a free slot
-    PyObject* value
-    Py_hash_t hash
-    double stored_at
-    double expires_at
-    int32_t newer  # towards the most recently used end (the head)
-    int32_t older  # towards the least recently used end (the tail); the free list's link
-
-
 @cython.final
 cdef class TTLCache:
-    cdef Entry* _entries
-    cdef int32_t* _table
-    cdef size_t _mask  # table size - 1
-    cdef Py_ssize_t _capacity  # slots in _entries
-    cdef Py_ssize_t _used  # slots handed out since the last resize
-    cdef int32_t _free  # free list of slots below _used
-    cdef int32_t _head  # most recently used
-    cdef int32_t _tail  # least recently used
-    cdef Py_ssize_t _count
-    cdef Py_ssize_t _max_entries
-    cdef double _ttl
-    cdef object _clock
-    cdef readonly Py_ssize_t hits
-    cdef readonly Py_ssize_t misses
-    cdef readonly Py_ssize_t evictions
-    cdef readonly Py_ssize_t expirations
+    # attributes: _cache_c.pxd
 
     def __cinit__(self):
         self._entries = NULL
@@ -298,7 +273,7 @@ cdef class TTLCache:
         """The cache's clock: monotonic seconds."""
         return self._now()
 
-    def get(self, key):
+    cpdef get(self, key):
         """The live value for ``key`` (now the most recently used), or None."""
         cdef double now = self._now()
         cdef Py_ssize_t s = self._lookup(key, now, True)
@@ -306,7 +281,7 @@ cdef class TTLCache:
             return None
         return <object>self._entries[s].value
 
-    def get_timed(self, key):
+    cpdef get_timed(self, key):
         """``(value, now)``: :meth:`get`'s value and the clock reading it was judged live by,
         or None."""
         cdef double now = self._now()
@@ -473,3 +448,192 @@ cdef class TTLCache:
             f"<TTLCache {self._count}/{self._max_entries} ttl={self._ttl}"
             f" hits={self.hits} misses={self.misses}>"
         )
+
+
+# -- Memo -----------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* The memo's hash of a str's bytes: a word at a time, seeded per process (the keys are
+       request targets, chosen by clients; a run of colliding keys only goes unmemoized). */
+    static uint64_t hr_memo_seed = 0x9E3779B97F4A7C15ULL;
+    static inline uint64_t hr_memo_hash(PyObject *key) {
+        const unsigned char *p = (const unsigned char *)PyUnicode_DATA(key);
+        size_t n = (size_t)PyUnicode_GET_LENGTH(key) * PyUnicode_KIND(key), len = n;
+        uint64_t h = hr_memo_seed ^ ((uint64_t)n * 0xD6E8FEB86659FD93ULL), w = 0;
+        uint32_t a, b;
+        while (n > 8) {
+            memcpy(&w, p, 8);
+            h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+            h ^= h >> 31;
+            p += 8;
+            n -= 8;
+        }
+        if (len >= 8) {  /* the last eight bytes, overlapping the words before */
+            memcpy(&w, p + n - 8, 8);
+        } else if (n >= 4) {
+            memcpy(&a, p, 4);
+            memcpy(&b, p + n - 4, 4);
+            w = ((uint64_t)a << 32) | b;
+        } else if (n) {
+            w = (uint64_t)p[0] | ((uint64_t)p[n / 2] << 8) | ((uint64_t)p[n - 1] << 16);
+        }
+        h = (h ^ w) * 0x94D049BB133111EBULL;
+        h ^= h >> 32;
+        h *= 0xD6E8FEB86659FD93ULL;
+        return h ^ (h >> 32);
+    }
+    /* Equal str: the same length, kind and bytes (a str's kind is the least that holds it). */
+    static inline int hr_same_str(PyObject *a, PyObject *b) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(b);
+        return a == b || (PyUnicode_GET_LENGTH(a) == n && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+                          && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b),
+                                    (size_t)n * PyUnicode_KIND(b)) == 0);
+    }
+    """
+    uint64_t hr_memo_seed
+    uint64_t hr_memo_hash(PyObject* key) noexcept nogil
+    bint hr_same_str(PyObject* a, PyObject* b) noexcept nogil
+
+hr_memo_seed = int.from_bytes(urandom(8), "little")
+
+cdef enum:
+    MEMO_PROBES = 32  # a key not found within this many slots of its own is not memoized
+    MEMO_MIN_SLOTS = 16
+
+
+cdef void _release(MemoSlot* slots, size_t size) noexcept:
+    """Drop the references ``slots`` hold, then the array (NULL: nothing)."""
+    cdef size_t i
+    if slots == NULL:
+        return
+    for i in range(size):
+        Py_XDECREF(slots[i].key)
+        Py_XDECREF(slots[i].value)
+    free(slots)
+
+
+@cython.final
+cdef class Memo:
+    """Bounded ``str`` → value memo: the compiled twin of ``_cache_py.Memo`` (that module's
+    docstring is the contract).
+
+    Layout: one C array of slots (key, value, the key's hash), open addressing with linear
+    probing, at most half full, grown by doubling up to ``2 * max_entries`` slots and dropped
+    by ``clear``. The hash is a seeded word-at-a-time one, not ``str``'s (whose SipHash a
+    lookup would pay for every fresh key); a key whose first ``MEMO_PROBES`` slots are taken
+    is simply not kept. Values are held from C memory the garbage collector does not see."""
+
+    def __cinit__(self):
+        self._slots = NULL
+        self._mask = 0
+        self._count = 0
+
+    def __init__(self, Py_ssize_t max_entries):
+        if not 1 <= max_entries <= MAX_ENTRIES_LIMIT:
+            raise ValueError(f"max_entries must be between 1 and {MAX_ENTRIES_LIMIT}")
+        self.clear()
+        self._max_entries = max_entries
+
+    def __dealloc__(self):
+        _release(self._slots, self._mask + 1)
+
+    def __class_getitem__(cls, item):
+        return GenericAlias(cls, item)
+
+    @property
+    def max_entries(self):
+        return self._max_entries
+
+    cdef inline MemoSlot* _slot(self, PyObject* key, uint64_t h) noexcept:
+        """The slot holding ``key``, else the empty one it would go in; NULL when neither is
+        within ``MEMO_PROBES`` of its own (or there are no slots)."""
+        cdef size_t i, probe
+        cdef MemoSlot* slot
+        if self._slots == NULL:
+            return NULL
+        i = <size_t>h & self._mask
+        for probe in range(MEMO_PROBES):
+            slot = &self._slots[i]
+            if slot.key == NULL or (slot.hash == h and hr_same_str(slot.key, key)):
+                return slot
+            i = (i + 1) & self._mask
+        return NULL
+
+    cdef int _grow(self) except -1:
+        """Twice the slots (the first ones: ``MEMO_MIN_SLOTS``), every entry moved over."""
+        cdef size_t old_size = self._mask + 1 if self._slots != NULL else 0
+        cdef size_t size = old_size * 2 if old_size else MEMO_MIN_SLOTS
+        cdef MemoSlot* old = self._slots
+        cdef MemoSlot* slots = <MemoSlot*>calloc(size, sizeof(MemoSlot))
+        cdef size_t i, j
+        if slots == NULL:
+            raise MemoryError()
+        for i in range(old_size):
+            if old[i].key != NULL:
+                j = <size_t>old[i].hash & (size - 1)
+                while slots[j].key != NULL:
+                    j = (j + 1) & (size - 1)
+                slots[j] = old[i]
+        self._slots = slots
+        self._mask = size - 1
+        free(old)
+        return 0
+
+    cpdef get(self, key):
+        """The value last set for ``key``, or None."""
+        cdef MemoSlot* slot
+        if type(key) is not str:
+            raise TypeError(f"memo keys are str, not {type(key).__name__}")
+        slot = self._slot(<PyObject*>key, hr_memo_hash(<PyObject*>key))
+        if slot == NULL or slot.key == NULL:
+            return None
+        return <object>slot.value
+
+    cpdef set(self, key, value):
+        """Keep ``value`` for ``key``; a new key into a full memo empties it first."""
+        cdef uint64_t h
+        cdef MemoSlot* slot
+        cdef PyObject* old
+        if type(key) is not str:
+            raise TypeError(f"memo keys are str, not {type(key).__name__}")
+        if value is None:
+            raise TypeError("a memo's values are not None")
+        h = hr_memo_hash(<PyObject*>key)
+        slot = self._slot(<PyObject*>key, h)
+        if slot != NULL and slot.key != NULL:
+            old = slot.value
+            Py_INCREF(value)
+            slot.value = <PyObject*>value
+            Py_XDECREF(old)  # the memo is consistent again: a __del__ may use it
+            return
+        if self._count >= self._max_entries:
+            self.clear()
+        if self._slots == NULL or <size_t>(self._count + 1) * 2 > self._mask + 1:
+            if self._slots == NULL or self._mask + 1 < <size_t>self._max_entries * 2:
+                self._grow()
+        slot = self._slot(<PyObject*>key, h)
+        if slot == NULL:
+            return  # its run of slots is full: not kept
+        Py_INCREF(key)
+        Py_INCREF(value)
+        slot.key = <PyObject*>key
+        slot.value = <PyObject*>value
+        slot.hash = h
+        self._count += 1
+
+    def clear(self):
+        """Forget every entry."""
+        cdef MemoSlot* slots = self._slots
+        cdef size_t size = self._mask + 1
+        self._slots = NULL
+        self._mask = 0
+        self._count = 0
+        _release(slots, size)  # the memo is empty already: a __del__ may use it
+
+    def __len__(self):
+        return self._count
+
+    def __repr__(self):
+        return f"<Memo {self._count}/{self._max_entries}>"

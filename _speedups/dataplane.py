@@ -57,10 +57,20 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
               "write_to", "count_request", "count_upstream", "count_answer", "monotonic",
               "perf_counter"),
 }  # fmt: skip
-# a module of FUNCTIONS whose functions are declared elsewhere: ``_wire``'s compiled twin,
-# whose hand-written declarations (``_speedups/_wire_c.pxd``, the .pyx's own) the compiled
-# modules cimport; the source, and the twin build, import from ``_wire`` as before
-DECLARED_IN: dict[str, str] = {"_wire": "_wire_c"}
+# module → the extension types of its compiled twin that the data plane's modules know by
+# name (``from ._cache import TTLCache``): such a module cimports it, and an attribute annotated
+# with it (``TTLCache[V]``, maybe ``| None``) is declared as it, so that its cpdef methods are
+# C calls
+TYPES: dict[str, tuple[str, ...]] = {"_cache": ("TTLCache", "Memo")}
+# a module of FUNCTIONS or TYPES whose names are declared elsewhere: ``_wire``'s and
+# ``_cache``'s compiled twins, whose hand-written declarations (``_speedups/_wire_c.pxd``,
+# ``_cache_c.pxd``, the .pyx's own) the compiled modules cimport; the source, and the twin
+# build, import from ``_wire`` and ``_cache`` as before
+DECLARED_IN: dict[str, str] = {"_wire": "_wire_c", "_cache": "_cache_c"}
+# what a module imported by name cimports instead: FUNCTIONS and TYPES together
+_CIMPORTED: dict[str, tuple[str, ...]] = {
+    module: FUNCTIONS.get(module, ()) + TYPES.get(module, ()) for module in {*FUNCTIONS, *TYPES}
+}
 _DROPPED_BASES = ("asyncio.Protocol",)
 # The declarations alone type the compiled modules: the source's annotations are mypy's
 # (Cython would read ``float`` as a C double, and a method's declared signature must be
@@ -113,6 +123,8 @@ def _attributes(cls: ast.ClassDef) -> list[str]:
 
 # every extension type of the data plane → its module
 KNOWN: dict[str, str] = {cls: module for module, names in MODULES.items() for cls in names}
+# the hand-declared types of TYPES → their module
+_FOREIGN: dict[str, str] = {cls: module for module, names in TYPES.items() for cls in names}
 
 
 def _one_type(node: ast.expr | None) -> ast.expr | None:
@@ -151,14 +163,15 @@ _CONTAINERS = ("dict", "list", "set")
 
 def _annotated_attribute(node: ast.expr | None) -> str | None:
     """:func:`_annotated_class`, or the builtin container (``dict[K, V]``, ``list[T]``,
-    ``set[T]``, maybe ``| None``) an attribute's annotation names."""
+    ``set[T]``, maybe ``| None``) or type of :data:`TYPES` an attribute's annotation names."""
     known = _annotated_class(node)
     node = _one_type(node)
     if known is not None or node is None:
         return known
     if isinstance(node, ast.Subscript):
         node = node.value
-    return node.id if isinstance(node, ast.Name) and node.id in _CONTAINERS else None
+    kinds = (*_CONTAINERS, *_FOREIGN)  # a type of TYPES: cimported where it is imported
+    return node.id if isinstance(node, ast.Name) and node.id in kinds else None
 
 
 def _value_class(value: ast.expr, params: dict[str, str | None]) -> str | None:
@@ -328,13 +341,13 @@ def _typed_locals(method: ast.FunctionDef) -> dict[str, str]:
 
 def _imported_functions(tree: ast.Module) -> list[tuple[ast.ImportFrom, list[str]]]:
     """The module's ``from .<module> import ...`` statements that name a function of
-    :data:`FUNCTIONS`, each with those names."""
+    :data:`FUNCTIONS` or a type of :data:`TYPES`, each with those names."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in FUNCTIONS:
-            names = [a.name for a in node.names if a.name in FUNCTIONS[node.module]]
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in _CIMPORTED:
+            names = [a.name for a in node.names if a.name in _CIMPORTED[node.module]]
             if any(a.asname for a in node.names if a.name in names):
-                raise SystemExit(f"dataplane: a function of {node.module} imported under a name")
+                raise SystemExit(f"dataplane: a name of {node.module} imported under a name")
             if names:
                 found.append((node, names))
     return found

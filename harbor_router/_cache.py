@@ -11,19 +11,19 @@ from ._speedups_env import NO_EXTENSIONS, REQUIRE_EXTENSIONS
 IMPLEMENTATION: str
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._cache_py import TTLCache
+    from ._cache_py import Memo, TTLCache
 
     IMPLEMENTATION = "py"
 else:
     try:
-        from ._cache_c import TTLCache
+        from ._cache_c import Memo, TTLCache
 
         IMPLEMENTATION = "c"
     except ImportError:
         if REQUIRE_EXTENSIONS:
             raise
-        from ._cache_py import TTLCache
+        from ._cache_py import Memo, TTLCache
 
         IMPLEMENTATION = "py"
 
-__all__ = ("IMPLEMENTATION", "TTLCache")
+__all__ = ("IMPLEMENTATION", "Memo", "TTLCache")

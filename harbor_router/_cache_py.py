@@ -34,6 +34,20 @@ Contract (``TTLCache``; ``_cache_c.TTLCache`` behaves exactly the same):
   cumulative and survive it. ``keys()`` lists stored keys, least recently used first (O(n),
   for tests and debugging; may include expired entries not yet removed).
 - Counters ``hits``, ``misses``, ``evictions``, ``expirations`` only ever grow.
+
+``Memo`` (``_cache_c.Memo`` behaves the same) is a bounded ``str`` → value map for values that
+can always be made again (the router's routes by request target): no time, no order, no
+counters, O(1) per operation.
+
+- ``Memo(max_entries)``: at most ``max_entries`` entries (1 to 2**30). Keys are ``str`` (the
+  compiled memo raises ``TypeError`` for anything else); values are any object except None
+  (``TypeError``). ``Memo[V]`` types them.
+- ``get(key)`` is the value last ``set`` for ``key``, or None when it has none. ``set(key,
+  value)`` keeps ``value`` for ``key``; a new key into a full memo empties it first. ``clear()``
+  forgets everything; ``len`` counts the entries.
+- A memo may keep less than it was given, never more: the compiled one does not keep a new key
+  whose run of slots is taken (a flood of keys chosen to collide goes unmemoized; ``get`` is
+  then None, as for a key never set), so a caller must be as right without an entry as with it.
 """
 
 from __future__ import annotations
@@ -44,7 +58,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ("MAX_ENTRIES_LIMIT", "TTLCache")
+__all__ = ("MAX_ENTRIES_LIMIT", "Memo", "TTLCache")
 
 MAX_ENTRIES_LIMIT = 1 << 30
 
@@ -192,3 +206,39 @@ class TTLCache(Generic[V]):
             f"<{type(self).__qualname__} {len(self)}/{self._max_entries} ttl={self._ttl}"
             f" hits={self._hits} misses={self._misses}>"
         )
+
+
+class Memo(Generic[V]):
+    """``Memo[V]``: values of type ``V`` (generic for the type checker only)."""
+
+    __slots__ = ("_data", "_max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        if not 1 <= max_entries <= MAX_ENTRIES_LIMIT:
+            raise ValueError(f"max_entries must be between 1 and {MAX_ENTRIES_LIMIT}")
+        self._max_entries = max_entries
+        self._data: dict[str, V] = {}
+
+    @property
+    def max_entries(self) -> int:
+        return self._max_entries
+
+    def get(self, key: str) -> V | None:
+        return self._data.get(key)
+
+    def set(self, key: str, value: V) -> None:
+        if value is None:
+            raise TypeError("a memo's values are not None")
+        data = self._data
+        if key not in data and len(data) >= self._max_entries:
+            data.clear()
+        data[key] = value
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} {len(self)}/{self._max_entries}>"

@@ -244,10 +244,9 @@ class RequestHandler(FastPath):
         key = route.key
         if tiers.is_negative(kind, key, route.reference):
             return None
-        found = tiers.l1.lookup(key)
-        if found is None or found[1] == STALE:
+        name = tiers.l1.fresh(key)  # the mapped project
+        if name is None:
             return None
-        name = found[0]  # the mapped project
         projects = self._discovery.projects
         by_name = self._fast_by_name
         if projects is not self._fast_set:

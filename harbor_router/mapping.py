@@ -70,6 +70,15 @@ class MappingCache:
         (project, stored_at), now = found
         return project, FRESH if now - stored_at <= self._ttl else STALE
 
+    def fresh(self, name: str) -> str | None:
+        """The project of a fresh entry for ``name``, else None: :meth:`lookup` for the fast
+        path, which takes only fresh ones (a stale entry is looked up and counted the same)."""
+        found = self._lru.get_timed(name)
+        if found is None:
+            return None
+        (project, stored_at), now = found
+        return project if now - stored_at <= self._ttl else None
+
     def get(self, name: str) -> str | None:
         found = self.lookup(name)
         return None if found is None else found[0]

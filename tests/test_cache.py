@@ -7,6 +7,7 @@ import math
 import os
 import time
 from types import ModuleType
+from typing import Any
 
 import pytest
 from twins import implementations, selected
@@ -38,7 +39,7 @@ def test_compiled_module_loaded_when_required() -> None:
         pytest.skip("HARBOR_ROUTER_REQUIRE_EXTENSIONS is not set")
     assert _cache.IMPLEMENTATION == "c"
     assert _cache.TTLCache.__module__ == "harbor_router._cache_c"
-    assert _cache.TTLCache.__module__ == "harbor_router._cache_c"
+    assert _cache.Memo.__module__ == "harbor_router._cache_c"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,17 +221,22 @@ def test_values_may_be_any_object_and_are_released(impl: ModuleType, clock: Cloc
     assert released == [True] and ref() is None
 
 
+class Reentrant:
+    """A value whose finaliser uses the cache (or memo) that held it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __del__(self) -> None:
+        self.store.set("from-del", 1)
+        self.store.get("a")
+
+
 def test_a_value_finaliser_may_use_the_cache(impl: ModuleType, clock: Clock) -> None:
     cache = impl.TTLCache(2, 10, clock=clock)
-
-    class Reentrant:
-        def __del__(self) -> None:
-            cache.set("from-del", 1)
-            cache.get("a")
-
-    cache.set("a", Reentrant())
+    cache.set("a", Reentrant(cache))
     cache.set("a", 2)  # replacing drops the old value
-    cache.set("b", Reentrant())
+    cache.set("b", Reentrant(cache))
     cache.set("c", 3)  # evicts a ...
     cache.set("d", 4)  # ... and b, whose __del__ writes
     assert len(cache) <= 2
@@ -267,6 +273,100 @@ def test_compiled_cache_refuses_non_str_keys() -> None:
 
 def test_subscriptable_for_annotations(impl: ModuleType) -> None:
     assert impl.TTLCache[float] is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Memo
+
+
+def test_memo_get_set_replace_clear(impl: ModuleType) -> None:
+    memo = impl.Memo(4)
+    assert memo.get("a") is None and len(memo) == 0 and memo.max_entries == 4
+    memo.set("a", 1)
+    memo.set("b", 2)
+    memo.set("a", 3)
+    assert (memo.get("a"), memo.get("b"), memo.get("c"), len(memo)) == (3, 2, None, 2)
+    memo.clear()
+    assert memo.get("a") is None and len(memo) == 0
+    memo.set("a", 4)
+    assert memo.get("a") == 4 and len(memo) == 1
+
+
+def test_memo_finds_keys_by_value_whatever_their_length_and_kind(impl: ModuleType) -> None:
+    """Every length a word-at-a-time hash treats apart (empty, under 4, under 8, whole words,
+    a word and a tail), keys that differ only in their last character, and str of wider
+    kinds: each found by an equal str made afresh, none mistaken for another."""
+    memo = impl.Memo(1000)
+    keys = ["".join(["/v2/proxy/", "x" * n])[:n] for n in range(26)]
+    keys += [k[:-1] + "z" for k in keys if k] + ["é" * 5, "é" * 9, "\u20ac" * 9, "\U0001f600" * 3]
+    for i, key in enumerate(keys):
+        memo.set(key, i)
+    assert len(memo) == len(set(keys)) == len(keys)
+    for i, key in enumerate(keys):
+        assert memo.get("".join(list(key))) == i, repr(key)
+    assert memo.get("x" * 26) is None and memo.get("é" * 4) is None
+
+
+def test_memo_stays_bounded_and_empties_when_full(impl: ModuleType) -> None:
+    memo = impl.Memo(8)
+    for i in range(8):
+        memo.set(f"k{i}", i)
+    memo.set("k3", 33)  # a key it has: replaced, nothing dropped
+    assert len(memo) == 8 and memo.get("k0") == 0 and memo.get("k3") == 33
+    memo.set("new", 9)  # a new key into a full memo: emptied first
+    assert len(memo) == 1 and memo.get("new") == 9 and memo.get("k0") is None
+    for i in range(10_000):
+        memo.set(f"churn/{i}", i)
+        assert len(memo) <= 8
+    assert memo.get("churn/9999") == 9999
+
+
+def test_memo_releases_values_and_a_finaliser_may_use_it(impl: ModuleType) -> None:
+    import weakref
+
+    class Value:
+        pass
+
+    memo = impl.Memo(2)
+    released: list[str] = []
+    first, second = Value(), Value()
+    refs = [weakref.ref(first, lambda _: released.append("replaced")),
+            weakref.ref(second, lambda _: released.append("cleared"))]  # fmt: skip
+    memo.set("a", first)
+    memo.set("b", second)
+    del first, second
+    memo.set("a", "other")
+    memo.clear()
+    gc.collect()
+    assert released == ["replaced", "cleared"] and refs[0]() is None
+    memo.set("a", Reentrant(memo))
+    memo.set("a", 2)  # replacing drops the old value
+    memo.set("b", Reentrant(memo))
+    memo.set("c", 3)  # a full memo empties: b's __del__ writes
+    assert len(memo) <= 2 and memo.get("c") in (3, None)
+
+
+def test_memo_refuses_bad_arguments(impl: ModuleType) -> None:
+    for max_entries in (0, -1, 2**30 + 1):
+        with pytest.raises(ValueError):
+            impl.Memo(max_entries)
+    with pytest.raises(TypeError):
+        impl.Memo(2).set("a", None)
+    assert impl.Memo[int] is not None
+
+
+def test_compiled_memo_refuses_non_str_keys() -> None:
+    compiled = pytest.importorskip("harbor_router._cache_c")
+
+    class Text(str):
+        pass
+
+    memo = compiled.Memo(2)
+    for key in (1, b"a", None, Text("a")):
+        with pytest.raises(TypeError):
+            memo.set(key, 1)
+        with pytest.raises(TypeError):
+            memo.get(key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +410,26 @@ def test_stale_while_revalidate_window(clock: Clock) -> None:
     clock.now += 1
     assert mapping.lookup("acme/tool") is None
     assert len(mapping) == 0
+
+
+def test_fresh_is_the_project_of_a_fresh_entry_only(clock: Clock) -> None:
+    """What the fast path asks: the project while the entry is fresh, None once it is stale
+    or gone; it looks the entry up (and counts it) just as lookup does."""
+    mapping = MappingCache(10, ttl=10, stale_while_revalidate=5, clock=clock)
+    assert mapping.fresh("acme/tool") is None
+    mapping.set("acme/tool", "ghcr")
+    mapping.set("old/tool", "quay", clock.now - 11)  # learnt elsewhere, stale already
+    assert mapping.fresh("acme/tool") == "ghcr"
+    assert mapping.fresh("old/tool") is None and mapping.lookup("old/tool") is not None
+    clock.now += 10
+    assert mapping.fresh("acme/tool") == "ghcr"
+    clock.now += 1
+    assert mapping.fresh("acme/tool") is None
+    assert mapping.lookup("acme/tool") is not None  # stale, still there
+    clock.now += 5
+    assert mapping.fresh("acme/tool") is None and len(mapping) == 1
+    positive = mapping.positive
+    assert (positive.hits, positive.misses, positive.expirations) == (6, 2, 1)
 
 
 def test_mapping_is_bounded_lru(clock: Clock) -> None:

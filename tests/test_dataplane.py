@@ -326,3 +326,38 @@ def test_generator_spells_relative_imports_with_the_package() -> None:
         out
         == "from harbor_router import errors\nif x:\n    from harbor_router.relay import Relay\n"
     )
+
+
+def test_generator_types_attributes_with_a_hand_declared_type_and_cimports_it() -> None:
+    """A type of TYPES imported by name is cimported from its compiled twin (its copy's
+    Python import leaves it out), and an attribute annotated with it, subscripted or not,
+    is declared as it, so that its cpdef methods are C calls."""
+    source = (
+        "from ._cache import Memo, TTLCache\n"
+        "class MappingCache:\n"
+        "    def __init__(self) -> None:\n"
+        "        self._lru: TTLCache[tuple[str, float]] = TTLCache(1, 1.0)\n"
+        "        self._known: Memo[int] | None = None\n"
+        "        self._other = TTLCache(1, 1.0)\n"
+    )
+    pxd = DATAPLANE._pxd(source, "mapping", ("MappingCache",))
+    lines = {line.strip() for line in pxd.splitlines()}
+    assert "from harbor_router._cache_c cimport Memo, TTLCache" in lines
+    assert {"cdef public TTLCache _lru", "cdef public Memo _known",
+            "cdef public object _other"} <= lines  # fmt: skip
+    assert DATAPLANE._strip_bases(source, ("MappingCache",)).startswith("pass\n")
+
+
+def test_the_cache_methods_it_calls_in_c_are_declared_as_the_pyx_defines_them() -> None:
+    """The compiled modules cimport ``_cache_c``'s types by the hand-written declarations
+    (_speedups/_cache_c.pxd): each type is one of TYPES, and every method declared there is
+    defined in the .pyx with the same signature."""
+    pxd = (ROOT / "_speedups" / "_cache_c.pxd").read_text().splitlines()
+    pyx = " ".join((ROOT / "_speedups" / "_cache_c.pyx").read_text().split())
+    types = {line.split()[2].rstrip(":") for line in pxd if line.startswith("cdef class")}
+    assert types == set(DATAPLANE.TYPES["_cache"])
+    methods = [line.strip() for line in pxd
+               if line.startswith(("    cdef ", "    cpdef ")) and "(" in line]  # fmt: skip
+    assert "cpdef get_timed(self, key)" in methods and "cpdef get(self, key)" in methods
+    for method in methods:
+        assert f"{method}:" in pyx, method

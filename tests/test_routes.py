@@ -179,3 +179,82 @@ def test_passthrough_keeps_dots_inside_segments() -> None:
     router = routes.Router("proxy", passthrough=True)
     path = "/v2/library/my..odd.name/manifests/v1.2..3"
     assert router.parse("GET", path, "").name == path
+
+
+# Known targets (Router._known, a _cache.Memo): a target's remembered route is the one a fresh
+# parse gives, and what is not a valid pull is never remembered.
+_FIELDS = ("kind", "name", "key", "upstream", "reference", "query", "host", "ns", "prefixed")
+_TARGETS = [
+    ("/v2/proxy/library/nginx/manifests/1.25", ""),
+    (f"/v2/proxy/a/b/c/blobs/{D256}", ""),
+    ("/v2/proxy/a/tags/list", "x=1&n=2"),
+    (f"/v2/proxy/a/referrers/{D256}", "artifactType=application%2Fvnd.x"),
+    ("/v2/proxy/x/manifests/v1", "ns=docker.io"),
+    ("/v2/proxy/x/manifests/v1", "ns=ghcr.io"),
+    ("/v2/proxy/GHCR.io/acme/tool/manifests/v1", ""),
+    ("/v2/proxy/docker.io/nginx/manifests/v1", "n=1"),
+    ("/v2/", ""),
+    ("/healthz", ""),
+]
+
+
+def _fields(route: routes.Route) -> tuple[object, ...]:
+    return (type(route).__name__, *(getattr(route, field) for field in _FIELDS))
+
+
+@pytest.mark.parametrize(("path", "query"), _TARGETS)
+def test_a_known_target_gives_the_route_a_fresh_parse_does(path: str, query: str) -> None:
+    router = routes.Router("proxy")
+    first = router.parse("GET", path, query)
+    fresh = routes.Router("proxy").parse("HEAD", "".join(list(path)), query)
+    again = router.parse("HEAD", "".join(list(path)), "".join(list(query)))  # equal, not same
+    assert again is first and _fields(first) == _fields(fresh)
+    router._known.clear()
+    assert _fields(router.parse("GET", path, query)) == _fields(first)
+
+
+def test_targets_differing_in_one_character_have_their_own_routes() -> None:
+    router = routes.Router("proxy")
+    names = [f"/v2/proxy/library/nginx/manifests/1.2{i}" for i in range(10)]
+    names += ["/v2/proxy/library/nginx/manifests/1.25", "/v2/proxy/library/nginx/manifests/1.25"]
+    for _ in range(2):
+        for path in names:
+            assert router.parse("GET", path, "").reference == path.rsplit("/", 1)[1]
+        for query in ("n=1", "n=2", ""):
+            assert router.parse("GET", "/v2/proxy/a/tags/list", query).query == query
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "error"),
+    [
+        ("GET", "/v2/proxy/Library/nginx/manifests/1", "", errors.NameInvalid),
+        ("GET", "/v2/proxy/a/manifests/sha256:abc", "", errors.DigestInvalid),
+        ("GET", "/v2/proxy/a/tags/list", "n=abc", errors.PaginationNumberInvalid),
+        ("GET", "/v2/proxy/x/manifests/v1", "ns=Not_A_Host", errors.NameInvalid),
+        ("GET", "/metrics", "", errors.NameUnknown),
+        ("PUT", "/v2/proxy/a/manifests/1", "", errors.MethodNotAllowed),
+        ("get", "/v2/proxy/a/manifests/1", "", errors.MethodNotAllowed),
+    ],
+)
+def test_an_invalid_target_is_refused_every_time_and_never_known(
+    method: str, path: str, query: str, error: type[errors.RegistryError]
+) -> None:
+    router = routes.Router("proxy")
+    router.parse("GET", "/v2/proxy/a/manifests/1", "")  # a valid one, known
+    for _ in range(3):
+        with pytest.raises(error):
+            router.parse(method, path, query)
+    assert len(router._known) == 1
+
+
+def test_known_targets_stay_bounded_and_long_ones_are_not_kept() -> None:
+    router = routes.Router("proxy")
+    path, padding = "/v2/proxy/a/manifests/1", "pad=" + "x" * routes.KNOWN_TARGET_BYTES
+    first = router.parse("GET", path, padding)  # a valid target, too long to keep
+    assert len(router._known) == 0 and router.parse("GET", path, padding) is not first
+    for i in range(routes.KNOWN_TARGETS + 10):
+        assert router.parse("GET", f"/v2/proxy/a/manifests/v{i}", "").reference == f"v{i}"
+        assert len(router._known) <= routes.KNOWN_TARGETS
+    assert router._known.max_entries == routes.KNOWN_TARGETS
+    # emptied when the full memo got a new target (10 since, or fewer: a memo may keep less)
+    assert 1 <= len(router._known) <= 10
