@@ -61,7 +61,14 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
 # whose hand-written declarations (``_speedups/_wire_c.pxd``, the .pyx's own) the compiled
 # modules cimport; the source, and the twin build, import from ``_wire`` as before
 DECLARED_IN: dict[str, str] = {"_wire": "_wire_c"}
+# such a module → its extension types the data plane holds (``self.scan = RequestScan()``, a
+# parameter or local annotated with one): typed so, like a data plane class, reading their
+# attributes is a C struct access; imported by name from the module, they are cimported
+TYPES: dict[str, tuple[str, ...]] = {"_wire": ("RequestScan", "ResponseScan")}
 _DROPPED_BASES = ("asyncio.Protocol",)
+# class → the size of its free list (Cython's ``@cython.freelist``): that many freed instances
+# are kept for the next ones instead of going back to the allocator (made once a request)
+FREELISTS: dict[str, int] = {"Request": 16}
 # The declarations alone type the compiled modules: the source's annotations are mypy's
 # (Cython would read ``float`` as a C double, and a method's declared signature must be
 # the whole truth about its arguments).
@@ -112,7 +119,9 @@ def _attributes(cls: ast.ClassDef) -> list[str]:
 
 
 # every extension type of the data plane → its module
-KNOWN: dict[str, str] = {cls: module for module, names in MODULES.items() for cls in names}
+KNOWN: dict[str, str] = {
+    cls: module for module, names in (*MODULES.items(), *TYPES.items()) for cls in names
+}
 
 
 def _one_type(node: ast.expr | None) -> ast.expr | None:
@@ -325,11 +334,12 @@ def _typed_locals(method: ast.FunctionDef) -> dict[str, str]:
 
 def _imported_functions(tree: ast.Module) -> list[tuple[ast.ImportFrom, list[str]]]:
     """The module's ``from .<module> import ...`` statements that name a function of
-    :data:`FUNCTIONS`, each with those names."""
+    :data:`FUNCTIONS` (or a type of :data:`TYPES`), each with those names."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in FUNCTIONS:
-            names = [a.name for a in node.names if a.name in FUNCTIONS[node.module]]
+            cimported = (*FUNCTIONS[node.module], *TYPES.get(node.module, ()))
+            names = [a.name for a in node.names if a.name in cimported]
             if any(a.asname for a in node.names if a.name in names):
                 raise SystemExit(f"dataplane: a function of {node.module} imported under a name")
             if names:
@@ -431,7 +441,9 @@ def _pxd(
     # by the name the module has at run time (``harbor_router.<module>``, from ``_compiled/``)
     if any(line.lstrip().startswith("@cython.locals") for line in body):
         lines.append("import cython")
-    lines += [f"from harbor_router.{KNOWN[c]} cimport {c}" for c in sorted(cimports)]
+    # (a class of TYPES is cimported with the module's functions, below)
+    own = sorted(c for c in cimports if KNOWN[c] in MODULES)
+    lines += [f"from harbor_router.{KNOWN[c]} cimport {c}" for c in own]
     lines += [
         f"from harbor_router.{DECLARED_IN.get(node.module, node.module)} cimport {', '.join(names)}"
         for node, names in _imported_functions(tree)
@@ -440,14 +452,28 @@ def _pxd(
     return "\n".join([*lines, "", *body])
 
 
+def _with_freelist(source: str, name: str, size: int) -> str:
+    """The module with class ``name`` decorated to keep a free list of ``size`` (in the blank
+    lines above it and below the ``__future__`` import: each line stays where it was)."""
+    future = "from __future__ import annotations\n\n"
+    source, found = re.subn(rf"\n\n\n(class {name}\b)",
+                            rf"\n@cython.freelist({size})\n@cython.cclass\n\1", source)  # fmt: skip
+    if future not in source or found != 1:
+        raise SystemExit(f"dataplane: no room for the free list of {name}")
+    return source.replace(future, "from __future__ import annotations\nimport cython\n", 1)
+
+
 def _strip_bases(source: str, classes: tuple[str, ...]) -> str:
-    """The copy that is compiled: the dropped bases gone, the cimported functions left out of
-    its imports (:func:`_without_cimported`), and relative imports spelt with the package's
-    name (what they mean at run time, where the module is ``harbor_router.<module>``), so
-    that a class imported here and cimported in the declarations is one name."""
+    """The copy that is compiled: the dropped bases gone, the free lists of :data:`FREELISTS`
+    asked for, the cimported functions left out of its imports (:func:`_without_cimported`),
+    and relative imports spelt with the package's name (what they mean at run time, where
+    the module is ``harbor_router.<module>``), so that a class imported here and cimported in
+    the declarations is one name."""
     for name in classes:
         for base in _DROPPED_BASES:
             source = source.replace(f"class {name}({base}):", f"class {name}:")
+        if name in FREELISTS:
+            source = _with_freelist(source, name, FREELISTS[name])
     source = _without_cimported(source)
     source = re.sub(r"^(\s*)from \. import ", r"\1from harbor_router import ", source, flags=re.M)
     return re.sub(r"^(\s*)from \.(\w)", r"\1from harbor_router.\2", source, flags=re.M)

@@ -25,7 +25,7 @@ from typing import cast
 
 import httptools
 
-from ._wire import monotonic, scan_response, write_to
+from ._wire import ResponseScan, monotonic, scan_response, write_to
 from .splice import plain_fd
 
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -83,6 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_queued",
         "_reader",
         "_retired",
+        "_scan",
         "_sink",
         "closed",
         "idle_since",
@@ -107,6 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._retired = False  # closed after the current response instead of pooled
         self._paused = False
         self._headers: list[tuple[bytes, bytes]] = []
+        self._scan = ResponseScan()  # what scan_response read of the current response
         self.closed = False
         self.idle_since = 0.0
         self.in_use = False  # lent out by the pool (counted in its active_count)
@@ -127,9 +129,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = True
         if self._fresh:
             self._fresh = False
-            scanned = scan_response(data, self._head_only)
-            if scanned is not None:
-                self._scanned(sink, data, scanned)
+            if scan_response(data, self._head_only, self._scan):
+                self._scanned(sink, data)
                 return
         reader = self._reader
         if reader is None:  # a HEAD response the scan did not take
@@ -142,16 +143,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         sink.flush()  # what this read produced goes to the client in one write
 
-    def _scanned(
-        self,
-        sink: Sink,
-        data: bytes,
-        scanned: tuple[int, bytes | None, int, bool],
-    ) -> None:
-        """The whole response came in ``data`` and the scan read it: the sink gets what the
-        parser's callbacks would have given it, in the same order."""
-        status, block, body_at, keep_alive = scanned
-        sink.on_scanned(status, block, data)
+    def _scanned(self, sink: Sink, data: bytes) -> None:
+        """The whole response came in ``data`` and the scan read it (``_scan``): the sink gets
+        what the parser's callbacks would have given it, in the same order."""
+        scan = self._scan
+        body_at, keep_alive = scan.body_at, scan.keep_alive
+        sink.on_scanned(scan.status, scan.block, data)
         if self._sink is not sink:
             return
         if body_at < len(data):
