@@ -239,6 +239,33 @@ cpdef build_head(bytes status_line, headers, bytes extra, long content_length, b
     return head
 
 
+cpdef whole_response(bytes status_line, bytes block, bytes added, bint close, bytes data,
+                     Py_ssize_t body_at):
+    """A scanned response for the client, head and body in one bytes (see the twin)."""
+    if status_line is None or block is None or added is None or data is None:
+        raise TypeError("the status line, the lines and the response are bytes")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), at
+    if body_at < 0 or body_at > n:
+        raise ValueError("the body starts inside the response")
+    cdef Py_ssize_t size = (PyBytes_GET_SIZE(status_line) + PyBytes_GET_SIZE(block)
+                            + PyBytes_GET_SIZE(added) + (19 if close else 0) + 2 + n - body_at)
+    cdef bytes whole = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* out = PyBytes_AS_STRING(whole)
+    memcpy(out, PyBytes_AS_STRING(status_line), PyBytes_GET_SIZE(status_line))
+    at = PyBytes_GET_SIZE(status_line)
+    memcpy(out + at, PyBytes_AS_STRING(block), PyBytes_GET_SIZE(block))
+    at += PyBytes_GET_SIZE(block)
+    memcpy(out + at, PyBytes_AS_STRING(added), PyBytes_GET_SIZE(added))
+    at += PyBytes_GET_SIZE(added)
+    if close:
+        memcpy(out + at, b"Connection: close\r\n", 19)
+        at += 19
+    out[at] = 13
+    out[at + 1] = 10
+    memcpy(out + at + 2, PyBytes_AS_STRING(data) + body_at, n - body_at)
+    return whole
+
+
 # scan_response: the strict subset of HTTP/1.1 responses it reads itself (see the twin).
 # byte classes, one table lookup per byte
 cdef enum:

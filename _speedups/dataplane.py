@@ -53,9 +53,9 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "responses": ("status_line",),
     "breaker": ("is_failure",),
     "_wire": ("valid_name", "valid_tag", "valid_digest", "end_to_end", "build_head",
-              "scan_response", "head_fields", "scan_request", "forward_head", "observe",
-              "write_to", "count_request", "count_upstream", "count_answer", "monotonic",
-              "perf_counter"),
+              "scan_response", "whole_response", "head_fields", "scan_request", "forward_head",
+              "observe", "write_to", "count_request", "count_upstream", "count_answer",
+              "monotonic", "perf_counter"),
 }  # fmt: skip
 # a module of FUNCTIONS whose functions are declared elsewhere: ``_wire``'s compiled twin,
 # whose hand-written declarations (``_speedups/_wire_c.pxd``, the .pyx's own) the compiled

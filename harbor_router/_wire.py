@@ -30,6 +30,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         valid_digest,
         valid_name,
         valid_tag,
+        whole_response,
         write_to,
     )
 
@@ -59,6 +60,7 @@ else:
             valid_digest,
             valid_name,
             valid_tag,
+            whole_response,
             write_to,
         )
 
@@ -89,6 +91,7 @@ else:
             valid_digest,
             valid_name,
             valid_tag,
+            whole_response,
             write_to,
         )
 
@@ -118,5 +121,6 @@ __all__ = (
     "valid_digest",
     "valid_name",
     "valid_tag",
+    "whole_response",
     "write_to",
 )

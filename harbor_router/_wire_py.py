@@ -124,6 +124,18 @@ def build_head(
     return b"".join(parts)
 
 
+def whole_response(
+    status_line: bytes, block: bytes, added: bytes, close: bool, data: bytes, body_at: int
+) -> bytes:
+    """A response :func:`scan_response` took, for the client in one bytes: ``status_line``,
+    the end-to-end lines ``block`` and the ``added`` ones, ``Connection: close`` when
+    ``close``, the blank line, then the body, ``data[body_at:]`` (no copy of it made first)."""
+    if not 0 <= body_at <= len(data):
+        raise ValueError("the body starts inside the response")
+    ending = b"Connection: close\r\n\r\n" if close else b"\r\n"
+    return b"".join((status_line, block, added, ending, data[body_at:]))
+
+
 class ForwardLines:
     """The client request headers :func:`forward_head` passes on: each one's line start
     (``Name: ``) by its lowercased name (bytes both)."""

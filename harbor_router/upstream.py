@@ -6,7 +6,8 @@ httptools parses it: ``on_head`` once, ``on_body`` per chunk, then ``on_complete
 and ``flush`` after every read, so that what one read produced reaches the client in one write.
 A response that comes whole in its first read and is of the plainest kind (``_wire.scan_response``:
 a small manifest, a HEAD answer) is read by one compiled scan instead, and the sink gets
-``on_scanned`` (the status and the end-to-end header lines already joined), then its body. Every
+``on_scanned`` (the status and the end-to-end header lines already joined), then its body (unless
+the sink took it with the head, in one bytes for the client: ``on_scanned``'s answer). Every
 other response goes through httptools: the connection keeps one parser for its GET responses
 (httptools starts over at each message end); a HEAD response, which the response parser cannot
 finish by itself, gets a fresh parser and simply ends at its headers, and so does the response
@@ -41,7 +42,9 @@ class Sink:
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         raise NotImplementedError
 
-    def on_scanned(self, status: int, block: bytes | None, data: bytes) -> None:
+    def on_scanned(self, status: int, block: bytes | None, data: bytes, body_at: int) -> bool:
+        """The head of a whole response; True when the sink took its body (``data[body_at:]``)
+        too, else :meth:`on_body` gives it."""
         raise NotImplementedError
 
     def on_body(self, data: bytes) -> None:
@@ -148,10 +151,10 @@ class UpstreamConnection(asyncio.Protocol):
         what the parser's callbacks would have given it, in the same order."""
         scan = self._scan
         body_at, keep_alive = scan.body_at, scan.keep_alive
-        sink.on_scanned(scan.status, scan.block, data)
+        took = sink.on_scanned(scan.status, scan.block, data, body_at)
         if self._sink is not sink:
             return
-        if body_at < len(data):
+        if not took and body_at < len(data):
             sink.on_body(data[body_at:])
         if self._head_only:
             self._reader = self._parser

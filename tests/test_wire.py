@@ -281,6 +281,26 @@ def test_scan_response_overwrites_the_scan_it_is_given_only_when_it_takes_one(
             wire.scan_response(MANIFEST_RESPONSE, False, wrong)
 
 
+@pytest.mark.parametrize("close", [False, True])
+def test_whole_response_is_the_head_build_head_joins_and_the_body(
+    wire: ModuleType, close: bool
+) -> None:
+    scan = wire.ResponseScan()
+    for data in (MANIFEST_RESPONSE, MANIFEST_RESPONSE[: -len(b"{}")]):
+        assert wire.scan_response(data, data != MANIFEST_RESPONSE, scan)
+        block = scan.block
+        for added in (b"", b"X-Router: a\r\n"):
+            head = wire.build_head(b"HTTP/1.1 200 OK\r\n", (), block + added, -1, close)
+            whole = wire.whole_response(b"HTTP/1.1 200 OK\r\n", block, added, close, data,
+                                        scan.body_at)  # fmt: skip
+            assert whole == head + data[scan.body_at :]
+    assert wire.whole_response(b"S\r\n", b"", b"", False, b"abc", 3) == b"S\r\n\r\n"
+    assert wire.whole_response(b"S\r\n", b"", b"", False, b"abc", 0) == b"S\r\n\r\nabc"
+    for body_at in (-1, 4):
+        with pytest.raises(ValueError):
+            wire.whole_response(b"S\r\n", b"", b"", False, b"abc", body_at)
+
+
 class _Parsed:
     """What httptools' response parser makes of some bytes."""
 
