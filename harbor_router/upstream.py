@@ -42,9 +42,9 @@ class Sink:
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         raise NotImplementedError
 
-    def on_scanned(self, status: int, block: bytes | None, data: bytes, body_at: int) -> bool:
-        """The head of a whole response; True when the sink took its body (``data[body_at:]``)
-        too, else :meth:`on_body` gives it."""
+    def on_scanned(self, scan: ResponseScan, data: bytes) -> bool:
+        """The head of a whole response, ``data``, as ``scan`` read it; True when the sink took
+        its body (``data[scan.body_at:]``) too, else :meth:`on_body` gives it."""
         raise NotImplementedError
 
     def on_body(self, data: bytes) -> None:
@@ -151,7 +151,7 @@ class UpstreamConnection(asyncio.Protocol):
         what the parser's callbacks would have given it, in the same order."""
         scan = self._scan
         body_at, keep_alive = scan.body_at, scan.keep_alive
-        took = sink.on_scanned(scan.status, scan.block, data, body_at)
+        took = sink.on_scanned(scan, data)
         if self._sink is not sink:
             return
         if not took and body_at < len(data):

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from harbor_router._wire import head_fields
+from harbor_router._wire import ResponseScan, head_fields
 from harbor_router.upstream import Sink, UpstreamConnection, UpstreamError, UpstreamPool
 
 Script = Callable[[bytes], bytes | None]  # request head -> raw response (None: close at once)
@@ -60,9 +60,9 @@ class Recorder(Sink):
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status, self.headers = status, headers
 
-    def on_scanned(self, status: int, block: bytes | None, data: bytes, body_at: int) -> bool:
-        self.scanned, self.block = True, block
-        self.on_head(status, head_fields(data))
+    def on_scanned(self, scan: ResponseScan, data: bytes) -> bool:
+        self.scanned, self.block = True, scan.block
+        self.on_head(scan.status, head_fields(data))
         return False  # on_body gives the body
 
     def flush(self) -> None:
@@ -104,9 +104,9 @@ async def pool_for() -> AsyncIterator[Callable[..., asyncio.Future[tuple[Upstrea
 class Taker(Recorder):
     """A sink that takes a scanned response's body with its head."""
 
-    def on_scanned(self, status: int, block: bytes | None, data: bytes, body_at: int) -> bool:
-        super().on_scanned(status, block, data, body_at)
-        self.body += b"taken:" + data[body_at:]
+    def on_scanned(self, scan: ResponseScan, data: bytes) -> bool:
+        super().on_scanned(scan, data)
+        self.body += b"taken:" + data[scan.body_at :]
         return True
 
 
