@@ -25,6 +25,19 @@ cdef class UpstreamTable:
     cdef double *bounds
     cdef ProjectCalls calls(self, str project)
 
+# what scan_response / scan_request read, into an object the caller keeps: the compiled callers
+# read its fields as C values, without a tuple (or an int object) made for them
+cdef class ResponseScan:
+    cdef readonly int status
+    cdef readonly bytes block
+    cdef readonly Py_ssize_t body_at
+    cdef readonly bint keep_alive
+
+cdef class RequestScan:
+    cdef readonly str method, path, query
+    cdef readonly list headers
+    cdef readonly bint http11, keep_alive
+
 cdef class ForwardLines:
     cdef tuple known  # by the index of each name _KNOWN has: its line start, or None
     cdef dict others  # the other names' line starts
@@ -34,9 +47,10 @@ cpdef valid_tag(str tag)
 cpdef valid_digest(str digest)
 cpdef end_to_end(list headers, bytes needle, bytes replacement)
 cpdef build_head(bytes status_line, headers, bytes extra, long content_length, bint close)
-cpdef scan_response(bytes data, bint head_only)
+cpdef whole_response(bytes status_line, bytes block, bytes added, bint close, bytes data, Py_ssize_t body_at)
+cpdef bint scan_response(bytes data, bint head_only, ResponseScan scan) except -1
 cpdef head_fields(bytes data)
-cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields)
+cpdef bint scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields, RequestScan scan) except -1
 cpdef forward_head(str method, bytes start, list headers, ForwardLines lines, str client_ip)
 cpdef observe(list hist, tuple bounds, double value)
 cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1

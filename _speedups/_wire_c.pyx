@@ -239,6 +239,33 @@ cpdef build_head(bytes status_line, headers, bytes extra, long content_length, b
     return head
 
 
+cpdef whole_response(bytes status_line, bytes block, bytes added, bint close, bytes data,
+                     Py_ssize_t body_at):
+    """A scanned response for the client, head and body in one bytes (see the twin)."""
+    if status_line is None or block is None or added is None or data is None:
+        raise TypeError("the status line, the lines and the response are bytes")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), at
+    if body_at < 0 or body_at > n:
+        raise ValueError("the body starts inside the response")
+    cdef Py_ssize_t size = (PyBytes_GET_SIZE(status_line) + PyBytes_GET_SIZE(block)
+                            + PyBytes_GET_SIZE(added) + (19 if close else 0) + 2 + n - body_at)
+    cdef bytes whole = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* out = PyBytes_AS_STRING(whole)
+    memcpy(out, PyBytes_AS_STRING(status_line), PyBytes_GET_SIZE(status_line))
+    at = PyBytes_GET_SIZE(status_line)
+    memcpy(out + at, PyBytes_AS_STRING(block), PyBytes_GET_SIZE(block))
+    at += PyBytes_GET_SIZE(block)
+    memcpy(out + at, PyBytes_AS_STRING(added), PyBytes_GET_SIZE(added))
+    at += PyBytes_GET_SIZE(added)
+    if close:
+        memcpy(out + at, b"Connection: close\r\n", 19)
+        at += 19
+    out[at] = 13
+    out[at + 1] = 10
+    memcpy(out + at + 2, PyBytes_AS_STRING(data) + body_at, n - body_at)
+    return whole
+
+
 # scan_response: the strict subset of HTTP/1.1 responses it reads itself (see the twin).
 # byte classes, one table lookup per byte
 cdef enum:
@@ -723,8 +750,18 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept
     return True
 
 
-cpdef scan_response(bytes data, bint head_only):
-    """One whole response in ``data`` of the plainest kind, or None (see the twin)."""
+cdef class ResponseScan:
+    """What :func:`scan_response` read of the last response it took (see the twin)."""
+
+    def __cinit__(self):
+        self.status, self.block, self.body_at, self.keep_alive = 0, None, 0, False
+
+
+cpdef bint scan_response(bytes data, bint head_only, ResponseScan scan) except -1:
+    """Whether ``data`` is one whole response of the plainest kind, read into ``scan`` (see
+    the twin)."""
+    if scan is None:
+        raise TypeError("scan_response takes bytes and a ResponseScan")
     cdef const unsigned char* p = data
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data), body_at, body, k, at = 0, run = 0, run_end = 0
     cdef _Head head
@@ -732,16 +769,18 @@ cpdef scan_response(bytes data, bint head_only):
     cdef bytes block
     cdef char* out
     if not _scan_head(p, n, &head):
-        return None
+        return False
     body_at = head.end + 4
     if head_only or head.status == 204 or head.status == 304:
         body = 0
     else:
         body = <Py_ssize_t>head.length
     if n != body_at + body:
-        return None
+        return False
+    scan.status, scan.body_at, scan.keep_alive = head.status, body_at, head.keep_alive
     if head.rewrite:
-        return head.status, None, body_at, head.keep_alive
+        scan.block = None
+        return True
     # lines that stand in data as "Name: value\r\n", one after another, are copied at once
     block = PyBytes_FromStringAndSize(NULL, head.block)
     out = PyBytes_AS_STRING(block)
@@ -770,7 +809,8 @@ cpdef scan_response(bytes data, bint head_only):
         out[at + 1] = 10
         at += 2
     memcpy(out + at, p + run, run_end - run)
-    return head.status, block, body_at, head.keep_alive
+    scan.block = block
+    return True
 
 
 cpdef head_fields(bytes data):
@@ -803,13 +843,27 @@ cdef inline str _ascii(const unsigned char* p, Py_ssize_t n):
     return text
 
 
-cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields):
-    """One whole GET or HEAD request head in ``data`` of the plainest kind, or None."""
+cdef class RequestScan:
+    """What :func:`scan_request` read of the last request head it took (see the twin)."""
+
+    def __cinit__(self):
+        self.method = self.path = self.query = u""
+        self.headers = []
+        self.http11 = self.keep_alive = False
+
+
+cpdef bint scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields,
+                        RequestScan scan) except -1:
+    """Whether ``data`` is one whole GET or HEAD request head of the plainest kind, read into
+    ``scan`` (see the twin)."""
+    if scan is None:
+        raise TypeError("scan_request takes bytes and a RequestScan")
     cdef const unsigned char* p = data
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i, end, url, url_end, query = -1, line
     cdef Py_ssize_t name_end, value_start, value_end, count = 0, fields = 0, j
     cdef int kind
-    cdef bint http11, keep_alive, close = False, keep = False
+    cdef bint http11, close = False, keep = False
+    cdef str method
     cdef bytes name, value
     cdef _Field field
     cdef char* lower
@@ -817,7 +871,7 @@ cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssiz
     cdef list headers = []
     cdef tuple last
     if n < 18 or p[n - 4] != 13 or p[n - 3] != 10 or p[n - 2] != 13 or p[n - 1] != 10:
-        return None
+        return False
     end = n - 4
     if memcmp(p, b"GET ", 4) == 0:
         method = u"GET"
@@ -826,47 +880,47 @@ cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssiz
         method = u"HEAD"
         i = 5
     else:
-        return None
+        return False
     url = i
     if p[i] != 47:  # '/'
-        return None
+        return False
     i = _target_run(p, i, end, _QUERIES, _PATH)
     if p[i] == 63:  # '?'
         query = i
         i = _target_run(p, i + 1, end, _HASHES, _TARGET)
     url_end = i
     if i + 9 > end or p[i] != 32 or memcmp(p + i + 1, b"HTTP/1.", 7) != 0:
-        return None
+        return False
     if p[i + 8] == 49:
         http11 = True
     elif p[i + 8] == 48:
         http11 = False
     else:
-        return None
+        return False
     i += 9
     count = url_end - url
     if count > max_url:
-        return None
+        return False
     while i < end:
         i = _next_field(p, i, end, &field)
         if i < 0:
-            return None
+            return False
         kind = field.kind
         line, name_end = field.name, field.name_end
         value_start, value_end = field.value, field.value_end
         if kind == _LENGTH or kind == _REFUSE or kind == _UPGRADE:
-            return None  # a body, or what the parser judges
+            return False  # a body, or what the parser judges
         if kind == _CONNECTION:
             if _is(p + value_start, value_end - value_start, b"close", 5):
                 close = True
             elif _is(p + value_start, value_end - value_start, b"keep-alive", 10):
                 keep = True
             else:
-                return None
+                return False
         fields += 1
         count += name_end - line + value_end - value_start + 4
         if fields > max_fields or count > max_bytes:
-            return None
+            return False
         if field.known >= 0:
             last = <tuple>_LAST_LINES[field.known]
             if last is not None:
@@ -889,12 +943,16 @@ cpdef scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssiz
             _LAST_LINES[field.known] = last
         headers.append(last)
     if close and keep:
-        return None
-    keep_alive = (http11 and not close) or (not http11 and keep)
+        return False
+    scan.method = method
     if query < 0:
-        return method, _ascii(p + url, url_end - url), u"", headers, http11, keep_alive
-    return (method, _ascii(p + url, query - url), _ascii(p + query + 1, url_end - query - 1),
-            headers, http11, keep_alive)
+        scan.path, scan.query = _ascii(p + url, url_end - url), u""
+    else:
+        scan.path = _ascii(p + url, query - url)
+        scan.query = _ascii(p + query + 1, url_end - query - 1)
+    scan.headers, scan.http11 = headers, http11
+    scan.keep_alive = (http11 and not close) or (not http11 and keep)
+    return True
 
 
 # forward_head: the upstream request head. A request's known names are looked up in

@@ -53,15 +53,21 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "responses": ("status_line",),
     "breaker": ("is_failure",),
     "_wire": ("valid_name", "valid_tag", "valid_digest", "end_to_end", "build_head",
-              "scan_response", "head_fields", "scan_request", "forward_head", "observe",
-              "write_to", "count_request", "count_upstream", "count_answer", "monotonic",
-              "perf_counter"),
+              "scan_response", "whole_response", "head_fields", "scan_request", "forward_head",
+              "observe", "write_to", "count_request", "count_upstream", "count_answer",
+              "monotonic", "perf_counter"),
 }  # fmt: skip
 # module → the extension types of its compiled twin that the data plane's modules know by
-# name (``from ._cache import TTLCache``): such a module cimports it, and an attribute annotated
-# with it (``TTLCache[V]``, maybe ``| None``) is declared as it, so that its cpdef methods are
-# C calls
-TYPES: dict[str, tuple[str, ...]] = {"_cache": ("TTLCache", "Memo")}
+# name (``from ._cache import TTLCache``, ``from ._wire import RequestScan``): such a module
+# cimports them with its functions (its copy's Python import leaves them out), and they are typed
+# like a data plane class where the source says one is held (``self.scan = RequestScan()``, a
+# parameter or local annotated with one), and an attribute annotated with one, subscripted
+# (``TTLCache[V]``) or not, maybe ``| None``, is declared as it: reading their attributes is a C
+# struct access, their cpdef methods C calls
+TYPES: dict[str, tuple[str, ...]] = {
+    "_cache": ("TTLCache", "Memo"),
+    "_wire": ("RequestScan", "ResponseScan"),
+}
 # a module of FUNCTIONS or TYPES whose names are declared elsewhere: ``_wire``'s and
 # ``_cache``'s compiled twins, whose hand-written declarations (``_speedups/_wire_c.pxd``,
 # ``_cache_c.pxd``, the .pyx's own) the compiled modules cimport; the source, and the twin
@@ -72,6 +78,9 @@ _CIMPORTED: dict[str, tuple[str, ...]] = {
     module: FUNCTIONS.get(module, ()) + TYPES.get(module, ()) for module in {*FUNCTIONS, *TYPES}
 }
 _DROPPED_BASES = ("asyncio.Protocol",)
+# class → the size of its free list (Cython's ``@cython.freelist``): that many freed instances
+# are kept for the next ones instead of going back to the allocator (made once a request)
+FREELISTS: dict[str, int] = {"Request": 16}
 # The declarations alone type the compiled modules: the source's annotations are mypy's
 # (Cython would read ``float`` as a C double, and a method's declared signature must be
 # the whole truth about its arguments).
@@ -122,7 +131,9 @@ def _attributes(cls: ast.ClassDef) -> list[str]:
 
 
 # every extension type of the data plane → its module
-KNOWN: dict[str, str] = {cls: module for module, names in MODULES.items() for cls in names}
+KNOWN: dict[str, str] = {
+    cls: module for module, names in (*MODULES.items(), *TYPES.items()) for cls in names
+}
 # the hand-declared types of TYPES → their module
 _FOREIGN: dict[str, str] = {cls: module for module, names in TYPES.items() for cls in names}
 
@@ -447,7 +458,9 @@ def _pxd(
     # by the name the module has at run time (``harbor_router.<module>``, from ``_compiled/``)
     if any(line.lstrip().startswith("@cython.locals") for line in body):
         lines.append("import cython")
-    lines += [f"from harbor_router.{KNOWN[c]} cimport {c}" for c in sorted(cimports)]
+    # (a class of TYPES is cimported with the module's functions, below)
+    own = sorted(c for c in cimports if KNOWN[c] in MODULES)
+    lines += [f"from harbor_router.{KNOWN[c]} cimport {c}" for c in own]
     lines += [
         f"from harbor_router.{DECLARED_IN.get(node.module, node.module)} cimport {', '.join(names)}"
         for node, names in _imported_functions(tree)
@@ -456,14 +469,28 @@ def _pxd(
     return "\n".join([*lines, "", *body])
 
 
+def _with_freelist(source: str, name: str, size: int) -> str:
+    """The module with class ``name`` decorated to keep a free list of ``size`` (in the blank
+    lines above it and below the ``__future__`` import: each line stays where it was)."""
+    future = "from __future__ import annotations\n\n"
+    source, found = re.subn(rf"\n\n\n(class {name}\b)",
+                            rf"\n@cython.freelist({size})\n@cython.cclass\n\1", source)  # fmt: skip
+    if future not in source or found != 1:
+        raise SystemExit(f"dataplane: no room for the free list of {name}")
+    return source.replace(future, "from __future__ import annotations\nimport cython\n", 1)
+
+
 def _strip_bases(source: str, classes: tuple[str, ...]) -> str:
-    """The copy that is compiled: the dropped bases gone, the cimported functions left out of
-    its imports (:func:`_without_cimported`), and relative imports spelt with the package's
-    name (what they mean at run time, where the module is ``harbor_router.<module>``), so
-    that a class imported here and cimported in the declarations is one name."""
+    """The copy that is compiled: the dropped bases gone, the free lists of :data:`FREELISTS`
+    asked for, the cimported functions left out of its imports (:func:`_without_cimported`),
+    and relative imports spelt with the package's name (what they mean at run time, where
+    the module is ``harbor_router.<module>``), so that a class imported here and cimported in
+    the declarations is one name."""
     for name in classes:
         for base in _DROPPED_BASES:
             source = source.replace(f"class {name}({base}):", f"class {name}:")
+        if name in FREELISTS:
+            source = _with_freelist(source, name, FREELISTS[name])
     source = _without_cimported(source)
     source = re.sub(r"^(\s*)from \. import ", r"\1from harbor_router import ", source, flags=re.M)
     return re.sub(r"^(\s*)from \.(\w)", r"\1from harbor_router.\2", source, flags=re.M)

@@ -14,7 +14,9 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     from ._wire_py import (
         HOP_BY_HOP,
         ForwardLines,
+        RequestScan,
         RequestTable,
+        ResponseScan,
         UpstreamTable,
         build_head,
         connection_tokens,
@@ -32,6 +34,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
         valid_digest,
         valid_name,
         valid_tag,
+        whole_response,
         write_to,
     )
 
@@ -41,7 +44,9 @@ else:
         from ._wire_c import (
             HOP_BY_HOP,
             ForwardLines,
+            RequestScan,
             RequestTable,
+            ResponseScan,
             UpstreamTable,
             build_head,
             connection_tokens,
@@ -59,6 +64,7 @@ else:
             valid_digest,
             valid_name,
             valid_tag,
+            whole_response,
             write_to,
         )
 
@@ -69,7 +75,9 @@ else:
         from ._wire_py import (
             HOP_BY_HOP,
             ForwardLines,
+            RequestScan,
             RequestTable,
+            ResponseScan,
             UpstreamTable,
             build_head,
             connection_tokens,
@@ -87,6 +95,7 @@ else:
             valid_digest,
             valid_name,
             valid_tag,
+            whole_response,
             write_to,
         )
 
@@ -96,7 +105,9 @@ __all__ = (
     "HOP_BY_HOP",
     "IMPLEMENTATION",
     "ForwardLines",
+    "RequestScan",
     "RequestTable",
+    "ResponseScan",
     "Seconds",
     "UpstreamTable",
     "build_head",
@@ -115,5 +126,6 @@ __all__ = (
     "valid_digest",
     "valid_name",
     "valid_tag",
+    "whole_response",
     "write_to",
 )

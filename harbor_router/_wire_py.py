@@ -124,6 +124,18 @@ def build_head(
     return b"".join(parts)
 
 
+def whole_response(
+    status_line: bytes, block: bytes, added: bytes, close: bool, data: bytes, body_at: int
+) -> bytes:
+    """A response :func:`scan_response` took, for the client in one bytes: ``status_line``,
+    the end-to-end lines ``block`` and the ``added`` ones, ``Connection: close`` when
+    ``close``, the blank line, then the body, ``data[body_at:]`` (no copy of it made first)."""
+    if not 0 <= body_at <= len(data):
+        raise ValueError("the body starts inside the response")
+    ending = b"Connection: close\r\n\r\n" if close else b"\r\n"
+    return b"".join((status_line, block, added, ending, data[body_at:]))
+
+
 class ForwardLines:
     """The client request headers :func:`forward_head` passes on: each one's line start
     (``Name: ``) by its lowercased name (bytes both)."""
@@ -174,7 +186,19 @@ _FIELD_LINE = re.compile(
 _NO_BODY = (204, 304)
 #: At most this many header lines are scanned (more: the parser reads the response).
 MAX_FIELDS = 64
-Scanned = tuple[int, bytes | None, int, bool]
+
+
+class ResponseScan:
+    """What :func:`scan_response` read of the last response it took: one a caller keeps and
+    hands it every time (it is overwritten by the next one taken)."""
+
+    __slots__ = ("block", "body_at", "keep_alive", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.block: bytes | None = None
+        self.body_at = 0
+        self.keep_alive = False
 
 
 def _plain_fields(lines: list[bytes]) -> list[tuple[bytes, bytes, bytes]] | None:
@@ -224,9 +248,10 @@ def _scan_head(data: bytes) -> tuple[int, int, list[tuple[bytes, bytes]], bool, 
     return int(match.group(1)), end, fields, keep_alive, length
 
 
-def scan_response(data: bytes, head_only: bool) -> Scanned | None:
-    """One whole response in ``data``, read without the parser when it is of the plainest
-    kind; None for anything else (then the parser reads ``data`` as usual).
+def scan_response(data: bytes, head_only: bool, scan: ResponseScan) -> bool:
+    """Whether ``data`` is one whole response of the plainest kind, read without the parser
+    into ``scan``; False for anything else (then the parser reads ``data`` as usual, and
+    ``scan`` is as it was).
 
     Plainest: an ``HTTP/1.1`` status line with a final status and a reason phrase, at most
     ``MAX_FIELDS`` header lines ``name: value`` (token name, no folding, no empty value, no
@@ -236,27 +261,32 @@ def scan_response(data: bytes, head_only: bool) -> Scanned | None:
     after Content-Length body bytes otherwise). Every such response is one the parser reads
     the same way.
 
-    Returns ``(status, block, body_at, keep_alive)``: ``block`` is the end-to-end header
-    lines joined ``Name: value\\r\\n`` (hop-by-hop ones left out), or None when a
-    ``Location`` or ``Link`` header may need rewriting; ``body_at`` is where the body starts.
-    :func:`head_fields` gives the header fields themselves.
+    Sets ``scan``'s ``status``, ``block``, ``body_at`` and ``keep_alive``: ``block`` is the
+    end-to-end header lines joined ``Name: value\\r\\n`` (hop-by-hop ones left out), or None
+    when a ``Location`` or ``Link`` header may need rewriting; ``body_at`` is where the body
+    starts. :func:`head_fields` gives the header fields themselves.
     """
+    if not isinstance(scan, ResponseScan):
+        raise TypeError("scan_response takes bytes and a ResponseScan")
     head = _scan_head(data)
     if head is None:
-        return None
+        return False
     status, end, fields, keep_alive, length = head
     body_at = end + 4
     body = 0 if head_only or status in _NO_BODY else length
     if len(data) != body_at + body:
-        return None
+        return False
+    scan.status, scan.body_at, scan.keep_alive = status, body_at, keep_alive
     block: list[bytes] = []
     for name, value in fields:
         lower = name.lower()
         if lower in _REWRITTEN:
-            return status, None, body_at, keep_alive
+            scan.block = None
+            return True
         if lower not in HOP_BY_HOP:
             block.append(name + b": " + value + b"\r\n")
-    return status, b"".join(block), body_at, keep_alive
+    scan.block = b"".join(block)
+    return True
 
 
 def head_fields(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -269,14 +299,26 @@ def head_fields(data: bytes) -> list[tuple[bytes, bytes]]:
 
 # scan_request: the strict subset of request heads it reads itself.
 _REQUEST_LINE = re.compile(rb"(GET|HEAD) (/[\x21-\x22\x24-\x7e]*) HTTP/1\.([01])")
-ScannedRequest = tuple[str, str, str, list[tuple[bytes, bytes]], bool, bool]
+
+
+class RequestScan:
+    """What :func:`scan_request` read of the last request head it took: one a caller keeps
+    and hands it every time (it is overwritten by the next one taken)."""
+
+    __slots__ = ("headers", "http11", "keep_alive", "method", "path", "query")
+
+    def __init__(self) -> None:
+        self.method = self.path = self.query = ""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.http11 = self.keep_alive = False
 
 
 def scan_request(
-    data: bytes, max_bytes: int, max_url: int, max_fields: int
-) -> ScannedRequest | None:
-    """One whole request head in ``data``, read without the parser when it is of the
-    plainest kind; None for anything else (then the parser reads ``data`` as usual).
+    data: bytes, max_bytes: int, max_url: int, max_fields: int, scan: RequestScan
+) -> bool:
+    """Whether ``data`` is one whole request head of the plainest kind, read without the
+    parser into ``scan``; False for anything else (then the parser reads ``data`` as usual,
+    and ``scan`` is as it was).
 
     Plainest: ``GET`` or ``HEAD``, an origin-form target of visible ASCII without ``#``,
     ``HTTP/1.1`` or ``HTTP/1.0``, header lines as :func:`scan_response` takes them, no
@@ -286,26 +328,29 @@ def scan_request(
     and ``data`` ending exactly at the blank line. Every such head is one the parser reads
     the same way.
 
-    Returns ``(method, path, query, headers, http11, keep_alive)``, header names lowercased.
+    Sets ``scan``'s ``method``, ``path``, ``query``, ``headers`` (names lowercased),
+    ``http11`` and ``keep_alive``.
     """
+    if not isinstance(scan, RequestScan):
+        raise TypeError("scan_request takes bytes and a RequestScan")
     if not data.endswith(b"\r\n\r\n"):
-        return None
+        return False
     lines = data[:-4].split(b"\r\n")
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
-        return None
+        return False
     method, target, minor = match.groups()
     count = len(target)
     if count > max_url or len(lines) - 1 > max_fields:
-        return None
+        return False
     headers = []
     close = keep = False
     plain = _plain_fields(lines[1:])
     if plain is None:
-        return None
+        return False
     for name, value, lower in plain:
         if lower in (b"content-length", b"transfer-encoding", b"close", b"upgrade"):
-            return None
+            return False
         if lower == b"connection":
             token = value.lower()
             if token == b"close":
@@ -313,16 +358,18 @@ def scan_request(
             elif token == b"keep-alive":
                 keep = True
             else:
-                return None
+                return False
         count += len(name) + len(value) + 4
         headers.append((lower, value))
     if count > max_bytes or (close and keep):
-        return None
+        return False
     http11 = minor == b"1"
-    keep_alive = not close if http11 else keep
     path, _, query = target.partition(b"?")
-    return (method.decode(), path.decode("latin-1"), query.decode("latin-1"), headers, http11,
-            keep_alive)  # fmt: skip
+    scan.method = method.decode()
+    scan.path, scan.query = path.decode("latin-1"), query.decode("latin-1")
+    scan.headers, scan.http11 = headers, http11
+    scan.keep_alive = not close if http11 else keep
+    return True
 
 
 def observe(hist: list[float], bounds: Sequence[float], value: float) -> None:

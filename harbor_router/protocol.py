@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from . import errors, responses
-from ._wire import Seconds, perf_counter, scan_request, write_to
+from ._wire import RequestScan, Seconds, perf_counter, scan_request, write_to
 from .metrics import (
     CLIENT_CLOSED,
     HEADER_TIMEOUT,
@@ -236,6 +236,7 @@ class HttpProtocol(asyncio.Protocol):
         "_queue",
         "_queued",
         "_relay",
+        "_scan",
         "_sent",
         "_spliced",
         "_status",
@@ -283,6 +284,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._version = ""  # of the request whose head is complete
         self._headers: list[tuple[bytes, bytes]] = []
+        self._scan = RequestScan()  # what scan_request read of the last head it took
         self._head_bytes = 0
         self._in_headers = False
         self._head_since = 0.0  # when the pending request head began (0: none pending)
@@ -314,14 +316,14 @@ class HttpProtocol(asyncio.Protocol):
             return
         if not self._in_headers:  # between requests: a whole plain head needs no parser
             conns = self._conns
-            scanned = scan_request(data, self._max_header_bytes, conns.max_url_bytes,
-                                   conns.max_headers)  # fmt: skip
-            if scanned is not None:
+            scan = self._scan
+            if scan_request(data, self._max_header_bytes, conns.max_url_bytes, conns.max_headers,
+                            scan):  # fmt: skip
                 self._head_since = self._idle_since = 0.0
-                method, path, query, headers, http11, keep_alive = scanned
                 # positional: the compiled constructor matches keyword arguments by name
-                request = Request(method, path, query, headers, http11,
-                                  keep_alive and not conns.draining, self._client_ip)  # fmt: skip
+                keep_alive = scan.keep_alive and not conns.draining
+                request = Request(scan.method, scan.path, scan.query, scan.headers, scan.http11,
+                                  keep_alive, self._client_ip)  # fmt: skip
                 self._enqueue(request)
                 return
         if self._in_headers:

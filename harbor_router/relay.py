@@ -23,7 +23,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from . import responses, splice
-from ._wire import build_head, head_fields
+from ._wire import ResponseScan, head_fields, whole_response
 from .headers import Rewriter
 from .responses import status_line
 from .splice import Splice, SpliceStats
@@ -369,25 +369,29 @@ class Relay(Sink):
             self._out.append(head)  # goes out with the body bytes of the same read
             self._head_status = status
 
-    def on_scanned(self, status: int, block: bytes | None, data: bytes) -> None:
+    def on_scanned(self, scan: ResponseScan, data: bytes) -> bool:
         """:meth:`on_head` of a response that came whole in one read, ``data``, and was
-        scanned (``_wire.scan_response``): ``block`` holds its end-to-end header lines, so a
-        relayed one needs no rewriting (None: a Location or Link header, the rewriter's job);
-        the header fields are only read out when something else needs them."""
+        scanned (``_wire.scan_response``): ``scan.block`` holds its end-to-end header lines, so
+        a relayed one needs no rewriting (None: a Location or Link header, the rewriter's job);
+        the header fields are only read out when something else needs them. A relayed one's
+        body, ``data[scan.body_at:]``, goes out in one bytes with the head (True: taken)."""
+        status, block = scan.status, scan.block
         client = self._client
         if block is None or not self._relays(status) or client.closing:
             self.on_head(status, head_fields(data))
-            return
+            return False
         if self._deadlines is not None:
             self._disarm()
         self.status = status
         self.mode = RAW  # the whole body is at hand: nothing to splice or frame
         self.started = True
         client.begin_response(self)
-        added = self._rewriter.lines
-        lines = block + added if added else block
-        self._out.append(build_head(status_line(status), (), lines, -1, not client.keep_alive))
+        self._received += len(data) - scan.body_at
+        close = not client.keep_alive
+        self._out.append(whole_response(status_line(status), block, self._rewriter.lines, close,
+                                        data, scan.body_at))  # fmt: skip
         self._head_status = status
+        return True
 
     def on_body(self, data: bytes) -> None:
         self._received += len(data)

@@ -6,7 +6,8 @@ httptools parses it: ``on_head`` once, ``on_body`` per chunk, then ``on_complete
 and ``flush`` after every read, so that what one read produced reaches the client in one write.
 A response that comes whole in its first read and is of the plainest kind (``_wire.scan_response``:
 a small manifest, a HEAD answer) is read by one compiled scan instead, and the sink gets
-``on_scanned`` (the status and the end-to-end header lines already joined), then its body. Every
+``on_scanned`` (the status and the end-to-end header lines already joined), then its body (unless
+the sink took it with the head, in one bytes for the client: ``on_scanned``'s answer). Every
 other response goes through httptools: the connection keeps one parser for its GET responses
 (httptools starts over at each message end); a HEAD response, which the response parser cannot
 finish by itself, gets a fresh parser and simply ends at its headers, and so does the response
@@ -25,7 +26,7 @@ from typing import cast
 
 import httptools
 
-from ._wire import Seconds, perf_counter, scan_response, write_to
+from ._wire import ResponseScan, Seconds, perf_counter, scan_response, write_to
 from .splice import plain_fd
 
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -41,7 +42,9 @@ class Sink:
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         raise NotImplementedError
 
-    def on_scanned(self, status: int, block: bytes | None, data: bytes) -> None:
+    def on_scanned(self, scan: ResponseScan, data: bytes) -> bool:
+        """The head of a whole response, ``data``, as ``scan`` read it; True when the sink took
+        its body (``data[scan.body_at:]``) too, else :meth:`on_body` gives it."""
         raise NotImplementedError
 
     def on_body(self, data: bytes) -> None:
@@ -83,6 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_queued",
         "_reader",
         "_retired",
+        "_scan",
         "_sink",
         "closed",
         "idle_since",
@@ -107,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._retired = False  # closed after the current response instead of pooled
         self._paused = False
         self._headers: list[tuple[bytes, bytes]] = []
+        self._scan = ResponseScan()  # what scan_response read of the current response
         self.closed = False
         self.idle_since: Seconds = 0.0  # when it was last released (the pool's clock)
         self.in_use = False  # lent out by the pool (counted in its active_count)
@@ -127,9 +132,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = True
         if self._fresh:
             self._fresh = False
-            scanned = scan_response(data, self._head_only)
-            if scanned is not None:
-                self._scanned(sink, data, scanned)
+            if scan_response(data, self._head_only, self._scan):
+                self._scanned(sink, data)
                 return
         reader = self._reader
         if reader is None:  # a HEAD response the scan did not take
@@ -142,19 +146,15 @@ class UpstreamConnection(asyncio.Protocol):
             return
         sink.flush()  # what this read produced goes to the client in one write
 
-    def _scanned(
-        self,
-        sink: Sink,
-        data: bytes,
-        scanned: tuple[int, bytes | None, int, bool],
-    ) -> None:
-        """The whole response came in ``data`` and the scan read it: the sink gets what the
-        parser's callbacks would have given it, in the same order."""
-        status, block, body_at, keep_alive = scanned
-        sink.on_scanned(status, block, data)
+    def _scanned(self, sink: Sink, data: bytes) -> None:
+        """The whole response came in ``data`` and the scan read it (``_scan``): the sink gets
+        what the parser's callbacks would have given it, in the same order."""
+        scan = self._scan
+        body_at, keep_alive = scan.body_at, scan.keep_alive
+        took = sink.on_scanned(scan, data)
         if self._sink is not sink:
             return
-        if body_at < len(data):
+        if not took and body_at < len(data):
             sink.on_body(data[body_at:])
         if self._head_only:
             self._reader = self._parser

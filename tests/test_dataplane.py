@@ -330,8 +330,9 @@ def test_generator_spells_relative_imports_with_the_package() -> None:
 
 def test_generator_types_attributes_with_a_hand_declared_type_and_cimports_it() -> None:
     """A type of TYPES imported by name is cimported from its compiled twin (its copy's
-    Python import leaves it out), and an attribute annotated with it, subscripted or not,
-    is declared as it, so that its cpdef methods are C calls."""
+    Python import leaves it out), and an attribute annotated with it, subscripted or not, or
+    assigned one made by its constructor, is declared as it, so that its cpdef methods are C
+    calls; an attribute the source says nothing of stays an object."""
     source = (
         "from ._cache import Memo, TTLCache\n"
         "class MappingCache:\n"
@@ -339,12 +340,13 @@ def test_generator_types_attributes_with_a_hand_declared_type_and_cimports_it() 
         "        self._lru: TTLCache[tuple[str, float]] = TTLCache(1, 1.0)\n"
         "        self._known: Memo[int] | None = None\n"
         "        self._other = TTLCache(1, 1.0)\n"
+        "        self._given = make()\n"
     )
     pxd = DATAPLANE._pxd(source, "mapping", ("MappingCache",))
     lines = {line.strip() for line in pxd.splitlines()}
     assert "from harbor_router._cache_c cimport Memo, TTLCache" in lines
-    assert {"cdef public TTLCache _lru", "cdef public Memo _known",
-            "cdef public object _other"} <= lines  # fmt: skip
+    assert {"cdef public TTLCache _lru", "cdef public Memo _known", "cdef public TTLCache _other",
+            "cdef public object _given"} <= lines  # fmt: skip
     assert DATAPLANE._strip_bases(source, ("MappingCache",)).startswith("pass\n")
 
 
@@ -361,3 +363,64 @@ def test_the_cache_methods_it_calls_in_c_are_declared_as_the_pyx_defines_them() 
     assert "cpdef get_timed(self, key)" in methods and "cpdef get(self, key)" in methods
     for method in methods:
         assert f"{method}:" in pyx, method
+
+
+def test_generator_types_what_holds_a_wire_type_and_cimports_it() -> None:
+    """A class of TYPES (an extension type of ``_wire_c``) a data plane class holds is typed
+    like a data plane class: cimported from ``_wire_c`` with the module's functions, and left
+    out of the copy's Python import on the same line."""
+    source = (
+        "from ._wire import ResponseScan, scan_response\n"
+        "class Conn:\n"
+        "    def __init__(self) -> None:\n"
+        "        self._scan = ResponseScan()\n"
+        "    def take(self, scan: ResponseScan) -> None:\n"
+        "        other: ResponseScan = scan\n"
+    )
+    pxd = DATAPLANE._pxd(source, "upstream", ("Conn",))
+    lines = [line.strip() for line in pxd.splitlines()]
+    assert "from harbor_router._wire_c cimport ResponseScan, scan_response" in lines
+    assert not any(line.startswith("from harbor_router._wire cimport") for line in lines)
+    assert "cdef public ResponseScan _scan" in lines
+    assert "cpdef take(self, ResponseScan scan)" in lines
+    assert "@cython.locals(other=ResponseScan)" in lines
+    copy = DATAPLANE._strip_bases(source, ("Conn",))
+    assert copy.splitlines()[0] == "pass"
+    assert len(copy.splitlines()) == len(source.splitlines())
+
+
+def test_generator_gives_the_listed_classes_a_free_list_and_keeps_the_lines() -> None:
+    """A class of FREELISTS is decorated in the copy (``@cython.freelist``, in the blank
+    lines above it) so that each line stays where the source has it."""
+    source = (
+        '"""Doc."""\n\nfrom __future__ import annotations\n\nimport x\n\n\n'
+        "class Other:\n    pass\n\n\nclass Request:\n    pass\n\n\nclass RequestTwo:\n    pass\n"
+    )
+    size = DATAPLANE.FREELISTS["Request"]
+    copy = DATAPLANE._strip_bases(source, ("Other", "Request", "RequestTwo"))
+    lines = copy.splitlines()
+    assert len(lines) == len(source.splitlines())
+    assert lines[3] == "import cython"
+    at = lines.index("class Request:")
+    assert at == source.splitlines().index("class Request:")
+    assert lines[at - 2 : at] == [f"@cython.freelist({size})", "@cython.cclass"]
+    assert lines[lines.index("class RequestTwo:") - 1] == ""
+    with pytest.raises(SystemExit, match="free list of Request"):
+        DATAPLANE._strip_bases("class Request:\n    pass\n", ("Request",))
+
+
+def test_a_request_made_after_a_freed_one_has_only_what_it_is_given() -> None:
+    """Compiled, the Request made after one was freed is that one (from its free list): it has
+    only what it is given, and the defaults."""
+    from harbor_router.metrics import OTHER_KIND
+    from harbor_router.protocol import Request
+
+    first = Request("GET", "/v2/", "a=b", [(b"host", b"h")], True, True, "10.0.0.1")
+    first.kind, first.project, first.cache, first.fast, first.route = 3, "p", "hit", (1,), 2
+    del first
+    second = Request("HEAD", "/", "", [], False, False, "")
+    assert (second.method, second.path, second.query, second.headers) == ("HEAD", "/", "", [])
+    assert (second.http11, second.keep_alive, second.client_ip, second.error) == (False,) * 2 + (
+        "", None)  # fmt: skip
+    assert (second.kind, second.project, second.cache) == (OTHER_KIND, "", "")
+    assert (second.fast, second.route) == (None, None)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from harbor_router._wire import head_fields, perf_counter
+from harbor_router._wire import ResponseScan, head_fields, perf_counter
 from harbor_router.upstream import Sink, UpstreamConnection, UpstreamError, UpstreamPool
 
 Script = Callable[[bytes], bytes | None]  # request head -> raw response (None: close at once)
@@ -60,9 +60,10 @@ class Recorder(Sink):
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status, self.headers = status, headers
 
-    def on_scanned(self, status: int, block: bytes | None, data: bytes) -> None:
-        self.scanned, self.block = True, block
-        self.on_head(status, head_fields(data))
+    def on_scanned(self, scan: ResponseScan, data: bytes) -> bool:
+        self.scanned, self.block = True, scan.block
+        self.on_head(scan.status, head_fields(data))
+        return False  # on_body gives the body
 
     def flush(self) -> None:
         pass
@@ -100,13 +101,23 @@ async def pool_for() -> AsyncIterator[Callable[..., asyncio.Future[tuple[Upstrea
         await server.close()
 
 
+class Taker(Recorder):
+    """A sink that takes a scanned response's body with its head."""
+
+    def on_scanned(self, scan: ResponseScan, data: bytes) -> bool:
+        super().on_scanned(scan, data)
+        self.body += b"taken:" + data[scan.body_at :]
+        return True
+
+
 async def exchange(
     conn: UpstreamConnection,
     head: bytes = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
     *,
     head_only: bool = False,
+    sink: type[Recorder] = Recorder,
 ) -> Recorder:
-    recorder = Recorder()
+    recorder = sink()
     conn.send(head, recorder, head_only)
     await asyncio.wait_for(recorder.done, 5)
     return recorder
@@ -168,6 +179,12 @@ async def test_whole_plain_responses_are_scanned_the_rest_parsed(pool_for) -> No
     assert (rec.scanned, rec.status, rec.body) == (False, 200, b"")
     rec = await exchange(await pool.acquire(), b"GET /plain HTTP/1.1\r\n\r\n")
     assert (rec.scanned, rec.body) == (True, b"hello")
+    # a sink that takes the body with the head is not given it again
+    rec = await exchange(await pool.acquire(), b"GET /plain HTTP/1.1\r\n\r\n", sink=Taker)
+    assert (rec.scanned, rec.body, rec.done.result()) == (True, b"taken:hello", "complete")
+    rec = await exchange(await pool.acquire(), b"HEAD /head HTTP/1.1\r\n\r\n", head_only=True,
+                         sink=Taker)  # fmt: skip
+    assert (rec.scanned, rec.body) == (True, b"taken:")
     assert server.connections == 1 and pool.idle_count == 1
 
 

@@ -189,6 +189,14 @@ def test_build_head_is_the_twins(wire: ModuleType) -> None:
 
 
 # scan_response: the plainest whole responses, read without the parser
+def _scan_response(wire: ModuleType, data: bytes, head_only: bool) -> tuple[object, ...] | None:
+    """What ``scan_response`` reads into a fresh ResponseScan, as a tuple (None: refused)."""
+    scan = wire.ResponseScan()
+    if not wire.scan_response(data, head_only, scan):
+        return None
+    return scan.status, scan.block, scan.body_at, scan.keep_alive
+
+
 MANIFEST_RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\n"
     b"Content-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
@@ -197,7 +205,7 @@ MANIFEST_RESPONSE = (
 
 
 def test_scan_response_reads_a_whole_plain_response(wire: ModuleType) -> None:
-    status, block, body_at, keep_alive = wire.scan_response(MANIFEST_RESPONSE, False)
+    status, block, body_at, keep_alive = _scan_response(wire, MANIFEST_RESPONSE, False)
     assert (status, keep_alive) == (200, True)
     assert MANIFEST_RESPONSE[body_at:] == b"{}"
     assert block == (
@@ -211,14 +219,14 @@ def test_scan_response_reads_a_whole_plain_response(wire: ModuleType) -> None:
         (b"X-Tab", b"a\tb"),
     ]  # fmt: skip
     closing = MANIFEST_RESPONSE.replace(b"Connection: keep-alive", b"connection: CLOSE")
-    assert wire.scan_response(closing, False)[3] is False
+    assert _scan_response(wire, closing, False)[3] is False
     head_only = MANIFEST_RESPONSE[: -len(b"{}")]
-    assert wire.scan_response(head_only, True)[:3] == (200, block, len(head_only))
+    assert _scan_response(wire, head_only, True)[:3] == (200, block, len(head_only))
     not_modified = head_only.replace(b"200 OK", b"304 Not Modified")
-    assert wire.scan_response(not_modified, False)[0] == 304
+    assert _scan_response(wire, not_modified, False)[0] == 304
     redirect = MANIFEST_RESPONSE.replace(b"Server: nginx", b"Location: /v2/p/a/blobs/x")
-    assert wire.scan_response(redirect, False)[1] is None  # Location: the rewriter's job
-    assert wire.scan_response(redirect.replace(b"Location", b"LINK"), False)[1] is None
+    assert _scan_response(wire, redirect, False)[1] is None  # Location: the rewriter's job
+    assert _scan_response(wire, redirect.replace(b"Location", b"LINK"), False)[1] is None
 
 
 SCAN_REFUSED = {
@@ -249,7 +257,48 @@ SCAN_REFUSED = {
 
 @pytest.mark.parametrize("case", SCAN_REFUSED)
 def test_scan_response_leaves_the_rest_to_the_parser(wire: ModuleType, case: str) -> None:
-    assert wire.scan_response(SCAN_REFUSED[case], case.startswith("HEAD")) is None
+    assert _scan_response(wire, SCAN_REFUSED[case], case.startswith("HEAD")) is None
+
+
+def test_scan_response_overwrites_the_scan_it_is_given_only_when_it_takes_one(
+    wire: ModuleType,
+) -> None:
+    scan = wire.ResponseScan()
+    fields = ("status", "block", "body_at", "keep_alive")
+    assert [getattr(scan, name) for name in fields] == [0, None, 0, False]
+    assert wire.scan_response(MANIFEST_RESPONSE, False, scan) is True
+    taken = [getattr(scan, name) for name in fields]
+    assert taken == list(_scan_response(wire, MANIFEST_RESPONSE, False) or ())
+    # refused after its head was read: the scan is as it was
+    assert wire.scan_response(MANIFEST_RESPONSE[:-1], False, scan) is False
+    assert [getattr(scan, name) for name in fields] == taken
+    redirect = MANIFEST_RESPONSE.replace(b"200 OK", b"302 Found").replace(b"keep-alive", b"close")
+    redirect = redirect.replace(b"Server: nginx", b"Location: /v2/p/a/blobs/x")
+    assert wire.scan_response(redirect, False, scan) is True
+    assert [getattr(scan, name) for name in fields] == [302, None, taken[2] + 10, False]
+    for wrong in (None, wire.RequestScan()):
+        with pytest.raises(TypeError):
+            wire.scan_response(MANIFEST_RESPONSE, False, wrong)
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_whole_response_is_the_head_build_head_joins_and_the_body(
+    wire: ModuleType, close: bool
+) -> None:
+    scan = wire.ResponseScan()
+    for data in (MANIFEST_RESPONSE, MANIFEST_RESPONSE[: -len(b"{}")]):
+        assert wire.scan_response(data, data != MANIFEST_RESPONSE, scan)
+        block = scan.block
+        for added in (b"", b"X-Router: a\r\n"):
+            head = wire.build_head(b"HTTP/1.1 200 OK\r\n", (), block + added, -1, close)
+            whole = wire.whole_response(b"HTTP/1.1 200 OK\r\n", block, added, close, data,
+                                        scan.body_at)  # fmt: skip
+            assert whole == head + data[scan.body_at :]
+    assert wire.whole_response(b"S\r\n", b"", b"", False, b"abc", 3) == b"S\r\n\r\n"
+    assert wire.whole_response(b"S\r\n", b"", b"", False, b"abc", 0) == b"S\r\n\r\nabc"
+    for body_at in (-1, 4):
+        with pytest.raises(ValueError):
+            wire.whole_response(b"S\r\n", b"", b"", False, b"abc", body_at)
 
 
 class _Parsed:
@@ -334,8 +383,8 @@ def test_scan_response_reads_what_the_parser_reads(
     data += b"\r\n" + (b"" if head_only else body)
     data = _mutated(data, mutation)
     compiled = pytest.importorskip("harbor_router._wire_c")
-    scanned = compiled.scan_response(data, head_only)
-    assert scanned == _wire_py.scan_response(data, head_only)
+    scanned = _scan_response(compiled, data, head_only)
+    assert scanned == _scan_response(_wire_py, data, head_only)
     if scanned is None:
         return
     assert compiled.head_fields(data) == _wire_py.head_fields(data)
@@ -361,8 +410,18 @@ PULL = (
 LIMITS = (16384, 8192, 100)  # head bytes, target bytes, header fields
 
 
+def _scan_request(
+    wire: ModuleType, data: bytes, max_bytes: int, max_url: int, max_fields: int
+) -> tuple[object, ...] | None:
+    """What ``scan_request`` reads into a fresh RequestScan, as a tuple (None: refused)."""
+    scan = wire.RequestScan()
+    if not wire.scan_request(data, max_bytes, max_url, max_fields, scan):
+        return None
+    return scan.method, scan.path, scan.query, scan.headers, scan.http11, scan.keep_alive
+
+
 def test_scan_request_reads_a_whole_plain_head(wire: ModuleType) -> None:
-    method, path, query, headers, http11, keep_alive = wire.scan_request(PULL, *LIMITS)
+    method, path, query, headers, http11, keep_alive = _scan_request(wire, PULL, *LIMITS)
     assert (method, path, query) == ("GET", "/v2/proxy/library/nginx/manifests/latest",
                                      "ns=docker.io&n=1")  # fmt: skip
     assert headers == [(b"host", b"registry"), (b"user-agent", b"skopeo"),
@@ -370,21 +429,21 @@ def test_scan_request_reads_a_whole_plain_head(wire: ModuleType) -> None:
                        (b"connection", b"Keep-Alive")]  # fmt: skip
     assert (http11, keep_alive) == (True, True)
     head = PULL.replace(b"GET", b"HEAD").replace(b"Keep-Alive", b"close")
-    assert wire.scan_request(head, *LIMITS)[0::4] == ("HEAD", True)
-    assert wire.scan_request(head, *LIMITS)[5] is False
+    assert _scan_request(wire, head, *LIMITS)[0::4] == ("HEAD", True)
+    assert _scan_request(wire, head, *LIMITS)[5] is False
     old = PULL.replace(b"HTTP/1.1", b"HTTP/1.0")
-    assert wire.scan_request(old, *LIMITS)[4:] == (False, True)
-    assert wire.scan_request(old.replace(b"Keep-Alive", b"close"), *LIMITS)[4:] == (False, False)
-    assert wire.scan_request(PULL.replace(b"?ns=docker.io&n=1", b""), *LIMITS)[2] == ""
+    assert _scan_request(wire, old, *LIMITS)[4:] == (False, True)
+    assert _scan_request(wire, old.replace(b"Keep-Alive", b"close"), *LIMITS)[4:] == (False, False)
+    assert _scan_request(wire, PULL.replace(b"?ns=docker.io&n=1", b""), *LIMITS)[2] == ""
     # the limits as the protocol counts them: target, then name + value + 4 per field
     target = len(b"/v2/proxy/library/nginx/manifests/latest?ns=docker.io&n=1")
     size = target + sum(len(n) + len(v) + 4 for n, v in headers)
-    assert wire.scan_request(PULL, size, 8192, 100) is not None
-    assert wire.scan_request(PULL, size - 1, 8192, 100) is None
-    assert wire.scan_request(PULL, 16384, target, 100) is not None
-    assert wire.scan_request(PULL, 16384, target - 1, 100) is None
-    assert wire.scan_request(PULL, 16384, 8192, 5) is not None
-    assert wire.scan_request(PULL, 16384, 8192, 4) is None
+    assert _scan_request(wire, PULL, size, 8192, 100) is not None
+    assert _scan_request(wire, PULL, size - 1, 8192, 100) is None
+    assert _scan_request(wire, PULL, 16384, target, 100) is not None
+    assert _scan_request(wire, PULL, 16384, target - 1, 100) is None
+    assert _scan_request(wire, PULL, 16384, 8192, 5) is not None
+    assert _scan_request(wire, PULL, 16384, 8192, 4) is None
 
 
 REQUEST_SCAN_REFUSED = {
@@ -416,7 +475,34 @@ REQUEST_SCAN_REFUSED = {
 
 @pytest.mark.parametrize("case", REQUEST_SCAN_REFUSED)
 def test_scan_request_leaves_the_rest_to_the_parser(wire: ModuleType, case: str) -> None:
-    assert wire.scan_request(REQUEST_SCAN_REFUSED[case], *LIMITS) is None
+    assert _scan_request(wire, REQUEST_SCAN_REFUSED[case], *LIMITS) is None
+
+
+def test_scan_request_overwrites_the_scan_it_is_given_only_when_it_takes_one(
+    wire: ModuleType,
+) -> None:
+    scan = wire.RequestScan()
+    fields = ("method", "path", "query", "headers", "http11", "keep_alive")
+    assert [getattr(scan, name) for name in fields] == ["", "", "", [], False, False]
+    assert wire.scan_request(PULL, *LIMITS, scan) is True
+    taken = [getattr(scan, name) for name in fields]
+    assert taken == list(_scan_request(wire, PULL, *LIMITS) or ())
+    first_headers = scan.headers
+    # refused after every header line was read: the scan is as it was
+    both = PULL.replace(b"Host", b"Connection: close\r\nHost")
+    assert wire.scan_request(both, *LIMITS, scan) is False
+    assert [getattr(scan, name) for name in fields] == taken
+    plain = b"HEAD /v2/ HTTP/1.0\r\nHost: registry\r\n\r\n"
+    assert wire.scan_request(plain, *LIMITS, scan) is True
+    assert [getattr(scan, name) for name in fields] == [
+        "HEAD", "/v2/", "", [(b"host", b"registry")], False, False
+    ]  # fmt: skip
+    # each head's headers are a list of its own (a request holds on to the one it was given)
+    assert scan.headers is not first_headers and first_headers == taken[3]
+    assert len(first_headers) == 5
+    for wrong in (None, wire.ResponseScan()):
+        with pytest.raises(TypeError):
+            wire.scan_request(PULL, *LIMITS, wrong)
 
 
 class _ParsedRequest:
@@ -484,8 +570,8 @@ def test_scan_request_reads_what_the_parser_reads(
     data += b"".join(n + s + v + b"\r\n" for n, s, v in lines) + b"\r\n"
     data = _mutated(data, mutation)
     compiled = pytest.importorskip("harbor_router._wire_c")
-    scanned = compiled.scan_request(data, *LIMITS)
-    assert scanned == _wire_py.scan_request(data, *LIMITS)
+    scanned = _scan_request(compiled, data, *LIMITS)
+    assert scanned == _scan_request(_wire_py, data, *LIMITS)
     if scanned is None:
         return
     parsed = _ParsedRequest(data)
@@ -505,8 +591,8 @@ def test_scan_request_target_bytes_are_ones_the_parser_takes() -> None:
     for byte in range(256):
         for target in (b"/a%cb" % byte, b"/a?b%cc" % byte, b"/%c" % byte):
             data = b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n"
-            scanned = compiled.scan_request(data, *LIMITS)
-            assert scanned == _wire_py.scan_request(data, *LIMITS)
+            scanned = _scan_request(compiled, data, *LIMITS)
+            assert scanned == _scan_request(_wire_py, data, *LIMITS)
             if scanned is not None:
                 taken += 1
                 parsed = _ParsedRequest(data)
@@ -549,18 +635,18 @@ def test_compiled_scans_agree_on_values_of_every_length_and_byte() -> None:
             for after in (b"", b"Server: s\r\n"):
                 response = (b"HTTP/1.1 200 OK\r\n" + before + b"Content-Length: 0\r\nA: " + value
                             + b"\r\n" + after + b"\r\n")  # fmt: skip
-                scanned = compiled.scan_response(response, False)
-                assert scanned == _wire_py.scan_response(response, False), response
+                scanned = _scan_response(compiled, response, False)
+                assert scanned == _scan_response(_wire_py, response, False), response
                 taken += scanned is not None
                 if scanned is not None:
                     assert compiled.head_fields(response) == _wire_py.head_fields(response)
                 request = (
                     b"GET / HTTP/1.1\r\n" + before + b"A: " + value + b"\r\n" + after + b"\r\n"
                 )
-                scanned = compiled.scan_request(request, *LIMITS)
-                assert scanned == _wire_py.scan_request(request, *LIMITS), request
+                scanned = _scan_request(compiled, request, *LIMITS)
+                assert scanned == _scan_request(_wire_py, request, *LIMITS), request
         reason = b"HTTP/1.1 200 " + value + b"\r\nContent-Length: 0\r\n\r\n"
-        assert compiled.scan_response(reason, False) == _wire_py.scan_response(reason, False)
+        assert _scan_response(compiled, reason, False) == _scan_response(_wire_py, reason, False)
     assert taken > 1000
 
 
@@ -587,19 +673,17 @@ def test_compiled_scans_agree_on_names_near_the_ones_they_know(name: bytes) -> N
                       b"closed", b"keep_alive", b"keep-alivf", b"keep-alive2"):  # fmt: skip
             line = spelling + b": " + value + b"\r\n"
             response = b"HTTP/1.1 200 OK\r\n" + line + b"Content-Length: 2\r\n\r\n{}"
-            assert compiled.scan_response(response, False) == _wire_py.scan_response(
-                response, False
-            ), response
+            scanned = _scan_response(compiled, response, False)
+            assert scanned == _scan_response(_wire_py, response, False), response
             request = b"GET /a HTTP/1.1\r\nHost: h\r\n" + line + b"\r\n"
-            assert compiled.scan_request(request, *LIMITS) == _wire_py.scan_request(
-                request, *LIMITS
-            ), request
+            scanned = _scan_request(compiled, request, *LIMITS)
+            assert scanned == _scan_request(_wire_py, request, *LIMITS), request
 
 
 def test_scan_response_leaves_every_hop_by_hop_line_out_of_the_block(wire: ModuleType) -> None:
     for name in sorted(_wire_py.HOP_BY_HOP - {b"connection", b"transfer-encoding"}):
         response = MANIFEST_RESPONSE.replace(b"Server: nginx", name.title() + b": x")
-        scanned = wire.scan_response(response, False)
+        scanned = _scan_response(wire, response, False)
         assert scanned is not None and name.title() not in scanned[1], name
 
 
@@ -613,8 +697,8 @@ def test_compiled_request_scan_agrees_on_targets_of_every_length_and_byte() -> N
                 part = b"a" * at + bytes([byte]) + b"a" * (length - at - 1)
                 for target in (b"/" + part, b"/" + part + b"?q", b"/x?" + part, b"/?" + part):
                     data = b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n"
-                    scanned = compiled.scan_request(data, *LIMITS)
-                    assert scanned == _wire_py.scan_request(data, *LIMITS), data
+                    scanned = _scan_request(compiled, data, *LIMITS)
+                    assert scanned == _scan_request(_wire_py, data, *LIMITS), data
 
 
 # the compiled scans skip name, value and target bytes sixteen at a time (SSE2), the last step
@@ -625,16 +709,16 @@ _NAME_FILL = b"aZ0-9zA"  # the bytes skipped sixteen at a time: letters, digits 
 
 
 def _agree_on_response(compiled: ModuleType, response: bytes, head_only: bool = False) -> bool:
-    scanned = compiled.scan_response(response, head_only)
-    assert scanned == _wire_py.scan_response(response, head_only), response
+    scanned = _scan_response(compiled, response, head_only)
+    assert scanned == _scan_response(_wire_py, response, head_only), response
     if scanned is not None:
         assert compiled.head_fields(response) == _wire_py.head_fields(response), response
     return scanned is not None
 
 
 def _agree_on_request(compiled: ModuleType, request: bytes) -> bool:
-    scanned = compiled.scan_request(request, *LIMITS)
-    assert scanned == _wire_py.scan_request(request, *LIMITS), request
+    scanned = _scan_request(compiled, request, *LIMITS)
+    assert scanned == _scan_request(_wire_py, request, *LIMITS), request
     return scanned is not None
 
 
@@ -716,12 +800,12 @@ def test_compiled_request_scan_agrees_on_short_heads_and_long_targets() -> None:
 def test_scan_request_lines_are_the_ones_of_this_head(wire: ModuleType) -> None:
     """The compiled scan hands out the previous head's line again when it is the same; a
     value that differs in a byte, or in length, is this head's own."""
-    first = wire.scan_request(PULL, *LIMITS)[3]
-    assert wire.scan_request(PULL, *LIMITS)[3] == first
+    first = _scan_request(wire, PULL, *LIMITS)[3]
+    assert _scan_request(wire, PULL, *LIMITS)[3] == first
     for host in (b"registrx", b"Registry", b"registry2", b"r"):
         other = PULL.replace(b"Host: registry", b"Host: " + host)
-        assert wire.scan_request(other, *LIMITS)[3][0] == (b"host", host)
-    assert wire.scan_request(PULL, *LIMITS)[3] == first
+        assert _scan_request(wire, other, *LIMITS)[3][0] == (b"host", host)
+    assert _scan_request(wire, PULL, *LIMITS)[3] == first
 
 
 # write_to: bytes the kernel takes at once go to the socket itself, the rest to the transport
@@ -1040,12 +1124,12 @@ def test_forward_head_of_a_scanned_request(wire: ModuleType) -> None:
     """The header names scan_request hands out (one object per known name) join alike."""
     data = PULL.replace(b"\r\n\r\n", b"\r\nRange: bytes=0-1\r\nX-Forwarded-For: 10.0.0.9\r\n\r\n")
     for head in (PULL, data):
-        headers = wire.scan_request(head, *LIMITS)[3]
+        headers = _scan_request(wire, head, *LIMITS)[3]
         for _ in range(2):  # the second time the scan hands out the lines it kept
             expected = _old_request_head("GET", _START, headers, _LINES, "10.1.2.3")
             got = wire.forward_head("GET", _START, headers, wire.ForwardLines(_LINES), "10.1.2.3")
             assert got == expected
-            headers = wire.scan_request(head, *LIMITS)[3]
+            headers = _scan_request(wire, head, *LIMITS)[3]
     assert b"Range: bytes=0-1\r\n" in expected and b"10.0.0.9, 10.1.2.3\r\n" in expected
 
 
