@@ -8,7 +8,7 @@ rewriting and head joining with fewer temporary objects.
 
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
@@ -1115,15 +1115,73 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_NOSIGNAL
 
 
+# The two questions write_to asks a transport, as the methods its type holds: for a type whose
+# instances all find the same ones for good (``hr_wire_fixed_method``: uvloop's transports), a
+# call of the method found once instead of a look-up by name per call; any other type's are
+# asked by name. One type at a time (a process writes to one kind of plain transport).
+cdef extern from *:
+    """
+    /* The method ``name`` as ``obj.name`` finds it for every instance of ``type``, for good:
+       the type and each of its bases immutable (no attribute can be set on them), no instance
+       dictionary (none can shadow it), the generic attribute look-up, and what the look-up
+       finds a method descriptor (called with the instance first, as ``obj.name()`` calls it).
+       Borrowed; NULL (and no error) when any of that does not hold. */
+    static PyObject *hr_wire_fixed_method(PyTypeObject *type, PyObject *name) {
+        PyObject *mro = type->tp_mro, *found;
+        Py_ssize_t i;
+        if (type->tp_dictoffset != 0 || type->tp_getattro != PyObject_GenericGetAttr
+                || mro == NULL || !PyTuple_CheckExact(mro))
+            return NULL;
+        for (i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+            if (!PyType_HasFeature((PyTypeObject *)PyTuple_GET_ITEM(mro, i),
+                                   Py_TPFLAGS_IMMUTABLETYPE))
+                return NULL;
+        }
+        found = _PyType_Lookup(type, name);
+        if (found == NULL || !PyType_HasFeature(Py_TYPE(found), Py_TPFLAGS_METHOD_DESCRIPTOR))
+            return NULL;
+        return found;
+    }
+    """
+    PyObject *hr_wire_fixed_method(PyTypeObject *type, object name)
+
+
+cdef object _fixed_type = None  # the last plain transport's type written to
+cdef object _fixed_buffer_size = None  # its methods (None: asked by name)
+cdef object _fixed_is_closing = None
+
+
+cdef int _fix(object kind) except -1:
+    """The methods of transports of type ``kind``, found once."""
+    global _fixed_type, _fixed_buffer_size, _fixed_is_closing
+    cdef PyObject *size = hr_wire_fixed_method(<PyTypeObject *>kind, "get_write_buffer_size")
+    cdef PyObject *closing = hr_wire_fixed_method(<PyTypeObject *>kind, "is_closing")
+    _fixed_type = kind
+    if size is NULL or closing is NULL:
+        _fixed_buffer_size = _fixed_is_closing = None
+    else:
+        _fixed_buffer_size, _fixed_is_closing = <object>size, <object>closing
+    return 0
+
+
 cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1:
     """``transport.write(data)``, by a ``send`` of its own when ``fd`` is the transport's plain
     socket and nothing waits in its buffer; True when some of it may wait there now."""
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef ssize_t sent
+    cdef bint closing
     if fd >= 0:
-        if queued:
-            queued = transport.get_write_buffer_size() != 0
-        if not queued and not transport.is_closing():
+        if type(transport) is not _fixed_type:
+            _fix(type(transport))
+        if _fixed_is_closing is None:  # asked by name
+            if queued:
+                queued = transport.get_write_buffer_size() != 0
+            closing = not queued and transport.is_closing()
+        else:
+            if queued:
+                queued = _fixed_buffer_size(transport) != 0
+            closing = not queued and _fixed_is_closing(transport)
+        if not queued and not closing:
             sent = send(fd, PyBytes_AS_STRING(data), <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL)
             if sent == n:
                 return False

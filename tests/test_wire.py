@@ -914,6 +914,47 @@ def test_write_to_never_writes_the_descriptor_of_a_closing_transport(
     assert _with_connection(loop_name, body) == b"before"
 
 
+class _Fake:
+    """A transport of another type: open unless told, its buffer empty, what it was given."""
+
+    def __init__(self, closing: bool) -> None:
+        self.closing = closing
+        self.written: list[bytes] = []
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_write_to_asks_each_transport_its_own_questions(wire: ModuleType, loop_name: str) -> None:
+    """Transports of several types in turn: each answers for itself (the compiled twin calls
+    the methods of a type found once, for a type whose instances all have the same ones)."""
+
+    async def body(
+        transport: asyncio.Transport, fd: int, protocol: _Quiet, read_some: Reader
+    ) -> None:
+        closing, shadowed = _Fake(True), _Fake(False)
+        shadowed.is_closing = lambda: True  # type: ignore[method-assign]
+        assert wire.write_to(transport, fd, False, b"one") is False
+        for fake in (closing, shadowed):  # the socket's descriptor, but a closing transport
+            assert wire.write_to(fake, fd, False, b"not") is True
+            assert wire.write_to(transport, fd, True, b"two") is False
+        assert closing.written == shadowed.written == [b"not"]
+        transport.close()
+        with contextlib.suppress(RuntimeError):  # the transport's own answer
+            wire.write_to(transport, fd, False, b"after")
+        assert wire.write_to(_Fake(False), -1, False, b"none") is True
+        await asyncio.wait_for(protocol.lost, 10)
+
+    assert _with_connection(loop_name, body) == b"onetwotwo"
+
+
 # -- the metrics tables: both twins against the dictionaries and lists they replace ----------
 
 _TABLE_BOUNDS = (0.0005, 0.001, 1.0, 30.0)
