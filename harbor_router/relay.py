@@ -146,14 +146,14 @@ class HeadDeadlines:
             self._now = loop.time()
             self._handle = loop.call_later(min(self._tick, seconds), self._check)
             self._due = 0.0
-        if not self._due or seconds != self._seconds:
+        if self._due == 0.0 or seconds != self._seconds:
             self._seconds = seconds
             self._due = self._now + self._tick + seconds
         relay.head_due = self._due
         self.waiting += 1
 
     def unwatch(self, relay: Relay) -> None:
-        if relay.head_due:
+        if relay.head_due != 0.0:
             relay.head_due = 0.0
             self.waiting -= 1
 
@@ -253,7 +253,9 @@ class Relay(Sink):
         self._client = client
         self._bodies = bodies  # watches a body that outlasts a read (None: never)
         self._watching = False
-        self._received = 0  # body bytes from Harbor through the parser
+        # body bytes from Harbor through the parser (the body watch's measure; not counted of
+        # a scanned response, which ends in the call that brought it and is never watched)
+        self._received = 0
         self.conn = conn
         self._rewriter = rewriter
         self._relay_status = relay_status
@@ -266,7 +268,9 @@ class Relay(Sink):
         self.error: BaseException | None = None
         self.waiter: HttpProtocol | None = None
         self._future: asyncio.Future[None] | None = None
-        self._out: list[bytes] = []  # what the current read produced for the client
+        # what the current read produced for the client (None: nothing yet; made by the first
+        # :meth:`_queue`, which a scanned response never needs)
+        self._out: list[bytes] | None = None
         self._head_status = 0  # the status of a head waiting in _out
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -366,7 +370,7 @@ class Relay(Sink):
         if self.mode == SPLICE:
             client.write(head)
         else:
-            self._out.append(head)  # goes out with the body bytes of the same read
+            self._queue(head)  # goes out with the body bytes of the same read
             self._head_status = status
 
     def on_scanned(self, scan: ResponseScan, data: bytes) -> bool:
@@ -374,7 +378,8 @@ class Relay(Sink):
         scanned (``_wire.scan_response``): ``scan.block`` holds its end-to-end header lines, so
         a relayed one needs no rewriting (None: a Location or Link header, the rewriter's job);
         the header fields are only read out when something else needs them. A relayed one's
-        body, ``data[scan.body_at:]``, goes out in one bytes with the head (True: taken)."""
+        body, ``data[scan.body_at:]``, goes out at once in one bytes with the head (True:
+        taken; all that read produced, nothing is left for :meth:`flush`)."""
         status, block = scan.status, scan.block
         client = self._client
         if block is None or not self._relays(status) or client.closing:
@@ -386,23 +391,22 @@ class Relay(Sink):
         self.mode = RAW  # the whole body is at hand: nothing to splice or frame
         self.started = True
         client.begin_response(self)
-        self._received += len(data) - scan.body_at
         close = not client.keep_alive
-        self._out.append(whole_response(status_line(status), block, self._rewriter.lines, close,
-                                        data, scan.body_at))  # fmt: skip
-        self._head_status = status
+        whole = whole_response(status_line(status), block, self._rewriter.lines, close, data,
+                               scan.body_at)  # fmt: skip
+        client.write_response(whole, status)
         return True
 
     def on_body(self, data: bytes) -> None:
         self._received += len(data)
         mode = self.mode
         if mode == RAW:
-            self._out.append(data)
+            self._queue(data)
         elif mode == SPLICE:
             self._early += len(data)
             self._client.write(data)
         elif mode == CHUNKED:
-            self._out.append(b"%x\r\n%b\r\n" % (len(data), data))
+            self._queue(b"%x\r\n%b\r\n" % (len(data), data))
         elif len(self.body) < self._capture_limit:
             if not self.body:
                 self.body = bytearray()
@@ -417,13 +421,21 @@ class Relay(Sink):
             self._watching = True
             self._bodies.watch(self)
 
+    def _queue(self, data: bytes) -> None:
+        """``data`` goes out with the rest of what this read produced (:meth:`flush`)."""
+        out = self._out
+        if out is None:
+            self._out = [data]
+        else:
+            out.append(data)
+
     def _write_out(self) -> None:
         out = self._out
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             status = self._head_status
-            if status:
+            if status != 0:
                 self._head_status = 0
                 self._client.write_response(data, status)
             else:
@@ -431,7 +443,7 @@ class Relay(Sink):
 
     def on_complete(self) -> None:
         if self.mode == CHUNKED and not self.head_only:
-            self._out.append(b"0\r\n\r\n")
+            self._queue(b"0\r\n\r\n")
         if self.started:
             self._write_out()
             self._client.end_response(self)
@@ -471,7 +483,7 @@ class Relay(Sink):
         if self._splice is not None:
             self._splice.cancel()
             self._splice = None
-        self._out.clear()
+        self._out = None
         self.conn.abandon()
         if self.started:
             self._client.end_response(self)
@@ -491,7 +503,7 @@ class Relay(Sink):
         if self._splice is not None:
             self._splice.cancel()
             self._splice = None
-        self._out.clear()
+        self._out = None
         self.conn.abandon()
         self._finish(UpstreamError("the client closed the connection", True))
 

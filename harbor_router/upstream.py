@@ -135,6 +135,7 @@ class UpstreamConnection(asyncio.Protocol):
             if scan_response(data, self._head_only, self._scan):
                 self._scanned(sink, data)
                 return
+            self._headers = []  # the parser's, of this response (the relay may keep them)
         reader = self._reader
         if reader is None:  # a HEAD response the scan did not take
             reader = self._reader = httptools.HttpResponseParser(self)
@@ -220,8 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self._sink = sink
         self._head_only = head_only
-        self._headers = []
-        self._fresh = True
+        self._fresh = True  # (the parser's header list made new if it is needed)
         if head_only:
             self._reader = None  # a fresh parser, made only if the scan does not take it
         self.received_any = False

@@ -188,6 +188,28 @@ async def test_whole_plain_responses_are_scanned_the_rest_parsed(pool_for) -> No
     assert server.connections == 1 and pool.idle_count == 1
 
 
+async def test_each_parsed_response_has_header_fields_of_its_own(pool_for) -> None:  # type: ignore[no-untyped-def]
+    """Responses the parser reads on one connection, between others the scan takes, each get
+    a list of header fields of their own, left as they were given by the next ones."""
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-N: %d\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    count = iter(range(100))
+    answers = {b"/plain": lambda: ok(b"hello"), b"/chunked": lambda: chunked % next(count)}
+    pool, server = await pool_for(lambda head: answers[head.split(b" ")[1]]())
+    seen: list[Recorder] = []
+    for path in (b"/chunked", b"/plain", b"/chunked", b"/chunked", b"/plain", b"/chunked"):
+        rec = await exchange(await pool.acquire(), b"GET %b HTTP/1.1\r\n\r\n" % path)
+        assert rec.done.result() == "complete" and rec.scanned == (path == b"/plain")
+        if path == b"/chunked":
+            seen.append(rec)
+    assert server.connections == 1
+    assert [rec.headers for rec in seen] == [
+        [(b"Transfer-Encoding", b"chunked"), (b"X-N", b"%d" % n)] for n in range(4)
+    ]
+    assert len({id(rec.headers) for rec in seen}) == 4
+
+
 async def test_chunked_body_is_dechunked(pool_for) -> None:  # type: ignore[no-untyped-def]
     response = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
