@@ -724,6 +724,18 @@ def test_scan_request_lines_are_the_ones_of_this_head(wire: ModuleType) -> None:
     assert wire.scan_request(PULL, *LIMITS)[3] == first
 
 
+def test_scan_request_lines_that_differ_anywhere_are_this_heads(wire: ModuleType) -> None:
+    """The previous value is compared a word at a time: of every length around one and two
+    words, a value with any one byte changed is this head's own."""
+    for length in range(1, 20):
+        value = b"abcdefghijklmnopqrstuvwxyz"[:length]
+        head = b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n"
+        for at in range(length):
+            other = value[:at] + b"X" + value[at + 1 :]
+            assert wire.scan_request(head, *LIMITS)[3] == [(b"host", value)]
+            assert wire.scan_request(head.replace(value, other), *LIMITS)[3] == [(b"host", other)]
+
+
 # write_to: bytes the kernel takes at once go to the socket itself, the rest to the transport
 # (whose buffer then keeps the order), and a closing transport's descriptor is never written.
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
