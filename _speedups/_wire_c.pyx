@@ -699,11 +699,11 @@ cdef inline Py_ssize_t _next_field(const unsigned char* p, Py_ssize_t line, Py_s
 cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept:
     """Reads the head at ``p`` into ``head``; False for anything but the plainest kind."""
     cdef Py_ssize_t i, value_start, value_end, j, block = 0
-    cdef int kind, count = 0
+    cdef int kind
     cdef long long length = -1
     cdef unsigned char c
     cdef bint keep_alive = True, rewrite = False
-    cdef _Field* field
+    cdef _Field* field = head.fields  # the next line's (the count: how far it moved)
     # status line: "HTTP/1.1 " 3DIGIT SP reason CRLF
     if n < 18 or memcmp(p, b"HTTP/1.1 ", 9) != 0:
         return False
@@ -725,9 +725,8 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept
                 return False
             head.end = i
             break
-        if count == _MAX_FIELDS:
+        if field == head.fields + _MAX_FIELDS:
             return False
-        field = &head.fields[count]
         i = _next_field(p, i + 2, n, field)
         if i < 0:
             return False
@@ -735,17 +734,17 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept
         value_start, value_end = field.value, field.value_end
         if kind == _OTHER:
             block += field.name_end - field.name + value_end - value_start + 4
-            count += 1
+            field += 1
             continue
         if kind == _LENGTH:
             if length >= 0 or value_end - value_start > 18:
                 return False
             length = 0
             for j in range(value_start, value_end):
-                c = p[j]
-                if c < 48 or c > 57:
+                c = p[j] - 48  # (an unsigned char: a byte below '0' wraps above 9)
+                if c > 9:
                     return False
-                length = length * 10 + (c - 48)
+                length = length * 10 + c
             block += field.name_end - field.name + value_end - value_start + 4
         elif kind == _REFUSE:
             return False
@@ -756,11 +755,12 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept
                 return False
         elif kind == _REWRITE:
             rewrite = True
-        count += 1
+        field += 1
     if length < 0:
         return False
     head.length = length
-    head.count, head.block, head.keep_alive, head.rewrite = count, block, keep_alive, rewrite
+    head.count = field - head.fields
+    head.block, head.keep_alive, head.rewrite = block, keep_alive, rewrite
     return True
 
 

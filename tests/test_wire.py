@@ -252,6 +252,16 @@ def test_scan_response_leaves_the_rest_to_the_parser(wire: ModuleType, case: str
     assert wire.scan_response(SCAN_REFUSED[case], case.startswith("HEAD")) is None
 
 
+def test_scan_response_reads_up_to_64_header_lines(wire: ModuleType) -> None:
+    for count in (63, 64, 65):
+        response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X: y\r\n" * (count - 1) + b"\r\n"
+        scanned = wire.scan_response(response, False)
+        assert (scanned is not None) == (count <= 64), count
+        if scanned is not None:
+            assert len(wire.head_fields(response)) == count
+            assert scanned[1] == response[17:-2]
+
+
 class _Parsed:
     """What httptools' response parser makes of some bytes."""
 
