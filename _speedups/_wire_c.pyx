@@ -330,8 +330,10 @@ cdef extern from *:
 # Sixteen bytes at a time where SSE2 is there (always on x86-64): each skip below returns how
 # far from ``p[i]`` the bytes are all of its kind (token letters, digits and '-'; field bytes;
 # target bytes), reading nothing past ``p[end]`` (a byte of none of these kinds in every call);
-# it may stop early, and the table loop after it reads on. Elsewhere they skip nothing (and the
-# field and target runs read words as before); HR_WIRE_PORTABLE builds that way on x86-64 too.
+# from at least sixteen bytes (end >= 15) they stop exactly there, and a field or target run is
+# then done (a name's run reads its other token bytes on by the table); from fewer they skip
+# nothing and the table loop reads. Elsewhere they skip nothing (and the field and target runs
+# read words as before); HR_WIRE_PORTABLE builds that way on x86-64 too.
 cdef extern from *:
     """
     #if defined(__SSE2__) && defined(__GNUC__) && !defined(HR_WIRE_PORTABLE)
@@ -364,31 +366,47 @@ cdef extern from *:
         return (unsigned)_mm_movemask_epi8(_mm_andnot_si128(left_out, hr_wire_in(x, 0x21, 0x5e)))
                ^ 0xFFFFu;
     }
-    /* the run at p[i] in steps of 16 bytes, the last step the 16 that end at p[end] */
-    #define HR_WIRE_SKIP(STOPS) do { \
-        Py_ssize_t at; \
+    /* the run at p[i] (i <= end) in steps of 16 bytes, the last step the 16 that end at p[end]:
+       with end >= 15 where the first byte not of its kind is (p[end] is none), else i; the
+       steps that fit before p[end] inline, the last one (clamped to it) out of line */
+    #define HR_WIRE_SKIP(STOPS, TAIL, ...) do { \
+        unsigned stops; \
+        for (; i + 15 <= end; i += 16) { \
+            stops = STOPS(_mm_loadu_si128((const __m128i*)(p + i)), ##__VA_ARGS__); \
+            if (stops) return i + __builtin_ctzll(stops); \
+        } \
+        return TAIL(p, i, end, ##__VA_ARGS__); \
+    } while (0)
+    #define HR_WIRE_SKIP_TAIL(STOPS, ...) do { \
         unsigned stops; \
         if (end < 15) return i; \
-        for (;;) { \
-            at = i + 16 <= end + 1 ? i : end + 1 - 16; \
-            stops = STOPS(_mm_loadu_si128((const __m128i*)(p + at))) >> (i - at); \
-            if (stops) return i + __builtin_ctz(stops); \
-            if (at != i) return i; \
-            i += 16; \
-        } \
+        stops = STOPS(_mm_loadu_si128((const __m128i*)(p + end - 15)), ##__VA_ARGS__) \
+                >> (i - (end - 15)); \
+        return stops ? i + __builtin_ctzll(stops) : i; \
     } while (0)
-    #define HR_WIRE_TARGET_STOPS(x) hr_wire_target_stops(x, also)
+    static __attribute__((noinline)) Py_ssize_t hr_wire_name_tail(
+            const unsigned char* p, Py_ssize_t i, Py_ssize_t end) {
+        HR_WIRE_SKIP_TAIL(hr_wire_name_stops);
+    }
+    static __attribute__((noinline)) Py_ssize_t hr_wire_field_tail(
+            const unsigned char* p, Py_ssize_t i, Py_ssize_t end) {
+        HR_WIRE_SKIP_TAIL(hr_wire_field_stops);
+    }
+    static __attribute__((noinline)) Py_ssize_t hr_wire_target_tail(
+            const unsigned char* p, Py_ssize_t i, Py_ssize_t end, char also) {
+        HR_WIRE_SKIP_TAIL(hr_wire_target_stops, also);
+    }
     static inline Py_ssize_t hr_wire_skip_name(const unsigned char* p, Py_ssize_t i,
                                                Py_ssize_t end) {
-        HR_WIRE_SKIP(hr_wire_name_stops);
+        HR_WIRE_SKIP(hr_wire_name_stops, hr_wire_name_tail);
     }
     static inline Py_ssize_t hr_wire_skip_field(const unsigned char* p, Py_ssize_t i,
                                                 Py_ssize_t end) {
-        HR_WIRE_SKIP(hr_wire_field_stops);
+        HR_WIRE_SKIP(hr_wire_field_stops, hr_wire_field_tail);
     }
     static inline Py_ssize_t hr_wire_skip_target(const unsigned char* p, Py_ssize_t i,
                                                  Py_ssize_t end, char also) {
-        HR_WIRE_SKIP(HR_WIRE_TARGET_STOPS);
+        HR_WIRE_SKIP(hr_wire_target_stops, hr_wire_target_tail, also);
     }
     #else
     #define HR_WIRE_SIMD 0
@@ -424,10 +442,6 @@ cdef inline uint16_t _ld2(const void* p) noexcept:
     return x
 
 
-cdef inline bint _vchar(unsigned char c) noexcept:
-    return c > 32 and c != 127
-
-
 cdef inline uint64_t _unplain(uint64_t x) noexcept:
     """The high bit of each byte of ``x`` that is not SP..0x7e or 0x80..0xff (not a field
     byte, or HTAB) set, the rest clear."""
@@ -439,8 +453,8 @@ cdef inline uint64_t _unplain(uint64_t x) noexcept:
 cdef inline Py_ssize_t _field_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t end) noexcept:
     """Where the run of field bytes at ``p[i]`` stops (at a byte no value holds)."""
     cdef uint64_t flagged
-    if _SIMD:
-        i = _skip_field(p, i, end)
+    if _SIMD and end >= 15:
+        return _skip_field(p, i, end)
     while not _SIMD and i + 8 <= end:
         flagged = _unplain(_ld8(p + i))
         if flagged == 0:
@@ -470,8 +484,8 @@ cdef inline Py_ssize_t _target_run(const unsigned char* p, Py_ssize_t i, Py_ssiz
     """Where the run of target bytes (of class ``cls``: ``also`` is the byte it leaves out
     besides '#', repeated) at ``p[i]`` stops."""
     cdef uint64_t flagged
-    if _SIMD:
-        i = _skip_target(p, i, end, <char>(also & 0xFF))
+    if _SIMD and end >= 15:
+        return _skip_target(p, i, end, <char>(also & 0xFF))
     while not _SIMD and i + 8 <= end:
         flagged = _untarget(_ld8(p + i), also)
         if flagged:
@@ -502,6 +516,23 @@ cdef inline bint _is(const unsigned char* p, Py_ssize_t n, const char* lower,
                      Py_ssize_t m) noexcept:
     """``p[:n]`` equals the lowercase ``lower`` (``m`` bytes) ignoring case."""
     return n == m and _ieq(p, m, lower)
+
+
+cdef inline bint _same(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept:
+    """``a[:n] == b[:n]``, a word at a time (the last one ending at ``n``): cheaper than a
+    call of memcmp for a header value."""
+    cdef Py_ssize_t k = 0
+    if n >= 8:
+        while k < n - 8:
+            if _ld8(a + k) != _ld8(b + k):
+                return False
+            k += 8
+        return _ld8(a + n - 8) == _ld8(b + n - 8)
+    if n >= 4:
+        return _ld4(a) == _ld4(b) and _ld4(a + n - 4) == _ld4(b + n - 4)
+    if n >= 2:
+        return _ld2(a) == _ld2(b) and _ld2(a + n - 2) == _ld2(b + n - 2)
+    return n == 0 or a[0] == b[0]
 
 
 cdef enum:
@@ -645,27 +676,31 @@ cdef struct _Head:
     _Field fields[_MAX_FIELDS]
 
 
-cdef inline Py_ssize_t _next_field(const unsigned char* p, Py_ssize_t i, Py_ssize_t end,
+cdef inline Py_ssize_t _next_field(const unsigned char* p, Py_ssize_t line, Py_ssize_t end,
                                    _Field* field) noexcept:
-    """Reads the header line after the CRLF at ``p[i]`` into ``field``: where it ends (at
+    """Reads the header line at ``p[line]`` (after a CRLF) into ``field``: where it ends (at
     the next CR), or -1 when it is not a plain ``name: value`` line."""
-    cdef Py_ssize_t line, n, k
+    cdef Py_ssize_t i, n, k
     cdef uint64_t head
-    if p[i] != 13 or p[i + 1] != 10:
-        return -1
-    line = i + 2
     i = _skip_name(p, line, end)
-    while _CLASS[p[i]] & _TCHAR:  # (a token byte but a letter, a digit or '-': read on here)
-        i += 1
-    if i == line or p[i] != 58:  # ':'
+    if p[i] != 58:  # not ':' yet: a token byte but a letter, a digit or '-' is read on here
+        while _CLASS[p[i]] & _TCHAR:
+            i += 1
+        if p[i] != 58:
+            return -1
+    if i == line:
         return -1
     field.name, field.name_end = line, i
     i += 1
-    while p[i] == 32 or p[i] == 9:
+    if p[i] == 32 and p[i + 1] > 32:  # the usual one space (p[i + 1] <= p[end]: p[i] is not it)
         i += 1
+    else:
+        while p[i] == 32 or p[i] == 9:
+            i += 1
     field.value = i
     i = _field_run(p, i, end)
-    if i == field.value or p[i] != 13 or not _vchar(p[i - 1]):
+    # p[i - 1] is a field byte when the value is not empty: <= SP only for whitespace
+    if i == field.value or p[i] != 13 or p[i - 1] <= 32:
         return -1  # an empty value, whitespace at its end, or not a line's end
     field.value_end = i
     field.kind, field.known = _OTHER, -1
@@ -691,11 +726,11 @@ cdef inline Py_ssize_t _next_field(const unsigned char* p, Py_ssize_t i, Py_ssiz
 cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept:
     """Reads the head at ``p`` into ``head``; False for anything but the plainest kind."""
     cdef Py_ssize_t i, value_start, value_end, j, block = 0
-    cdef int kind, count = 0
+    cdef int kind
     cdef long long length = -1
     cdef unsigned char c
     cdef bint keep_alive = True, rewrite = False
-    cdef _Field* field
+    cdef _Field* field = head.fields  # the next line's (the count: how far it moved)
     # status line: "HTTP/1.1 " 3DIGIT SP reason CRLF
     if n < 18 or memcmp(p, b"HTTP/1.1 ", 9) != 0:
         return False
@@ -706,32 +741,37 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept
     i = _field_run(p, 13, n)
     if i == 13 or p[i] != 13:
         return False  # an empty reason phrase, or a byte none holds
-    # header lines, up to the blank line (the counts kept in locals: ``head`` is written once)
+    # header lines, up to the blank line (the counts kept in locals: ``head`` is written once);
+    # p[i] is a CR here, so i < n, and each byte is read only after the one before it was not
+    # the NUL at p[n]
     while True:
-        if i + 3 >= n:
+        if p[i + 1] != 10:
             return False
-        if p[i + 2] == 13 and p[i] == 13 and p[i + 1] == 10 and p[i + 3] == 10:
+        if p[i + 2] == 13:
+            if p[i + 3] != 10:
+                return False
             head.end = i
             break
-        if count == _MAX_FIELDS:
+        if field == head.fields + _MAX_FIELDS:
             return False
-        field = &head.fields[count]
-        i = _next_field(p, i, n, field)
+        i = _next_field(p, i + 2, n, field)
         if i < 0:
             return False
         kind = field.kind
         value_start, value_end = field.value, field.value_end
         if kind == _OTHER:
             block += field.name_end - field.name + value_end - value_start + 4
-        elif kind == _LENGTH:
+            field += 1
+            continue
+        if kind == _LENGTH:
             if length >= 0 or value_end - value_start > 18:
                 return False
             length = 0
             for j in range(value_start, value_end):
-                c = p[j]
-                if c < 48 or c > 57:
+                c = p[j] - 48  # (an unsigned char: a byte below '0' wraps above 9)
+                if c > 9:
                     return False
-                length = length * 10 + (c - 48)
+                length = length * 10 + c
             block += field.name_end - field.name + value_end - value_start + 4
         elif kind == _REFUSE:
             return False
@@ -742,11 +782,12 @@ cdef bint _scan_head(const unsigned char* p, Py_ssize_t n, _Head* head) noexcept
                 return False
         elif kind == _REWRITE:
             rewrite = True
-        count += 1
+        field += 1
     if length < 0:
         return False
     head.length = length
-    head.count, head.block, head.keep_alive, head.rewrite = count, block, keep_alive, rewrite
+    head.count = field - head.fields
+    head.block, head.keep_alive, head.rewrite = block, keep_alive, rewrite
     return True
 
 
@@ -902,21 +943,24 @@ cpdef bint scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py
     if count > max_url:
         return False
     while i < end:
-        i = _next_field(p, i, end, &field)
+        if p[i] != 13 or p[i + 1] != 10:
+            return False
+        i = _next_field(p, i + 2, end, &field)
         if i < 0:
             return False
         kind = field.kind
         line, name_end = field.name, field.name_end
         value_start, value_end = field.value, field.value_end
-        if kind == _LENGTH or kind == _REFUSE or kind == _UPGRADE:
-            return False  # a body, or what the parser judges
-        if kind == _CONNECTION:
-            if _is(p + value_start, value_end - value_start, b"close", 5):
-                close = True
-            elif _is(p + value_start, value_end - value_start, b"keep-alive", 10):
-                keep = True
-            else:
-                return False
+        if kind != _OTHER:
+            if kind == _LENGTH or kind == _REFUSE or kind == _UPGRADE:
+                return False  # a body, or what the parser judges
+            if kind == _CONNECTION:
+                if _is(p + value_start, value_end - value_start, b"close", 5):
+                    close = True
+                elif _is(p + value_start, value_end - value_start, b"keep-alive", 10):
+                    keep = True
+                else:
+                    return False
         fields += 1
         count += name_end - line + value_end - value_start + 4
         if fields > max_fields or count > max_bytes:
@@ -926,8 +970,8 @@ cpdef bint scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py
             if last is not None:
                 value = <bytes>PyTuple_GET_ITEM(last, 1)
                 if (PyBytes_GET_SIZE(value) == value_end - value_start
-                        and memcmp(PyBytes_AS_STRING(value), p + value_start,
-                                   value_end - value_start) == 0):
+                        and _same(<const unsigned char*>PyBytes_AS_STRING(value),
+                                  p + value_start, value_end - value_start)):
                     headers.append(last)
                     continue
             name = _KNOWN_NAMES[field.known]

@@ -301,6 +301,16 @@ def test_whole_response_is_the_head_build_head_joins_and_the_body(
             wire.whole_response(b"S\r\n", b"", b"", False, b"abc", body_at)
 
 
+def test_scan_response_reads_up_to_64_header_lines(wire: ModuleType) -> None:
+    for count in (63, 64, 65):
+        response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X: y\r\n" * (count - 1) + b"\r\n"
+        scanned = _scan_response(wire, response, False)
+        assert (scanned is not None) == (count <= 64), count
+        if scanned is not None:
+            assert len(wire.head_fields(response)) == count
+            assert scanned[1] == response[17:-2]
+
+
 class _Parsed:
     """What httptools' response parser makes of some bytes."""
 
@@ -806,6 +816,20 @@ def test_scan_request_lines_are_the_ones_of_this_head(wire: ModuleType) -> None:
         other = PULL.replace(b"Host: registry", b"Host: " + host)
         assert _scan_request(wire, other, *LIMITS)[3][0] == (b"host", host)
     assert _scan_request(wire, PULL, *LIMITS)[3] == first
+
+
+def test_scan_request_lines_that_differ_anywhere_are_this_heads(wire: ModuleType) -> None:
+    """The previous value is compared a word at a time: of every length around one and two
+    words, a value with any one byte changed is this head's own."""
+    for length in range(1, 20):
+        value = b"abcdefghijklmnopqrstuvwxyz"[:length]
+        head = b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n"
+        for at in range(length):
+            other = value[:at] + b"X" + value[at + 1 :]
+            scanned = _scan_request(wire, head, *LIMITS)
+            assert scanned is not None and scanned[3] == [(b"host", value)]
+            scanned = _scan_request(wire, head.replace(value, other), *LIMITS)
+            assert scanned is not None and scanned[3] == [(b"host", other)]
 
 
 # write_to: bytes the kernel takes at once go to the socket itself, the rest to the transport
