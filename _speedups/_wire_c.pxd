@@ -57,5 +57,4 @@ cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1
 cpdef count_request(RequestTable table, str method, long kind, long status, double duration, long long sent)
 cpdef count_upstream(UpstreamTable table, str project, str label, double duration)
 cpdef count_answer(UpstreamTable table, str project, long status, double duration)
-cpdef double monotonic() except? -1.0
 cpdef double perf_counter() except? -1.0

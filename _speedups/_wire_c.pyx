@@ -1435,20 +1435,15 @@ cpdef count_answer(UpstreamTable table, str project, long status, double duratio
     _count(calls.duration, table.bounds, table.nbounds, duration)
 
 
-cpdef double monotonic() except? -1.0:
-    """``time.monotonic()`` without the call through Python: the same clock
-    (``CLOCK_MONOTONIC``), turned into seconds the same way; a C double for compiled callers."""
+cpdef double perf_counter() except? -1.0:
+    """``time.perf_counter()`` without the call through Python: on Linux (CPython's pytime.c)
+    it is the monotonic clock (``CLOCK_MONOTONIC``), turned into seconds the same way; a C
+    double for compiled callers."""
     cdef timespec ts
     cdef long long ns
     if clock_gettime(CLOCK_MONOTONIC, &ts) != 0:
-        return time.monotonic()  # which raises what the clock says
+        return time.perf_counter()  # which raises what the clock says
     ns = <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
     if ns % 1000000000 == 0:
         return <double>(ns // 1000000000)
     return <double>ns / 1e9
-
-
-cpdef double perf_counter() except? -1.0:
-    """``time.perf_counter()`` in C: on Linux (CPython's pytime.c) it is the monotonic clock,
-    read and turned into seconds as :func:`monotonic` does."""
-    return monotonic()

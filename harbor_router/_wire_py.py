@@ -15,8 +15,7 @@ import os
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from time import monotonic as monotonic  # the compiled twin's is the same clock, called in C
-from time import perf_counter as perf_counter  # likewise (on Linux the same clock as monotonic)
+from time import perf_counter as perf_counter  # the compiled twin's is the same clock, called in C
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")

@@ -76,6 +76,8 @@ class MappingCache:
         found = self._lru.get_timed(name)
         if found is None:
             return None
+        stored_at: Seconds  # (as in lookup)
+        now: Seconds
         (project, stored_at), now = found
         return project if now - stored_at <= self._ttl else None
 
