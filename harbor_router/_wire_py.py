@@ -128,7 +128,8 @@ def whole_response(
 ) -> bytes:
     """A response :func:`scan_response` took, for the client in one bytes: ``status_line``,
     the end-to-end lines ``block`` and the ``added`` ones, ``Connection: close`` when
-    ``close``, the blank line, then the body, ``data[body_at:]`` (no copy of it made first)."""
+    ``close``, the blank line, then the body, ``data[body_at:]`` (the compiled one copies it
+    once, into the result, with no slice of it first)."""
     if not 0 <= body_at <= len(data):
         raise ValueError("the body starts inside the response")
     ending = b"Connection: close\r\n\r\n" if close else b"\r\n"
