@@ -54,6 +54,8 @@ cpdef bint scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py
 cpdef forward_head(str method, bytes start, list headers, ForwardLines lines, str client_ip)
 cpdef observe(list hist, tuple bounds, double value)
 cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1
+cpdef read_from(int fd)
+cpdef Py_ssize_t send_to(int fd, bytes data, Py_ssize_t start) except -2
 cpdef count_request(RequestTable table, str method, long kind, long status, double duration, long long sent)
 cpdef count_upstream(UpstreamTable table, str project, str label, double duration)
 cpdef count_answer(UpstreamTable table, str project, long status, double duration)

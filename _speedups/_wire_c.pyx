@@ -19,6 +19,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+import os
 import time
 
 HOP_BY_HOP = frozenset(
@@ -1234,6 +1235,45 @@ cpdef bint write_to(transport, int fd, bint queued, bytes data) except -1:
     transport.write(data)
     return True
 
+
+
+# read_from / send_to: a plain socket read and written by the data plane itself (see the twin).
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EAGAIN, EWOULDBLOCK, EINTR
+cdef enum:
+    _READ_SIZE = 256 * 1024
+cdef char _read_buffer[_READ_SIZE]  # what one read takes, copied out at once
+
+
+cpdef read_from(int fd):
+    """One read of the non-blocking socket ``fd``: its bytes, ``b""`` at its end, None when
+    nothing is there (see the twin)."""
+    cdef ssize_t n = recv(fd, _read_buffer, _READ_SIZE, MSG_DONTWAIT)
+    cdef int err
+    if n >= 0:
+        return PyBytes_FromStringAndSize(_read_buffer, n)
+    err = errno
+    if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
+        return None
+    raise OSError(err, os.strerror(err))
+
+
+cpdef Py_ssize_t send_to(int fd, bytes data, Py_ssize_t start) except -2:
+    """Sends ``data[start:]`` on the non-blocking socket ``fd``: how many bytes the kernel
+    took (0 when it takes none now; see the twin)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data) - start
+    cdef ssize_t sent = send(fd, PyBytes_AS_STRING(data) + start, <size_t>n,
+                             MSG_DONTWAIT | MSG_NOSIGNAL)
+    cdef int err
+    if sent >= 0:
+        return sent
+    err = errno
+    if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
+        return 0
+    raise OSError(err, os.strerror(err))
 
 
 # -- the per-request metrics (``metrics``): histograms and counts in C arrays ------------------

@@ -55,7 +55,7 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "_wire": ("valid_name", "valid_tag", "valid_digest", "end_to_end", "build_head",
               "scan_response", "whole_response", "head_fields", "scan_request", "forward_head",
               "observe", "write_to", "count_request", "count_upstream", "count_answer",
-              "perf_counter"),
+              "perf_counter", "read_from", "send_to"),
 }  # fmt: skip
 # module → the extension types of its compiled twin that the data plane's modules know by
 # name (``from ._cache import TTLCache``, ``from ._wire import RequestScan``): such a module

@@ -403,6 +403,29 @@ def write_to(transport: asyncio.WriteTransport, fd: int, queued: bool, data: byt
     return True
 
 
+#: The most one :func:`read_from` takes (what uvloop's own reads take).
+READ_SIZE = 256 * 1024
+
+
+def read_from(fd: int) -> bytes | None:
+    """One read of the non-blocking socket ``fd``: its bytes, ``b""`` at its end (the peer
+    closed it), None when nothing is there (a spurious wake-up); any other error raises
+    :class:`OSError`. The compiled twin reads into one static buffer and copies out what came."""
+    try:
+        return os.read(fd, READ_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+
+
+def send_to(fd: int, data: bytes, start: int) -> int:
+    """Sends ``data[start:]`` on the non-blocking socket ``fd``: how many bytes the kernel took
+    (0 when it takes none now: its buffer is full); any other error raises :class:`OSError`."""
+    try:
+        return os.write(fd, memoryview(data)[start:] if start else data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+
+
 class RequestTable:
     """Request duration histograms (bucket counts, the +Inf one last, then the sum) by method,
     route kind and status class, and the bytes sent by route kind: the per-request numbers of

@@ -1,10 +1,11 @@
 """Zero-copy body relay: upstream socket → pipe → client socket with ``os.splice`` (Linux).
 
-Theory of operation (DESIGN §3.4): uvloop owns both sockets through its transports and refuses
-``add_reader``/``add_writer`` on their descriptors, so the relay works on ``os.dup()`` copies:
-a different descriptor number for the same socket, which uvloop accepts (and, on stop, removes
-from epoll at once, so closing the dup leaves nothing armed). While the splice runs the upstream
-transport is paused — uvloop must not read the socket the kernel is splicing from — and the
+Theory of operation (DESIGN §3.4): uvloop owns the client socket through its transport and
+refuses ``add_reader``/``add_writer`` on its descriptor, and the upstream connection watches its
+own, so the relay works on ``os.dup()`` copies: a different descriptor number for the same
+socket, which uvloop accepts (and, on stop, removes from epoll at once, so closing the dup leaves
+nothing armed). While the splice runs the upstream connection does not read — nothing may read
+the socket the kernel is splicing from — and the
 client transport has an empty write buffer, so every byte the router wrote (the response head
 and the body bytes that came with it) is on the wire before the first spliced byte.
 

@@ -1,4 +1,5 @@
-"""Keep-alive connections to Harbor, one raw asyncio Protocol each (the data plane's client side).
+"""Keep-alive connections to Harbor, raw sockets read and written directly (the data plane's
+client side; a TLS one through its asyncio transport, as its Protocol).
 
 Theory of operation: a request borrows a connection from :class:`UpstreamPool`, writes one joined
 request head and hands the connection a *sink* (``relay.Relay``) that receives the response as
@@ -20,13 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections import deque
 from typing import cast
 
 import httptools
 
-from ._wire import ResponseScan, Seconds, perf_counter, scan_response, write_to
+from ._wire import (
+    ResponseScan,
+    Seconds,
+    perf_counter,
+    read_from,
+    scan_response,
+    send_to,
+    write_to,
+)
 from .splice import plain_fd
 
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -74,20 +84,33 @@ class PoolFull(UpstreamError):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection; its own httptools callbacks feed the current sink."""
+    """One keep-alive connection; its own httptools callbacks feed the current sink.
+
+    A plain TCP connection (no TLS) is a non-blocking socket of its own (:meth:`attach`): the
+    loop calls :meth:`readable` when it has bytes, each read is one ``recv`` into
+    :meth:`data_received`, and a request head is one ``send`` (the rest, should the kernel not
+    take it all, when the socket is writable again). One callback per read instead of a
+    transport's two, and no transport bookkeeping per write. A TLS connection is a uvloop
+    transport with this object as its protocol. Both end the same way: ``connection_lost``,
+    once, after the socket is closed (by the peer: at once; by :meth:`close`: on the next loop
+    turn, as a transport reports it)."""
 
     __slots__ = (
         "_fd",
         "_fresh",
         "_head_only",
         "_headers",
+        "_loop",
         "_parser",
         "_paused",
+        "_pending",
+        "_pending_at",
         "_queued",
         "_reader",
         "_retired",
         "_scan",
         "_sink",
+        "_sock",
         "closed",
         "idle_since",
         "in_use",
@@ -100,7 +123,11 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self._fd = -1  # the transport's plain socket, written directly (_wire.write_to)
+        self._fd = -1  # the plain socket, written directly (_wire.send_to / write_to)
+        self._sock: socket.socket | None = None  # a plain connection's own socket (attach)
+        self._loop: asyncio.AbstractEventLoop | None = None  # its loop, once attached
+        self._pending = b""  # a request head the kernel did not take all of (plain socket)
+        self._pending_at = 0  # how much of it it took
         self._queued = False  # a write may wait in the transport's buffer
         self._sink: Sink | None = None  # the response in progress (None: none asked for)
         self._parser = httptools.HttpResponseParser(self)  # GET responses, reused
@@ -123,6 +150,60 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
         self._fd = plain_fd(transport)
+
+    # a plain connection's own socket
+    def attach(self, sock: socket.socket) -> None:
+        """Read and write ``sock`` (connected, non-blocking, plain TCP) without a transport."""
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = loop = asyncio.get_running_loop()
+        loop.add_reader(self._fd, self.readable)
+
+    def readable(self) -> None:
+        """The socket has bytes, or its end, or an error."""
+        try:
+            data = read_from(self._fd)
+        except OSError as exc:
+            self._gone(exc)
+            return
+        if data is None:  # a wake-up with nothing to read
+            return
+        if data:
+            self.data_received(data)
+        else:
+            self._gone(None)  # Harbor closed the connection
+
+    def writable(self) -> None:
+        """The socket takes more of the pending request head."""
+        head = self._pending
+        try:
+            sent = send_to(self._fd, head, self._pending_at)
+        except OSError as exc:
+            self._gone(exc)
+            return
+        self._pending_at += sent
+        if self._pending_at >= len(head):
+            self._pending = b""
+            self._pending_at = 0
+            assert self._loop is not None
+            self._loop.remove_writer(self._fd)
+
+    def _detach(self) -> None:
+        """Close the plain socket (no more callbacks for it)."""
+        sock, loop = self._sock, self._loop
+        assert sock is not None and loop is not None
+        self._sock = None
+        loop.remove_reader(self._fd)
+        if self._pending:
+            self._pending = b""
+            loop.remove_writer(self._fd)
+        sock.close()
+
+    def _gone(self, exc: Exception | None) -> None:
+        """The plain socket ended (Harbor closed it, or an error): as a transport's loss."""
+        if self._sock is not None:
+            self._detach()
+            self.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         sink = self._sink
@@ -218,22 +299,47 @@ class UpstreamConnection(asyncio.Protocol):
 
     # used by the data plane
     def send(self, head: bytes, sink: Sink, head_only: bool) -> None:
-        assert self.transport is not None
         self._sink = sink
         self._head_only = head_only
         self._fresh = True  # (the parser's header list made new if it is needed)
         if head_only:
             self._reader = None  # a fresh parser, made only if the scan does not take it
         self.received_any = False
-        self._queued = write_to(self.transport, self._fd, self._queued, head)
+        if self._sock is None:
+            assert self.transport is not None
+            self._queued = write_to(self.transport, self._fd, self._queued, head)
+            return
+        loop = self._loop
+        assert loop is not None
+        try:
+            sent = send_to(self._fd, head, 0)
+        except OSError as exc:  # reported from the loop, as a transport reports a failed write
+            loop.call_soon(self._gone, exc)
+            return
+        if sent < len(head):  # (a connection is lent out with nothing pending)
+            self._pending = head
+            self._pending_at = sent
+            loop.add_writer(self._fd, self.writable)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.closed:
+            return
+        if self._sock is not None:
+            assert self._loop is not None
+            self._paused = True
+            self._loop.remove_reader(self._fd)
+        elif self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._paused and self.transport is not None and not self.closed:
+        if not self._paused or self.closed:
+            return
+        if self._sock is not None:
+            assert self._loop is not None
+            self._paused = False
+            self._loop.add_reader(self._fd, self.readable)
+        elif self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
 
@@ -245,9 +351,12 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def plain(self) -> bool:
         """Plain TCP (no TLS): the socket itself carries the body bytes."""
-        return self.pool.tls is False and self.transport is not None and not self.closed
+        return (self.pool.tls is False and not self.closed
+                and (self._sock is not None or self.transport is not None))  # fmt: skip
 
     def fileno(self) -> int:
+        if self._sock is not None:
+            return self._fd
         assert self.transport is not None
         sock = self.transport.get_extra_info("socket")
         return -1 if sock is None else int(sock.fileno())
@@ -276,7 +385,12 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
-            if self.transport is not None:
+            if self._sock is not None:
+                loop = self._loop
+                assert loop is not None
+                self._detach()
+                loop.call_soon(self._lost, None)  # as a closed transport's connection_lost
+            elif self.transport is not None:
                 self.transport.close()
 
     # internal
@@ -430,13 +544,17 @@ class UpstreamPool:
     async def _open(self, loop: asyncio.AbstractEventLoop) -> UpstreamConnection:
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self._ssl is not None else None,
-                )
+                if self._ssl is None:
+                    conn = UpstreamConnection(self)
+                    conn.attach(await self._plain_socket(loop))
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(self),
+                        self.host,
+                        self.port,
+                        ssl=self._ssl,
+                        server_hostname=self.host,
+                    )
         except TimeoutError:
             raise UpstreamError(
                 f"connecting to Harbor timed out after {self._connect_timeout:g}s"
@@ -448,6 +566,26 @@ class UpstreamPool:
         self._in_use += 1
         self._connections.add(conn)
         return conn
+
+    async def _plain_socket(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        """A connected non-blocking TCP socket to Harbor: each address of its name in turn."""
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        error: OSError = OSError(f"no address for {self.host}")
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await loop.sock_connect(sock, address)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            except BaseException:  # cancelled (the connect timeout): nothing is left open
+                sock.close()
+                raise
+            return sock
+        raise error
 
     def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         self._give_back(conn)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -402,3 +408,192 @@ async def test_closing_the_pool_closes_open_connections_in_use_and_idle(pool_for
     assert pool._connections == {idle, busy}
     pool.close()
     assert idle.closed and busy.closed and pool.active_count == 0 and not pool._connections
+
+
+# a plain connection's own socket (no transport): reads, a head sent in parts, pause, close
+def open_fds() -> set[str]:
+    """What this process's descriptors are open on (``socket:[inode]``, paths)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # (the listing's own descriptor, closed by now)
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+async def test_a_plain_connection_reads_and_writes_its_own_socket(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, server = await pool_for(lambda head: ok(b"hello"))
+    conn = await pool.acquire()
+    assert conn.transport is None and conn.plain and conn.fileno() >= 0
+    rec = await exchange(conn)
+    assert (rec.status, rec.body, rec.done.result()) == (200, b"hello", "complete")
+    assert server.requests == [b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"]
+
+
+async def test_a_head_the_kernel_does_not_take_at_once_goes_when_it_can(pool_for) -> None:  # type: ignore[no-untyped-def]
+    received: list[bytes] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.2)  # the router's socket buffer fills meanwhile
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(ok(b"late"))
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0, limit=64 << 20)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool("127.0.0.1", port, ssl_context=None, max_idle=1, idle_timeout=30,
+                        connect_timeout=2)  # fmt: skip
+    try:
+        conn = await pool.acquire()
+        big = b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * (24 << 20) + b"\r\n\r\n"
+        recorder = Recorder()
+        conn.send(big, recorder, False)
+        assert conn._pending is big  # the rest waits for the socket to take it
+        await asyncio.wait_for(recorder.done, 10)
+        assert recorder.done.result() == "complete" and recorder.body == b"late"
+        assert received == [big] and conn._pending == b""
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_closing_a_plain_connection_reports_the_loss_on_the_next_turn(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, _ = await pool_for(lambda head: b"")  # never answers
+    conn = await pool.acquire()
+    ours = f"socket:[{os.fstat(conn.fileno()).st_ino}]"
+    assert ours in open_fds()
+    recorder = Recorder()
+    conn.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", recorder, False)
+    conn.close()
+    assert conn.closed and not recorder.done.done()  # as a transport reports it: later
+    assert pool.active_count == 0 and conn not in pool._connections
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.done.result() == "lost received_any=False"
+    assert ours not in open_fds()  # the socket is closed
+
+
+async def test_a_paused_plain_connection_reads_nothing_until_resumed(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, _ = await pool_for(lambda head: ok(b"later"))
+    conn = await pool.acquire()
+    recorder = Recorder()
+    conn.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", recorder, False)
+    conn.pause_reading()
+    assert conn.paused
+    await asyncio.sleep(0.1)
+    assert not recorder.done.done() and recorder.status == 0
+    conn.resume_reading()
+    await asyncio.wait_for(recorder.done, 5)
+    assert recorder.done.result() == "complete" and recorder.body == b"later"
+
+
+async def test_harbor_closing_an_idle_plain_connection_is_seen_at_once() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(ok(b"x"))
+        writers.append(writer)
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool("127.0.0.1", port, ssl_context=None, max_idle=1, idle_timeout=30,
+                        connect_timeout=2)  # fmt: skip
+    try:
+        conn = await pool.acquire()
+        await exchange(conn)
+        assert pool.idle_count == 1 and not conn.closed
+        writers[0].close()  # Harbor ends the idle keep-alive connection
+        for _ in range(100):
+            if conn.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.closed and conn not in pool._connections
+        assert pool.try_acquire() is None  # passed over: a new one is opened
+        fresh = await pool.acquire()
+        assert fresh is not conn and not fresh.reused
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_connect_that_times_out_leaves_no_socket_open() -> None:
+    """A listener whose accept queue is full drops new SYNs: the connect hangs until the
+    pool's connect timeout, and the socket it made is closed."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # the queue's one place, and then some
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    await asyncio.sleep(0.05)
+    pool = UpstreamPool("127.0.0.1", port, ssl_context=None, max_idle=1, idle_timeout=1,
+                        connect_timeout=0.3)  # fmt: skip
+    before = open_fds()
+    try:
+        with pytest.raises(UpstreamError, match="timed out"):
+            await pool.acquire()
+        assert open_fds() <= before
+        assert pool.active_count == 0
+    finally:
+        pool.close()
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+# a TLS connection keeps a uvloop transport (the same sink calls, the same pooling)
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("openssl is needed for the TLS upstream test (CI=true)")
+        pytest.skip("openssl is not installed")
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = str(root / "cert.pem"), str(root / "key.pem")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out",
+         cert],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_a_tls_connection_relays_through_its_transport(tls_files: tuple[str, str]) -> None:
+    cert, key = tls_files
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server = Server(lambda head: ok(b"secret"))
+    server.server = await asyncio.start_server(server._handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.server.sockets[0].getsockname()[1]
+    client_ctx = ssl.create_default_context(cafile=cert)
+    pool = UpstreamPool("127.0.0.1", port, ssl_context=client_ctx, max_idle=1, idle_timeout=30,
+                        connect_timeout=5)  # fmt: skip
+    try:
+        for _ in range(2):
+            conn = await pool.acquire()
+            assert conn.transport is not None and not conn.plain
+            rec = await exchange(conn)
+            assert (rec.status, rec.body, rec.done.result()) == (200, b"secret", "complete")
+        conn = await pool.acquire()
+        recorder = Recorder()
+        conn.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", recorder, False)
+        conn.pause_reading()
+        await asyncio.sleep(0.1)
+        assert not recorder.done.done()
+        conn.resume_reading()
+        await asyncio.wait_for(recorder.done, 5)
+        assert recorder.body == b"secret"
+        assert server.connections == 1  # one connection, reused
+    finally:
+        pool.close()
+        await server.close()

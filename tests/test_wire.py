@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import errno
 import os
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from types import ModuleType
@@ -1205,3 +1207,86 @@ def test_perf_counter_is_time_perf_counter(wire: ModuleType) -> None:
         before = time.perf_counter()
         now = wire.perf_counter()
         assert type(now) is float and before <= now <= time.perf_counter()
+
+
+# read_from / send_to: a plain upstream socket read and written without a transport
+def _socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair: ours non-blocking, the peer blocking (10 s)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname()[:2], timeout=10)
+        peer, _ = listener.accept()
+    ours.setblocking(False)
+    peer.settimeout(10)
+    return ours, peer
+
+
+def test_read_from_gives_what_came_none_when_nothing_and_empty_at_the_end(
+    wire: ModuleType,
+) -> None:
+    ours, peer = _socket_pair()
+    with ours, peer:
+        assert wire.read_from(ours.fileno()) is None  # nothing yet: a wake-up for nothing
+        peer.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+        deadline = time.monotonic() + 10
+        got = wire.read_from(ours.fileno())
+        while got is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+            got = wire.read_from(ours.fileno())
+        assert got == b"HTTP/1.1 200 OK\r\n\r\n" and type(got) is bytes
+        assert wire.read_from(ours.fileno()) is None
+        peer.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        assert wire.read_from(ours.fileno()) == b""  # the peer closed its side
+
+
+def test_read_from_takes_at_most_256_kib_a_read(wire: ModuleType) -> None:
+    ours, peer = _socket_pair()
+    with ours, peer:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sent = bytes(range(256)) * 4096  # 1 MiB
+        peer.sendall(sent)
+        received = bytearray()
+        deadline = time.monotonic() + 10
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            got = wire.read_from(ours.fileno())
+            if got is None:
+                time.sleep(0.001)
+                continue
+            assert 0 < len(got) <= 256 * 1024
+            received += got
+        assert received == sent
+
+
+def test_read_from_and_send_to_raise_other_errors(wire: ModuleType) -> None:
+    ours, peer = _socket_pair()
+    fd = ours.fileno()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # a reset
+    time.sleep(0.05)
+    with ours:
+        with pytest.raises(ConnectionResetError):
+            wire.read_from(fd)
+        with pytest.raises(OSError):  # EPIPE (or the reset again)
+            wire.send_to(fd, b"GET / HTTP/1.1\r\n\r\n", 0)
+    with pytest.raises(OSError) as bad:
+        wire.read_from(fd)  # closed now
+    assert bad.value.errno == errno.EBADF
+
+
+def test_send_to_sends_from_start_and_takes_none_when_full(wire: ModuleType) -> None:
+    ours, peer = _socket_pair()
+    with ours, peer:
+        assert wire.send_to(ours.fileno(), b"0123456789", 4) == 6
+        assert peer.recv(100) == b"456789"
+        large = bytes(range(256)) * 65536  # 16 MiB, more than the two socket buffers hold
+        at = 0
+        while True:
+            sent = wire.send_to(ours.fileno(), large, at)
+            if sent == 0:
+                break  # full: nothing taken, no error
+            at += sent
+        assert 0 < at < len(large)
+        received = bytearray()
+        while len(received) < at:
+            received += peer.recv(1 << 20)
+        assert received == large[:at]
