@@ -35,13 +35,7 @@ from ._wire import Seconds
 from .auth import HEADER, ChallengeCache, HarborAuth, client_credentials
 from .breaker import CLOSED, Breakers
 from .discovery import Discovery
-from .forwarding import (
-    IDENTITY,
-    Forwarder,
-    Started,
-    forward_headers,
-    translate,
-)
+from .forwarding import IDENTITY, Forwarder, forward_headers, translate
 from .headers import Rewriter
 from .logs import event
 from .mapping import STALE
@@ -267,7 +261,7 @@ class RequestHandler(FastPath):
             request.header(b"authorization"), name, route.upstream
         ):
             return None
-        started = self._forwarder.try_start(
+        relay = self._forwarder.try_start(
             client,
             self._forwarder.request_head(request, route, project),
             head_only=request.method == "HEAD",
@@ -275,45 +269,48 @@ class RequestHandler(FastPath):
             now=now,
             relay_status=CAPTURE_ALL if kind == TAGS else RELAY_PULL,
         )
-        if started is None:
+        if relay is None:
             return None
         request.kind = kind
         request.cache = HIT
         request.project = name
-        request.fast = (route, project, breaker, started, client)
+        request.fast, request.fast_project, request.fast_breaker = relay, project, breaker
         self._metrics.fast_hits += 1
         if tiers.shared is not None:
             tiers.shared.touch(key)
-        return started[1]
+        return relay
 
     def _fast_projects(self, projects: ProjectSet) -> dict[str, tuple[Project, Rewriter]]:
         by_name = {name: (p, p.rewriter) for name, p in projects.by_name.items()}
         self._fast_set, self._fast_by_name = projects, by_name
         return by_name
 
-    def finish_fast(self, request: Request, now: Seconds) -> bool:
+    def finish_fast(self, request: Request, client: HttpProtocol, now: Seconds) -> bool:
         """The fast path's relay is done: True when it was a complete answer (accounted)."""
-        assert request.fast is not None
-        route, project, breaker, started, client = request.fast
+        relay, breaker = request.fast, request.fast_breaker
+        assert relay is not None and breaker is not None
         if request.kind != TAGS:  # fast() set it, and request.project, from the route
-            return self._forwarder.finish_started(started, request.project, breaker, now)
-        relay = started[1]  # a tag list is captured, then written with its name rewritten
+            return self._forwarder.finish_started(relay, request.project, breaker, now)
+        # a tag list is captured, then written with its name rewritten
         if not relay.finished or relay.error is not None or relay.status != 200:
             return False  # translated, or asked elsewhere, by resume()
+        project = request.fast_project
+        assert project is not None
         winner = Winner(project, 200, relay.headers, bytes(relay.body))
         try:
-            self._write(request, client, route, winner)
+            self._write(request, client, request.route, winner)
         except errors.RegistryError:
             return False  # resume() answers it at the boundary
-        self._forwarder.account(started, project.name, breaker, now)
+        self._forwarder.account(relay, project.name, breaker, now)
         return True
 
     async def resume(self, request: Request, client: HttpProtocol) -> None:
         """Everything after a fast start that did not simply succeed: retries, translation,
         a 404 from the mapped project (then the others are asked)."""
-        assert request.fast is not None
-        route, project, _, started, _ = request.fast
-        if await self._hit(request, client, route, project, started=started):
+        route: routes.Route = request.route
+        project = request.fast_project
+        assert request.fast is not None and project is not None
+        if await self._hit(request, client, route, project, started=request.fast):
             return
         self._tiers.forget(route.key, project.name)
         hinted = self._discovery.projects.for_host(route.host) if route.host else None
@@ -385,10 +382,11 @@ class RequestHandler(FastPath):
         route: routes.Route,
         project: Project,
         *,
-        started: Started | None = None,
+        started: Relay | None = None,
     ) -> bool:
         """Answer from the mapped project; False when it said 404 (the caller asks the others).
-        ``started``: the fast path already sent the request (its breaker was closed)."""
+        ``started``: the relay of the request the fast path already sent (its breaker was
+        closed)."""
         breaker = self._breakers.get(project.name)
         if started is None and not breaker.allow():
             retry = max(1, int(breaker.retry_after() + 0.999))

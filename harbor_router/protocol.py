@@ -52,7 +52,9 @@ from .routes import ALLOW_HEADER, BLOB, PULL_METHODS
 from .splice import plain_fd
 
 if TYPE_CHECKING:
+    from .breaker import Breaker
     from .logs import AccessLog
+    from .projects import Project
     from .relay import Relay
 
 log = logging.getLogger("harbor_router.protocol")
@@ -145,6 +147,8 @@ class Request:
         "client_ip",
         "error",
         "fast",
+        "fast_breaker",
+        "fast_project",
         "headers",
         "http11",
         "keep_alive",
@@ -178,7 +182,10 @@ class Request:
         self.kind = OTHER_KIND
         self.project = ""
         self.cache = ""
-        self.fast: Any = None  # the handler's state of a request started on the fast path
+        # a request started on the fast path: its relay, and the project and breaker it went to
+        self.fast: Relay | None = None
+        self.fast_project: Project | None = None
+        self.fast_breaker: Breaker | None = None
         self.route: Any = None  # the parsed route, once the handler has parsed it
 
     def header(self, lower_name: bytes) -> bytes | None:
@@ -203,7 +210,7 @@ class FastPath:
         ``now``: ``_wire.perf_counter()`` read at its start, the reading its clocks use."""
         raise NotImplementedError
 
-    def finish_fast(self, request: Request, now: Seconds) -> bool:
+    def finish_fast(self, request: Request, client: HttpProtocol, now: Seconds) -> bool:
         """The fast start's relay ended: True when that was a complete answer (accounted)."""
         raise NotImplementedError
 
@@ -493,7 +500,7 @@ class HttpProtocol(asyncio.Protocol):
         assert request is not None and self._fast_path is not None
         self._fast = None
         now: Seconds = perf_counter()
-        if not self._fast_path.finish_fast(request, now):
+        if not self._fast_path.finish_fast(request, self, now):
             # anything but a complete answer: the normal path takes over, in order
             self._task = asyncio.get_running_loop().create_task(self._run(request))
             return

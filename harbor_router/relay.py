@@ -23,7 +23,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from . import responses, splice
-from ._wire import ResponseScan, head_fields, whole_response
+from ._wire import ResponseScan, Seconds, head_fields, whole_response
 from .headers import Rewriter
 from .responses import status_line
 from .splice import Splice, SpliceStats
@@ -215,6 +215,7 @@ class Relay(Sink):
         "head_only",
         "headers",
         "mode",
+        "start",
         "started",
         "status",
         "waiter",
@@ -277,6 +278,7 @@ class Relay(Sink):
         self.body: bytes | bytearray = b""  # what was captured (a bytearray once any came)
         self.mode = CAPTURE
         self.started = False  # the client has seen the response head
+        self.start: Seconds = 0.0  # when the request was sent (the forwarder's perf_counter)
         self._deadlines: HeadDeadlines | None = None
         self.head_due = 0.0  # when the head is due (HeadDeadlines; 0: not waited for)
         self._splice_min = splice_min  # None: never splice

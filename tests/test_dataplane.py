@@ -412,11 +412,13 @@ def test_generator_gives_the_listed_classes_a_free_list_and_keeps_the_lines() ->
 def test_a_request_made_after_a_freed_one_has_only_what_it_is_given() -> None:
     """Compiled, the Request made after one was freed is that one (from its free list): it has
     only what it is given, and the defaults."""
+    from harbor_router.breaker import Breaker
     from harbor_router.metrics import OTHER_KIND
     from harbor_router.protocol import Request
 
     first = Request("GET", "/v2/", "a=b", [(b"host", b"h")], True, True, "10.0.0.1")
-    first.kind, first.project, first.cache, first.fast, first.route = 3, "p", "hit", (1,), 2
+    first.kind, first.project, first.cache, first.route = 3, "p", "hit", 2
+    first.fast_project, first.fast_breaker = object(), Breaker(1, 1.0)
     del first
     second = Request("HEAD", "/", "", [], False, False, "")
     assert (second.method, second.path, second.query, second.headers) == ("HEAD", "/", "", [])
@@ -424,3 +426,4 @@ def test_a_request_made_after_a_freed_one_has_only_what_it_is_given() -> None:
         "", None)  # fmt: skip
     assert (second.kind, second.project, second.cache) == (OTHER_KIND, "", "")
     assert (second.fast, second.route) == (None, None)
+    assert (second.fast_project, second.fast_breaker) == (None, None)
