@@ -7,6 +7,8 @@ outcome of a request to a project is a success or a failure for that project's b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from . import errors, routes
 from ._wire import ForwardLines, Seconds, forward_head, perf_counter
 from .auth import Credentials
@@ -288,7 +290,7 @@ class Forwarder:
 
 
 def translate(
-    project: Project, status: int, headers: list[tuple[bytes, bytes]]
+    project: Project, status: int, headers: Sequence[tuple[bytes, bytes]]
 ) -> errors.RegistryError:
     """The client's error for a status a mapped project sent that is not relayed as it is."""
     if status == 429:

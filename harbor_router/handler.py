@@ -296,7 +296,7 @@ class RequestHandler(FastPath):
             return False  # translated, or asked elsewhere, by resume()
         project = request.fast_project
         assert project is not None
-        winner = Winner(project, 200, relay.headers, bytes(relay.body))
+        winner = Winner(project, 200, list(relay.headers), bytes(relay.body))
         try:
             self._write(request, client, request.route, winner)
         except errors.RegistryError:
@@ -417,7 +417,7 @@ class RequestHandler(FastPath):
         if relay.started:
             return True
         if tags and relay.status == 200:
-            winner = Winner(project, relay.status, relay.headers, bytes(relay.body))
+            winner = Winner(project, relay.status, list(relay.headers), bytes(relay.body))
             self._write(request, client, route, winner)
             return True
         if relay.status == 404:

@@ -20,7 +20,8 @@ the response.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
 
 from . import responses, splice
 from ._wire import ResponseScan, Seconds, head_fields, whole_response
@@ -41,6 +42,9 @@ CAPTURE_LIMIT = 64 * 1024
 # reads up to 256 KiB at a time) and the copy path moves it in one write.
 SPLICE_MIN_BYTES = 64 * 1024
 SPLICE_STATUSES = frozenset({200, 206})
+# the headers of a relay no captured head has come to (shared: never changed, a relay only
+# replaces its own)
+NO_HEADERS: Final[Sequence[tuple[bytes, bytes]]] = ()
 
 
 # Which statuses a relay streams to the client (``relay_status``); the rest it captures:
@@ -274,7 +278,8 @@ class Relay(Sink):
         self._out: list[bytes] | None = None
         self._head_status = 0  # the status of a head waiting in _out
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        # a captured response's head fields (a relayed one's are not kept)
+        self.headers: Sequence[tuple[bytes, bytes]] = NO_HEADERS
         self.body: bytes | bytearray = b""  # what was captured (a bytearray once any came)
         self.mode = CAPTURE
         self.started = False  # the client has seen the response head

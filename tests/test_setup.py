@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from harbor_router.forwarding import IDENTITY
 from harbor_router.protocol import HttpProtocol, Request
-from harbor_router.relay import CAPTURE_ALL, Relay
+from harbor_router.relay import CAPTURE_ALL, NO_HEADERS, Relay
 from harbor_router.upstream import UpstreamConnection, UpstreamPool
 
 
@@ -24,5 +24,5 @@ def test_a_relay_set_up_after_new_is_the_constructed_one() -> None:
     for name in Relay.__slots__:
         assert getattr(setup, name) == getattr(made, name), name
     assert setup._out is None and made._out is None  # made by the first queued bytes
-    assert setup.headers is not made.headers
+    assert setup.headers is made.headers is NO_HEADERS == ()  # shared, never changed
     assert (setup.head_only, setup._capture_limit, setup.conn) == (True, 77, conn)
