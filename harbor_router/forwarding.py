@@ -27,6 +27,7 @@ from .relay import (
     Relay,
 )
 from .resolver import SECTIONS
+from .responses import Status
 from .splice import AVAILABLE as SPLICE_AVAILABLE
 from .splice import SpliceStats
 from .upstream import PoolFull, UpstreamConnection, UpstreamError, UpstreamPool
@@ -187,7 +188,7 @@ class Forwarder:
 
     def account(self, relay: Relay, label: str, breaker: Breaker, now: Seconds) -> None:
         """A started request's outcome, for its project's breaker and the metrics."""
-        status = relay.status
+        status: Status = relay.status
         breaker.answered(status)
         self._metrics.upstream_answered(label, status, now - relay.start)
 

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .breaker import Breakers
     from .discovery import Discovery
     from .mapping import MappingCache
+    from .responses import Status
     from .shared import SharedStore
     from .tiers import Tiers
 
@@ -158,7 +159,7 @@ class Metrics:
     # -- the request boundary (protocol.py) -------------------------------------------------
 
     def request_done(
-        self, method: str, kind: int, status: int, duration: Seconds, sent: int
+        self, method: str, kind: int, status: Status, duration: Seconds, sent: int
     ) -> None:
         count_request(self.requests, method, kind, status, duration, sent)
 
@@ -181,7 +182,7 @@ class Metrics:
         """Requests to Harbor by (project, status label)."""
         return self.upstream.counts()
 
-    def upstream_answered(self, project: str, status: int, duration: Seconds) -> None:
+    def upstream_answered(self, project: str, status: Status, duration: Seconds) -> None:
         """:meth:`upstream_done` of a request Harbor answered with ``status`` (its label: the
         code for one of a fixed set, else its class, ``"5xx"``)."""
         count_answer(self.upstream, project, status, duration)

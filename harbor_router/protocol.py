@@ -48,6 +48,7 @@ from .metrics import (
     OTHER_KIND,
     Metrics,
 )
+from .responses import Status
 from .routes import ALLOW_HEADER, BLOB, PULL_METHODS
 from .splice import plain_fd
 
@@ -274,7 +275,7 @@ class HttpProtocol(asyncio.Protocol):
         self._max_header_bytes = max_header_bytes
         self._metrics = metrics if metrics is not None else Metrics()
         self._access = access
-        self._status = 0  # of the response being written (0: no head yet)
+        self._status: Status = 0  # of the response being written (0: no head yet)
         self._sent = 0  # bytes written for it
         self._spliced = False
         self.transport: asyncio.Transport | None = None
@@ -597,7 +598,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _account(self, request: Request, start: Seconds, now: Seconds = 0.0) -> None:
         duration = (now or perf_counter()) - start
-        status = self._status or CLIENT_CLOSED
+        status: Status = self._status
+        if status == 0:
+            status = CLIENT_CLOSED
         method, kind, sent = request.method, request.kind, self._sent
         metrics = self._metrics
         metrics.request_done(method, kind, status, duration, sent)
@@ -610,17 +613,17 @@ class HttpProtocol(asyncio.Protocol):
                            sent))  # fmt: skip
 
     # used by handlers and relays
-    def write_response(self, data: bytes, status: int) -> None:
+    def write_response(self, data: bytes, status: Status) -> None:
         """Write bytes that begin with the head of a response with ``status``."""
         if self.transport is not None and not self.closing:
-            if not self._status:
+            if self._status == 0:
                 self._status = status
             self._sent += len(data)
             self._queued = write_to(self.transport, self._fd, self._queued, data)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closing:
-            if not self._status and data[:5] == b"HTTP/":
+            if self._status == 0 and data[:5] == b"HTTP/":
                 self._status = int(data[9:12])
             self._sent += len(data)
             self._queued = write_to(self.transport, self._fd, self._queued, data)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 from . import responses, splice
 from ._wire import ResponseScan, Seconds, head_fields, whole_response
 from .headers import Rewriter
-from .responses import status_line
+from .responses import Status, status_line
 from .splice import Splice, SpliceStats
 from .upstream import Sink, UpstreamConnection, UpstreamError, UpstreamPool
 
@@ -277,7 +277,7 @@ class Relay(Sink):
         # :meth:`_queue`, which a scanned response never needs)
         self._out: list[bytes] | None = None
         self._head_status = 0  # the status of a head waiting in _out
-        self.status = 0
+        self.status: Status = 0
         # a captured response's head fields (a relayed one's are not kept)
         self.headers: Sequence[tuple[bytes, bytes]] = NO_HEADERS
         self.body: bytes | bytearray = b""  # what was captured (a bytearray once any came)
@@ -340,7 +340,7 @@ class Relay(Sink):
         elif self.error is not None:
             raise self.error
 
-    def _relays(self, status: int) -> bool:
+    def _relays(self, status: Status) -> bool:
         policy = self._relay_status
         if policy == RELAY_PULL:
             return status < 400 or status in (412, 416)

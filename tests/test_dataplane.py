@@ -261,6 +261,32 @@ def test_generator_makes_seconds_c_doubles_where_annotated() -> None:
     assert lines[at - 1] == "@cython.locals(start=double)"
 
 
+STATUS_SOURCE = """
+class Relay:
+    def setup(self, code: int) -> None:
+        self.status: Status = 0
+        self.other = 0
+        self.given = code
+
+    def relays(self, status: Status, other: int) -> Status:
+        seen: Status = status
+        return seen
+"""
+
+
+def test_generator_makes_statuses_c_ints_where_annotated() -> None:
+    """``Status`` (``responses``' alias of int for an HTTP status) makes an attribute,
+    parameter, result or local a C int; an int (a literal, an ``int`` parameter) stays an
+    object."""
+    lines = [
+        line.strip() for line in DATAPLANE._pxd(STATUS_SOURCE, "relay", ("Relay",)).splitlines()
+    ]
+    assert "cdef public int status" in lines
+    assert {"cdef public object other", "cdef public object given"} <= set(lines)
+    at = lines.index("cpdef int relays(self, int status, other)")
+    assert lines[at - 1] == "@cython.locals(seen=int)"
+
+
 LOCALS_SOURCE = """
 class Pool:
     def take(self) -> None:
