@@ -46,6 +46,7 @@ from .metrics import (
     KEEPALIVE_TIMEOUT,
     KIND_TYPES,
     OTHER_KIND,
+    Count,
     Metrics,
 )
 from .responses import Status
@@ -276,7 +277,7 @@ class HttpProtocol(asyncio.Protocol):
         self._metrics = metrics if metrics is not None else Metrics()
         self._access = access
         self._status: Status = 0  # of the response being written (0: no head yet)
-        self._sent = 0  # bytes written for it
+        self._sent: Count = 0  # bytes written for it
         self._spliced = False
         self.transport: asyncio.Transport | None = None
         self._fd = -1  # the transport's plain socket, written directly (_wire.write_to)

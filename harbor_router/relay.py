@@ -31,6 +31,7 @@ from .splice import Splice, SpliceStats
 from .upstream import Sink, UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
+    from .metrics import Count
     from .protocol import HttpProtocol
 
 # What happens to the body.
@@ -136,7 +137,7 @@ class HeadDeadlines:
     def __init__(self, pool: UpstreamPool, tick: float = 0.1) -> None:
         self._pool = pool
         self._tick = tick
-        self.waiting = 0  # relays watched and not yet unwatched
+        self.waiting: Count = 0  # relays watched and not yet unwatched
         self._handle: asyncio.TimerHandle | None = None
         self._now = 0.0  # the loop's clock at the last tick (a deadline may be a tick late)
         # the deadline of a head asked for now with ``_seconds`` to go (0: to be computed),

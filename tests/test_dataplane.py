@@ -265,6 +265,7 @@ STATUS_SOURCE = """
 class Relay:
     def setup(self, code: int) -> None:
         self.status: Status = 0
+        self.hits: Count = 0
         self.other = 0
         self.given = code
 
@@ -274,14 +275,14 @@ class Relay:
 """
 
 
-def test_generator_makes_statuses_c_ints_where_annotated() -> None:
+def test_generator_makes_statuses_and_counts_c_ints_where_annotated() -> None:
     """``Status`` (``responses``' alias of int for an HTTP status) makes an attribute,
-    parameter, result or local a C int; an int (a literal, an ``int`` parameter) stays an
-    object."""
+    parameter, result or local a C int, ``Count`` (``metrics``' alias of int for a counter) a
+    C long long; an int (a literal, an ``int`` parameter) stays an object."""
     lines = [
         line.strip() for line in DATAPLANE._pxd(STATUS_SOURCE, "relay", ("Relay",)).splitlines()
     ]
-    assert "cdef public int status" in lines
+    assert {"cdef public int status", "cdef public long long hits"} <= set(lines)
     assert {"cdef public object other", "cdef public object given"} <= set(lines)
     at = lines.index("cpdef int relays(self, int status, other)")
     assert lines[at - 1] == "@cython.locals(seen=int)"
