@@ -249,7 +249,7 @@ class RequestHandler(FastPath):
             project, rewriter = by_name[name]
         except KeyError:  # not discovered now
             return None
-        if route.host:
+        if route.host != "":  # (compiled, a comparison is cheaper than a truth test)
             if project not in projects.for_host(route.host):
                 return None
             rewriter = _hint_rewriter(route, project)

@@ -465,7 +465,7 @@ class HttpProtocol(asyncio.Protocol):
             self._fast_path is not None
             and self._task is None
             and self._fast is None
-            and not queue
+            and len(queue) == 0  # (compiled, cheaper than a deque's truth test)
             and request.error is None
             and self._start_fast(request)
         ):
@@ -510,7 +510,7 @@ class HttpProtocol(asyncio.Protocol):
         if not self.closing and (not self.keep_alive or self._conns.draining):
             self.close()
         self._account(request, self._fast_start, now)
-        if self._queue and self._task is None and not self.closing:
+        if len(self._queue) != 0 and self._task is None and not self.closing:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def _make_request(self, error: errors.RegistryError | None = None) -> Request:
