@@ -136,16 +136,17 @@ class HeadDeadlines:
 
     def __init__(self, pool: UpstreamPool, tick: float = 0.1) -> None:
         self._pool = pool
-        self._tick = tick
+        self._tick: Seconds = tick
         self.waiting: Count = 0  # relays watched and not yet unwatched
         self._handle: asyncio.TimerHandle | None = None
-        self._now = 0.0  # the loop's clock at the last tick (a deadline may be a tick late)
+        # the loop's clock at the last tick (a deadline may be a tick late)
+        self._now: Seconds = 0.0
         # the deadline of a head asked for now with ``_seconds`` to go (0: to be computed),
         # the same for every relay until the next tick
-        self._due = 0.0
-        self._seconds = 0.0
+        self._due: Seconds = 0.0
+        self._seconds: Seconds = 0.0
 
-    def watch(self, relay: Relay, seconds: float) -> None:
+    def watch(self, relay: Relay, seconds: Seconds) -> None:
         if self._handle is None:
             loop = asyncio.get_running_loop()
             self._now = loop.time()
@@ -286,7 +287,7 @@ class Relay(Sink):
         self.started = False  # the client has seen the response head
         self.start: Seconds = 0.0  # when the request was sent (the forwarder's perf_counter)
         self._deadlines: HeadDeadlines | None = None
-        self.head_due = 0.0  # when the head is due (HeadDeadlines; 0: not waited for)
+        self.head_due: Seconds = 0.0  # when the head is due (HeadDeadlines; 0: not waited for)
         self._splice_min = splice_min  # None: never splice
         self._stats = stats
         self._splice: Splice | None = None
