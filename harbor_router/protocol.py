@@ -181,6 +181,25 @@ class Request:
         self.keep_alive = keep_alive
         self.client_ip = client_ip
         self.error = error
+        self._unanswered()
+
+    def scanned(self, scan: RequestScan, keep_alive: bool, client_ip: str) -> None:
+        """What ``__init__`` does with the fields of a head ``_wire.scan_request`` read (no
+        error; ``keep_alive``: the connection's verdict): a request made by
+        ``Request.__new__(Request)`` and set up by this call is the one the constructor makes
+        of them (compiled, C calls instead of the constructor's argument matching)."""
+        self.method = scan.method
+        self.path = scan.path
+        self.query = scan.query
+        self.headers = scan.headers
+        self.http11 = scan.http11
+        self.keep_alive = keep_alive
+        self.client_ip = client_ip
+        self.error = None
+        self._unanswered()
+
+    def _unanswered(self) -> None:
+        """What the handler learns of the request, as yet unknown."""
         self.kind = OTHER_KIND
         self.project = ""
         self.cache = ""
@@ -329,10 +348,10 @@ class HttpProtocol(asyncio.Protocol):
             if scan_request(data, self._max_header_bytes, conns.max_url_bytes, conns.max_headers,
                             scan):  # fmt: skip
                 self._head_since = self._idle_since = 0.0
-                # positional: the compiled constructor matches keyword arguments by name
                 keep_alive = scan.keep_alive and not conns.draining
-                request = Request(scan.method, scan.path, scan.query, scan.headers, scan.http11,
-                                  keep_alive, self._client_ip)  # fmt: skip
+                # made and set up in two C calls (compiled) rather than through the constructor
+                request: Request = Request.__new__(Request)
+                request.scanned(scan, keep_alive, self._client_ip)
                 self._enqueue(request)
                 return
         if self._in_headers:
