@@ -33,7 +33,7 @@ from typing import Final, Protocol
 from . import errors, replies, responses, routes
 from ._wire import Seconds
 from .auth import HEADER, ChallengeCache, HarborAuth, client_credentials
-from .breaker import CLOSED, Breakers
+from .breaker import CLOSED, Breaker, Breakers
 from .discovery import Discovery
 from .forwarding import IDENTITY, Forwarder, forward_headers, translate
 from .headers import Rewriter
@@ -115,6 +115,15 @@ class RequestHandler(FastPath):
         # made again when discovery has a new project set (``_fast_projects``)
         self._fast_set: ProjectSet | None = None
         self._fast_by_name: dict[str, tuple[Project, Rewriter]] = {}
+        # the last name the fast path found in that table (by identity: the mapping hands out
+        # the name it holds) and what it found, while the table is the same
+        self._fast_name: str | None = None
+        self._fast_project: Project | None = None
+        self._fast_rewriter: Rewriter | None = None
+        # the last name it asked the breakers about (by identity) and its breaker: the breakers
+        # give the same one for a name as long as they live
+        self._breaker_name: str | None = None
+        self._breaker: Breaker | None = None
         self._forwarder = forwarder
         self._resolver = resolver
         self._breakers = breakers
@@ -242,18 +251,26 @@ class RequestHandler(FastPath):
         if name is None:
             return None
         projects = self._discovery.projects
-        by_name = self._fast_by_name
-        if projects is not self._fast_set:
-            by_name = self._fast_projects(projects)
-        try:
-            project, rewriter = by_name[name]
-        except KeyError:  # not discovered now
-            return None
+        if name is self._fast_name and projects is self._fast_set:
+            project, rewriter = self._fast_project, self._fast_rewriter
+        else:
+            by_name = self._fast_by_name
+            if projects is not self._fast_set:
+                by_name = self._fast_projects(projects)
+            try:
+                project, rewriter = by_name[name]
+            except KeyError:  # not discovered now
+                return None
+            self._fast_name, self._fast_project, self._fast_rewriter = name, project, rewriter
+        assert project is not None and rewriter is not None
         if route.host != "":  # (compiled, a comparison is cheaper than a truth test)
             if project not in projects.for_host(route.host):
                 return None
             rewriter = _hint_rewriter(route, project)
-        breaker = self._breakers.get(name)
+        breaker: Breaker | None = self._breaker
+        if name is not self._breaker_name or breaker is None:
+            breaker = self._breaker = self._breakers.get(name)
+            self._breaker_name = name
         if breaker.state is not CLOSED:
             return None
         allowed = self._auth_allowed
@@ -282,7 +299,7 @@ class RequestHandler(FastPath):
 
     def _fast_projects(self, projects: ProjectSet) -> dict[str, tuple[Project, Rewriter]]:
         by_name = {name: (p, p.rewriter) for name, p in projects.by_name.items()}
-        self._fast_set, self._fast_by_name = projects, by_name
+        self._fast_set, self._fast_by_name, self._fast_name = projects, by_name, None
         return by_name
 
     def finish_fast(self, request: Request, client: HttpProtocol, now: Seconds) -> bool:
