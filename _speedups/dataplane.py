@@ -250,8 +250,11 @@ def _attribute_classes(cls: ast.ClassDef) -> dict[str, str]:
 # typed, their boxing for Python callers cost more than it saved. ``Seconds`` (``_wire``'s
 # alias of float, for clock readings and spans) is a C double where the source says so: an
 # attribute, parameter, result or local annotated with it, passed between compiled code and
-# ``_wire``'s C clock without a float object made
-_SCALARS = {"bool": "bint", "Seconds": "double"}
+# ``_wire``'s C clock without a float object made; ``Status`` (``responses``' alias of int, for
+# an HTTP status) likewise a C int, from ``_wire.ResponseScan.status`` to the status line, the
+# client's accounting and the metrics' tables without an int object made; ``Count``
+# (``metrics``' alias of int, for a counter a request moves) a C long long, added to in C
+_SCALARS = {"bool": "bint", "Seconds": "double", "Status": "int", "Count": "long long"}
 
 
 def _scalar_annotation(node: ast.expr | None) -> str | None:

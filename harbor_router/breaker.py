@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .responses import Status
 
 CLOSED: Final = "closed"
 OPEN: Final = "open"
@@ -39,7 +42,7 @@ _TRANSITIONS: Final = {
 }
 
 
-def is_failure(status: int) -> bool:
+def is_failure(status: Status) -> bool:
     """Statuses that count against a project's breaker."""
     return status >= 500
 
@@ -97,7 +100,7 @@ class Breaker:
             return 0.0
         return max(0.0, self.opened_at + self._timeout - self._clock())
 
-    def answered(self, status: int) -> None:
+    def answered(self, status: Status) -> None:
         """The project answered with ``status``: a failure (:func:`is_failure`) or a success."""
         if is_failure(status):  # compiled: a C call (dataplane FUNCTIONS)
             self.failure()

@@ -7,6 +7,8 @@ outcome of a request to a project is a success or a failure for that project's b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from . import errors, routes
 from ._wire import ForwardLines, Seconds, forward_head, perf_counter
 from .auth import Credentials
@@ -25,12 +27,10 @@ from .relay import (
     Relay,
 )
 from .resolver import SECTIONS
+from .responses import Status
 from .splice import AVAILABLE as SPLICE_AVAILABLE
 from .splice import SpliceStats
 from .upstream import PoolFull, UpstreamConnection, UpstreamError, UpstreamPool
-
-# A request try_start() sent: its connection, its relay, and when it started (perf_counter).
-Started = tuple[UpstreamConnection, Relay, float]
 
 # Client headers never passed through unchanged, even for PASSTHROUGH_UNMATCHED.
 _PASSTHROUGH_DROP = HOP_BY_HOP | {b"host", b"x-forwarded-for", b"content-length"}
@@ -166,42 +166,31 @@ class Forwarder:
         rewriter: Rewriter,
         now: Seconds,
         relay_status: int = RELAY_PULL,
-    ) -> Started | None:
-        """Send ``head`` on an idle pooled connection, without awaiting anything; None when
-        no idle connection is at hand (then the caller takes :meth:`forward`'s path).
+    ) -> Relay | None:
+        """Send ``head`` on an idle pooled connection, without awaiting anything; its relay
+        (``relay.conn`` the connection, ``relay.start`` when it started), or None when no idle
+        connection is at hand (then the caller takes :meth:`forward`'s path).
         ``now``: ``perf_counter()`` read at the request's start, for the pool's idle check and
         as the start of the upstream request's duration."""
         conn = self._pool.try_acquire(now)
         if conn is None:
             return None
-        return conn, self._send(client, conn, head, head_only, rewriter, relay_status), now
+        return self._send(client, conn, head, head_only, rewriter, relay_status, now)
 
-    def finish_started(self, started: Started, label: str, breaker: Breaker, now: Seconds) -> bool:
+    def finish_started(self, relay: Relay, label: str, breaker: Breaker, now: Seconds) -> bool:
         """Account a started request whose relay streamed a complete answer to the client
         (``now``: ``time.perf_counter()`` at its end); False (nothing accounted) for any other
         ending: :meth:`forward` takes it from there."""
-        return self._finish(started[1], started[2], label, breaker, now)
-
-    def account(self, started: Started, label: str, breaker: Breaker, now: Seconds) -> None:
-        """A started request's outcome, for its project's breaker and the metrics."""
-        self._account(started[1], started[2], label, breaker, now)
-
-    # :meth:`finish_started` and :meth:`account` with the relay as a parameter of its own
-    # (in the compiled build its fields are then read as a struct's)
-    def _finish(
-        self, relay: Relay, start: Seconds, label: str, breaker: Breaker, now: Seconds
-    ) -> bool:
         if not relay.started or not relay.finished or relay.error is not None:
             return False
-        self._account(relay, start, label, breaker, now)
+        self.account(relay, label, breaker, now)
         return True
 
-    def _account(
-        self, relay: Relay, start: Seconds, label: str, breaker: Breaker, now: Seconds
-    ) -> None:
-        status = relay.status
+    def account(self, relay: Relay, label: str, breaker: Breaker, now: Seconds) -> None:
+        """A started request's outcome, for its project's breaker and the metrics."""
+        status: Status = relay.status
         breaker.answered(status)
-        self._metrics.upstream_answered(label, status, now - start)
+        self._metrics.upstream_answered(label, status, now - relay.start)
 
     def reload_credentials(self) -> bool:
         """Re-read the robot's ``*_FILE`` credentials; True when they changed."""
@@ -215,11 +204,13 @@ class Forwarder:
         head_only: bool,
         rewriter: Rewriter,
         relay_status: int,
+        start: Seconds,
     ) -> Relay:
         # made and set up in two C calls (compiled) rather than through the constructor
         relay: Relay = Relay.__new__(Relay)
         relay.setup(client, conn, rewriter, head_only, relay_status, self._max_body,
                     self.splice_min_bytes, self.splice_stats, self._bodies)  # fmt: skip
+        relay.start = start
         conn.send(head, relay, head_only)
         relay.arm_timeout(self._deadlines, self._timeout)
         return relay
@@ -234,15 +225,15 @@ class Forwarder:
         rewriter: Rewriter,
         breaker: Breaker | None,
         relay_status: int = RELAY_PULL,
-        started: Started | None = None,
+        started: Relay | None = None,
     ) -> Relay:
-        """Send ``head`` upstream (or take over the request ``try_start`` sent); the relay
-        streams or captures the answer per its status."""
+        """Send ``head`` upstream (or take over the request ``try_start`` sent, its relay);
+        the relay streams or captures the answer per its status."""
         metrics = self._metrics
-        start = perf_counter() if started is None else started[2]
+        start: Seconds = perf_counter() if started is None else started.start
         for attempt in (0, 1):
             if attempt == 0 and started is not None:
-                conn, relay = started[0], started[1]
+                conn, relay = started.conn, started
             else:
                 try:
                     conn = await self._pool.acquire()
@@ -257,7 +248,7 @@ class Forwarder:
                     metrics.connection_error("connect")
                     metrics.upstream_done(label, "error", perf_counter() - start)
                     raise errors.BadGateway(str(exc), {label: "connection failed"}) from None
-                relay = self._send(client, conn, head, head_only, rewriter, relay_status)
+                relay = self._send(client, conn, head, head_only, rewriter, relay_status, start)
             try:
                 await relay.wait()
             except HeadTimeout:
@@ -300,7 +291,7 @@ class Forwarder:
 
 
 def translate(
-    project: Project, status: int, headers: list[tuple[bytes, bytes]]
+    project: Project, status: int, headers: Sequence[tuple[bytes, bytes]]
 ) -> errors.RegistryError:
     """The client's error for a status a mapped project sent that is not relayed as it is."""
     if status == 429:

@@ -33,15 +33,9 @@ from typing import Final, Protocol
 from . import errors, replies, responses, routes
 from ._wire import Seconds
 from .auth import HEADER, ChallengeCache, HarborAuth, client_credentials
-from .breaker import CLOSED, Breakers
+from .breaker import CLOSED, Breaker, Breakers
 from .discovery import Discovery
-from .forwarding import (
-    IDENTITY,
-    Forwarder,
-    Started,
-    forward_headers,
-    translate,
-)
+from .forwarding import IDENTITY, Forwarder, forward_headers, translate
 from .headers import Rewriter
 from .logs import event
 from .mapping import STALE
@@ -121,6 +115,15 @@ class RequestHandler(FastPath):
         # made again when discovery has a new project set (``_fast_projects``)
         self._fast_set: ProjectSet | None = None
         self._fast_by_name: dict[str, tuple[Project, Rewriter]] = {}
+        # the last name the fast path found in that table (by identity: the mapping hands out
+        # the name it holds) and what it found, while the table is the same
+        self._fast_name: str | None = None
+        self._fast_project: Project | None = None
+        self._fast_rewriter: Rewriter | None = None
+        # the last name it asked the breakers about (by identity) and its breaker: the breakers
+        # give the same one for a name as long as they live
+        self._breaker_name: str | None = None
+        self._breaker: Breaker | None = None
         self._forwarder = forwarder
         self._resolver = resolver
         self._breakers = breakers
@@ -248,18 +251,26 @@ class RequestHandler(FastPath):
         if name is None:
             return None
         projects = self._discovery.projects
-        by_name = self._fast_by_name
-        if projects is not self._fast_set:
-            by_name = self._fast_projects(projects)
-        try:
-            project, rewriter = by_name[name]
-        except KeyError:  # not discovered now
-            return None
-        if route.host:
+        if name is self._fast_name and projects is self._fast_set:
+            project, rewriter = self._fast_project, self._fast_rewriter
+        else:
+            by_name = self._fast_by_name
+            if projects is not self._fast_set:
+                by_name = self._fast_projects(projects)
+            try:
+                project, rewriter = by_name[name]
+            except KeyError:  # not discovered now
+                return None
+            self._fast_name, self._fast_project, self._fast_rewriter = name, project, rewriter
+        assert project is not None and rewriter is not None
+        if route.host != "":  # (compiled, a comparison is cheaper than a truth test)
             if project not in projects.for_host(route.host):
                 return None
             rewriter = _hint_rewriter(route, project)
-        breaker = self._breakers.get(name)
+        breaker: Breaker | None = self._breaker
+        if name is not self._breaker_name or breaker is None:
+            breaker = self._breaker = self._breakers.get(name)
+            self._breaker_name = name
         if breaker.state is not CLOSED:
             return None
         allowed = self._auth_allowed
@@ -267,7 +278,7 @@ class RequestHandler(FastPath):
             request.header(b"authorization"), name, route.upstream
         ):
             return None
-        started = self._forwarder.try_start(
+        relay = self._forwarder.try_start(
             client,
             self._forwarder.request_head(request, route, project),
             head_only=request.method == "HEAD",
@@ -275,45 +286,48 @@ class RequestHandler(FastPath):
             now=now,
             relay_status=CAPTURE_ALL if kind == TAGS else RELAY_PULL,
         )
-        if started is None:
+        if relay is None:
             return None
         request.kind = kind
         request.cache = HIT
         request.project = name
-        request.fast = (route, project, breaker, started, client)
+        request.fast, request.fast_project, request.fast_breaker = relay, project, breaker
         self._metrics.fast_hits += 1
         if tiers.shared is not None:
             tiers.shared.touch(key)
-        return started[1]
+        return relay
 
     def _fast_projects(self, projects: ProjectSet) -> dict[str, tuple[Project, Rewriter]]:
         by_name = {name: (p, p.rewriter) for name, p in projects.by_name.items()}
-        self._fast_set, self._fast_by_name = projects, by_name
+        self._fast_set, self._fast_by_name, self._fast_name = projects, by_name, None
         return by_name
 
-    def finish_fast(self, request: Request, now: Seconds) -> bool:
+    def finish_fast(self, request: Request, client: HttpProtocol, now: Seconds) -> bool:
         """The fast path's relay is done: True when it was a complete answer (accounted)."""
-        assert request.fast is not None
-        route, project, breaker, started, client = request.fast
+        relay, breaker = request.fast, request.fast_breaker
+        assert relay is not None and breaker is not None
         if request.kind != TAGS:  # fast() set it, and request.project, from the route
-            return self._forwarder.finish_started(started, request.project, breaker, now)
-        relay = started[1]  # a tag list is captured, then written with its name rewritten
+            return self._forwarder.finish_started(relay, request.project, breaker, now)
+        # a tag list is captured, then written with its name rewritten
         if not relay.finished or relay.error is not None or relay.status != 200:
             return False  # translated, or asked elsewhere, by resume()
-        winner = Winner(project, 200, relay.headers, bytes(relay.body))
+        project = request.fast_project
+        assert project is not None
+        winner = Winner(project, 200, list(relay.headers), bytes(relay.body))
         try:
-            self._write(request, client, route, winner)
+            self._write(request, client, request.route, winner)
         except errors.RegistryError:
             return False  # resume() answers it at the boundary
-        self._forwarder.account(started, project.name, breaker, now)
+        self._forwarder.account(relay, project.name, breaker, now)
         return True
 
     async def resume(self, request: Request, client: HttpProtocol) -> None:
         """Everything after a fast start that did not simply succeed: retries, translation,
         a 404 from the mapped project (then the others are asked)."""
-        assert request.fast is not None
-        route, project, _, started, _ = request.fast
-        if await self._hit(request, client, route, project, started=started):
+        route: routes.Route = request.route
+        project = request.fast_project
+        assert request.fast is not None and project is not None
+        if await self._hit(request, client, route, project, started=request.fast):
             return
         self._tiers.forget(route.key, project.name)
         hinted = self._discovery.projects.for_host(route.host) if route.host else None
@@ -385,10 +399,11 @@ class RequestHandler(FastPath):
         route: routes.Route,
         project: Project,
         *,
-        started: Started | None = None,
+        started: Relay | None = None,
     ) -> bool:
         """Answer from the mapped project; False when it said 404 (the caller asks the others).
-        ``started``: the fast path already sent the request (its breaker was closed)."""
+        ``started``: the relay of the request the fast path already sent (its breaker was
+        closed)."""
         breaker = self._breakers.get(project.name)
         if started is None and not breaker.allow():
             retry = max(1, int(breaker.retry_after() + 0.999))
@@ -419,7 +434,7 @@ class RequestHandler(FastPath):
         if relay.started:
             return True
         if tags and relay.status == 200:
-            winner = Winner(project, relay.status, relay.headers, bytes(relay.body))
+            winner = Winner(project, relay.status, list(relay.headers), bytes(relay.body))
             self._write(request, client, route, winner)
             return True
         if relay.status == 404:

@@ -42,7 +42,7 @@ class MappingCache:
         self._lifetime = ttl + stale_while_revalidate
         self._negative: TTLCache[bool] = TTLCache(max_entries, negative_ttl or 1.0, clock=clock)
         self._ttl: Seconds = ttl
-        self._negative_ttl = negative_ttl
+        self._negative_ttl: Seconds = negative_ttl  # (compiled, its truth test a C one)
 
     @property
     def positive(self) -> TTLCache[tuple[str, float]]:

@@ -46,13 +46,17 @@ from .metrics import (
     KEEPALIVE_TIMEOUT,
     KIND_TYPES,
     OTHER_KIND,
+    Count,
     Metrics,
 )
+from .responses import Status
 from .routes import ALLOW_HEADER, BLOB, PULL_METHODS
 from .splice import plain_fd
 
 if TYPE_CHECKING:
+    from .breaker import Breaker
     from .logs import AccessLog
+    from .projects import Project
     from .relay import Relay
 
 log = logging.getLogger("harbor_router.protocol")
@@ -145,6 +149,8 @@ class Request:
         "client_ip",
         "error",
         "fast",
+        "fast_breaker",
+        "fast_project",
         "headers",
         "http11",
         "keep_alive",
@@ -175,10 +181,32 @@ class Request:
         self.keep_alive = keep_alive
         self.client_ip = client_ip
         self.error = error
+        self._unanswered()
+
+    def scanned(self, scan: RequestScan, keep_alive: bool, client_ip: str) -> None:
+        """What ``__init__`` does with the fields of a head ``_wire.scan_request`` read (no
+        error; ``keep_alive``: the connection's verdict): a request made by
+        ``Request.__new__(Request)`` and set up by this call is the one the constructor makes
+        of them (compiled, C calls instead of the constructor's argument matching)."""
+        self.method = scan.method
+        self.path = scan.path
+        self.query = scan.query
+        self.headers = scan.headers
+        self.http11 = scan.http11
+        self.keep_alive = keep_alive
+        self.client_ip = client_ip
+        self.error = None
+        self._unanswered()
+
+    def _unanswered(self) -> None:
+        """What the handler learns of the request, as yet unknown."""
         self.kind = OTHER_KIND
         self.project = ""
         self.cache = ""
-        self.fast: Any = None  # the handler's state of a request started on the fast path
+        # a request started on the fast path: its relay, and the project and breaker it went to
+        self.fast: Relay | None = None
+        self.fast_project: Project | None = None
+        self.fast_breaker: Breaker | None = None
         self.route: Any = None  # the parsed route, once the handler has parsed it
 
     def header(self, lower_name: bytes) -> bytes | None:
@@ -203,7 +231,7 @@ class FastPath:
         ``now``: ``_wire.perf_counter()`` read at its start, the reading its clocks use."""
         raise NotImplementedError
 
-    def finish_fast(self, request: Request, now: Seconds) -> bool:
+    def finish_fast(self, request: Request, client: HttpProtocol, now: Seconds) -> bool:
         """The fast start's relay ended: True when that was a complete answer (accounted)."""
         raise NotImplementedError
 
@@ -267,8 +295,8 @@ class HttpProtocol(asyncio.Protocol):
         self._max_header_bytes = max_header_bytes
         self._metrics = metrics if metrics is not None else Metrics()
         self._access = access
-        self._status = 0  # of the response being written (0: no head yet)
-        self._sent = 0  # bytes written for it
+        self._status: Status = 0  # of the response being written (0: no head yet)
+        self._sent: Count = 0  # bytes written for it
         self._spliced = False
         self.transport: asyncio.Transport | None = None
         self._fd = -1  # the transport's plain socket, written directly (_wire.write_to)
@@ -320,10 +348,10 @@ class HttpProtocol(asyncio.Protocol):
             if scan_request(data, self._max_header_bytes, conns.max_url_bytes, conns.max_headers,
                             scan):  # fmt: skip
                 self._head_since = self._idle_since = 0.0
-                # positional: the compiled constructor matches keyword arguments by name
                 keep_alive = scan.keep_alive and not conns.draining
-                request = Request(scan.method, scan.path, scan.query, scan.headers, scan.http11,
-                                  keep_alive, self._client_ip)  # fmt: skip
+                # made and set up in two C calls (compiled) rather than through the constructor
+                request: Request = Request.__new__(Request)
+                request.scanned(scan, keep_alive, self._client_ip)
                 self._enqueue(request)
                 return
         if self._in_headers:
@@ -456,7 +484,7 @@ class HttpProtocol(asyncio.Protocol):
             self._fast_path is not None
             and self._task is None
             and self._fast is None
-            and not queue
+            and len(queue) == 0  # (compiled, cheaper than a deque's truth test)
             and request.error is None
             and self._start_fast(request)
         ):
@@ -493,7 +521,7 @@ class HttpProtocol(asyncio.Protocol):
         assert request is not None and self._fast_path is not None
         self._fast = None
         now: Seconds = perf_counter()
-        if not self._fast_path.finish_fast(request, now):
+        if not self._fast_path.finish_fast(request, self, now):
             # anything but a complete answer: the normal path takes over, in order
             self._task = asyncio.get_running_loop().create_task(self._run(request))
             return
@@ -501,7 +529,7 @@ class HttpProtocol(asyncio.Protocol):
         if not self.closing and (not self.keep_alive or self._conns.draining):
             self.close()
         self._account(request, self._fast_start, now)
-        if self._queue and self._task is None and not self.closing:
+        if len(self._queue) != 0 and self._task is None and not self.closing:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def _make_request(self, error: errors.RegistryError | None = None) -> Request:
@@ -590,7 +618,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _account(self, request: Request, start: Seconds, now: Seconds = 0.0) -> None:
         duration = (now or perf_counter()) - start
-        status = self._status or CLIENT_CLOSED
+        status: Status = self._status
+        if status == 0:
+            status = CLIENT_CLOSED
         method, kind, sent = request.method, request.kind, self._sent
         metrics = self._metrics
         metrics.request_done(method, kind, status, duration, sent)
@@ -603,17 +633,17 @@ class HttpProtocol(asyncio.Protocol):
                            sent))  # fmt: skip
 
     # used by handlers and relays
-    def write_response(self, data: bytes, status: int) -> None:
+    def write_response(self, data: bytes, status: Status) -> None:
         """Write bytes that begin with the head of a response with ``status``."""
         if self.transport is not None and not self.closing:
-            if not self._status:
+            if self._status == 0:
                 self._status = status
             self._sent += len(data)
             self._queued = write_to(self.transport, self._fd, self._queued, data)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closing:
-            if not self._status and data[:5] == b"HTTP/":
+            if self._status == 0 and data[:5] == b"HTTP/":
                 self._status = int(data[9:12])
             self._sent += len(data)
             self._queued = write_to(self.transport, self._fd, self._queued, data)

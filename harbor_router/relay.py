@@ -20,16 +20,18 @@ the response.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
 
 from . import responses, splice
-from ._wire import ResponseScan, head_fields, whole_response
+from ._wire import ResponseScan, Seconds, head_fields, whole_response
 from .headers import Rewriter
-from .responses import status_line
+from .responses import Status, status_line
 from .splice import Splice, SpliceStats
 from .upstream import Sink, UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
+    from .metrics import Count
     from .protocol import HttpProtocol
 
 # What happens to the body.
@@ -41,6 +43,9 @@ CAPTURE_LIMIT = 64 * 1024
 # reads up to 256 KiB at a time) and the copy path moves it in one write.
 SPLICE_MIN_BYTES = 64 * 1024
 SPLICE_STATUSES = frozenset({200, 206})
+# the headers of a relay no captured head has come to (shared: never changed, a relay only
+# replaces its own)
+NO_HEADERS: Final[Sequence[tuple[bytes, bytes]]] = ()
 
 
 # Which statuses a relay streams to the client (``relay_status``); the rest it captures:
@@ -131,16 +136,17 @@ class HeadDeadlines:
 
     def __init__(self, pool: UpstreamPool, tick: float = 0.1) -> None:
         self._pool = pool
-        self._tick = tick
-        self.waiting = 0  # relays watched and not yet unwatched
+        self._tick: Seconds = tick
+        self.waiting: Count = 0  # relays watched and not yet unwatched
         self._handle: asyncio.TimerHandle | None = None
-        self._now = 0.0  # the loop's clock at the last tick (a deadline may be a tick late)
+        # the loop's clock at the last tick (a deadline may be a tick late)
+        self._now: Seconds = 0.0
         # the deadline of a head asked for now with ``_seconds`` to go (0: to be computed),
         # the same for every relay until the next tick
-        self._due = 0.0
-        self._seconds = 0.0
+        self._due: Seconds = 0.0
+        self._seconds: Seconds = 0.0
 
-    def watch(self, relay: Relay, seconds: float) -> None:
+    def watch(self, relay: Relay, seconds: Seconds) -> None:
         if self._handle is None:
             loop = asyncio.get_running_loop()
             self._now = loop.time()
@@ -215,6 +221,7 @@ class Relay(Sink):
         "head_only",
         "headers",
         "mode",
+        "start",
         "started",
         "status",
         "waiter",
@@ -272,13 +279,15 @@ class Relay(Sink):
         # :meth:`_queue`, which a scanned response never needs)
         self._out: list[bytes] | None = None
         self._head_status = 0  # the status of a head waiting in _out
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.status: Status = 0
+        # a captured response's head fields (a relayed one's are not kept)
+        self.headers: Sequence[tuple[bytes, bytes]] = NO_HEADERS
         self.body: bytes | bytearray = b""  # what was captured (a bytearray once any came)
         self.mode = CAPTURE
         self.started = False  # the client has seen the response head
+        self.start: Seconds = 0.0  # when the request was sent (the forwarder's perf_counter)
         self._deadlines: HeadDeadlines | None = None
-        self.head_due = 0.0  # when the head is due (HeadDeadlines; 0: not waited for)
+        self.head_due: Seconds = 0.0  # when the head is due (HeadDeadlines; 0: not waited for)
         self._splice_min = splice_min  # None: never splice
         self._stats = stats
         self._splice: Splice | None = None
@@ -333,7 +342,7 @@ class Relay(Sink):
         elif self.error is not None:
             raise self.error
 
-    def _relays(self, status: int) -> bool:
+    def _relays(self, status: Status) -> bool:
         policy = self._relay_status
         if policy == RELAY_PULL:
             return status < 400 or status in (412, 416)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Final
+from typing import Final, TypeAlias
 
 from ._wire import build_head
 from .errors import RegistryError
+
+#: An HTTP status code: compiled, a C int where the source annotates one so
+#: (``_speedups/dataplane.py``), else an int.
+Status: TypeAlias = int
 
 API_VERSION_HEADER: Final = b"Docker-Distribution-API-Version: registry/2.0\r\n"
 JSON_TYPE: Final = b"Content-Type: application/json\r\n"
@@ -19,12 +23,16 @@ STATUS_LINES: Final[dict[int, bytes]] = {
     for s in HTTPStatus
 }
 
+# by status, 0-999 (the three digits a response scan reads): its line, None for one unknown
+_LINES: Final[tuple[bytes | None, ...]] = tuple(STATUS_LINES.get(s) for s in range(1000))
 
-def status_line(status: int) -> bytes:
-    try:  # subscripted: compiled, a method of a global is looked up and bound at every call
-        return STATUS_LINES[status]
-    except KeyError:
-        return b"HTTP/1.1 %d Unknown\r\n" % status
+
+def status_line(status: Status) -> bytes:
+    if 0 <= status < 1000:  # compiled, a C int indexing a tuple: no int object, no hashing
+        line = _LINES[status]
+        if line is not None:
+            return line
+    return b"HTTP/1.1 %d Unknown\r\n" % status
 
 
 def error_body(code: str, message: str, detail: object = None) -> bytes:

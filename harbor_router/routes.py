@@ -155,7 +155,8 @@ class Router:
 
         A route is immutable once made; the same one is returned for the same target."""
         if method == "GET" or method == "HEAD":  # PULL_METHODS
-            target = path + "?" + query if query else path  # as it came: a path has no "?"
+            # as it came: a path has no "?" (compared, not truth-tested: compiled, no call)
+            target = path + "?" + query if query != "" else path
             known = self._known.get(target)
             if known is not None:
                 return known

@@ -261,6 +261,33 @@ def test_generator_makes_seconds_c_doubles_where_annotated() -> None:
     assert lines[at - 1] == "@cython.locals(start=double)"
 
 
+STATUS_SOURCE = """
+class Relay:
+    def setup(self, code: int) -> None:
+        self.status: Status = 0
+        self.hits: Count = 0
+        self.other = 0
+        self.given = code
+
+    def relays(self, status: Status, other: int) -> Status:
+        seen: Status = status
+        return seen
+"""
+
+
+def test_generator_makes_statuses_and_counts_c_ints_where_annotated() -> None:
+    """``Status`` (``responses``' alias of int for an HTTP status) makes an attribute,
+    parameter, result or local a C int, ``Count`` (``metrics``' alias of int for a counter) a
+    C long long; an int (a literal, an ``int`` parameter) stays an object."""
+    lines = [
+        line.strip() for line in DATAPLANE._pxd(STATUS_SOURCE, "relay", ("Relay",)).splitlines()
+    ]
+    assert {"cdef public int status", "cdef public long long hits"} <= set(lines)
+    assert {"cdef public object other", "cdef public object given"} <= set(lines)
+    at = lines.index("cpdef int relays(self, int status, other)")
+    assert lines[at - 1] == "@cython.locals(seen=int)"
+
+
 LOCALS_SOURCE = """
 class Pool:
     def take(self) -> None:
@@ -412,11 +439,13 @@ def test_generator_gives_the_listed_classes_a_free_list_and_keeps_the_lines() ->
 def test_a_request_made_after_a_freed_one_has_only_what_it_is_given() -> None:
     """Compiled, the Request made after one was freed is that one (from its free list): it has
     only what it is given, and the defaults."""
+    from harbor_router.breaker import Breaker
     from harbor_router.metrics import OTHER_KIND
     from harbor_router.protocol import Request
 
     first = Request("GET", "/v2/", "a=b", [(b"host", b"h")], True, True, "10.0.0.1")
-    first.kind, first.project, first.cache, first.fast, first.route = 3, "p", "hit", (1,), 2
+    first.kind, first.project, first.cache, first.route = 3, "p", "hit", 2
+    first.fast_project, first.fast_breaker = object(), Breaker(1, 1.0)
     del first
     second = Request("HEAD", "/", "", [], False, False, "")
     assert (second.method, second.path, second.query, second.headers) == ("HEAD", "/", "", [])
@@ -424,3 +453,4 @@ def test_a_request_made_after_a_freed_one_has_only_what_it_is_given() -> None:
         "", None)  # fmt: skip
     assert (second.kind, second.project, second.cache) == (OTHER_KIND, "", "")
     assert (second.fast, second.route) == (None, None)
+    assert (second.fast_project, second.fast_breaker) == (None, None)

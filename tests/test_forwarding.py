@@ -1,4 +1,5 @@
-"""The upstream request head of a hit (``Forwarder.request_head``), without a network."""
+"""The upstream request head of a hit (``Forwarder.request_head``), and a request started on
+an idle pooled connection (``Forwarder.try_start``), without a network."""
 
 from __future__ import annotations
 
@@ -6,20 +7,26 @@ import pytest
 
 from harbor_router import forwarding, routes
 from harbor_router.auth import Credentials
-from harbor_router.forwarding import Forwarder
+from harbor_router.breaker import Breaker
+from harbor_router.forwarding import IDENTITY, Forwarder
+from harbor_router.metrics import Metrics
 from harbor_router.projects import DOCKER_HUB, Project
-from harbor_router.protocol import Request
-from harbor_router.upstream import UpstreamPool
+from harbor_router.protocol import HttpProtocol, Request
+from harbor_router.relay import RELAY_PULL
+from harbor_router.upstream import UpstreamConnection, UpstreamPool
 
 ROUTER = routes.Router("proxy")
 PATH = "/v2/proxy/nginx/manifests/1.25"
 
 
-def forwarder(credentials: Credentials) -> Forwarder:
-    pool = UpstreamPool("127.0.0.1", 1, ssl_context=None, max_idle=1, idle_timeout=1.0,
-                        connect_timeout=1.0)  # fmt: skip
+def forwarder(
+    credentials: Credentials, pool: UpstreamPool | None = None, metrics: Metrics | None = None
+) -> Forwarder:
+    if pool is None:
+        pool = UpstreamPool("127.0.0.1", 1, ssl_context=None, max_idle=1, idle_timeout=1.0,
+                            connect_timeout=1.0)  # fmt: skip
     return Forwarder(pool, credentials, upstream_host="harbor.example", base_path="/h",
-                     timeout=1.0, max_body=1024)  # fmt: skip
+                     timeout=1.0, max_body=1024, metrics=metrics)  # fmt: skip
 
 
 def request(path: str = PATH, method: str = "GET") -> Request:
@@ -76,3 +83,66 @@ def test_a_full_table_is_emptied(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fwd.request_head(request(), route, renamed) == head(
         "library/nginx/manifests/1.25", "p", None
     )
+
+
+class Transport:
+    """What an upstream connection writes to: the bytes kept."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _no_handler(request: Request, client: HttpProtocol) -> None:
+    raise AssertionError("no request is answered here")
+
+
+def _upstream_duration(metrics: Metrics, project: str) -> float:
+    return sum(
+        sample.value
+        for family in metrics.collect()
+        for sample in family.samples
+        if sample.name.endswith("upstream_project_duration_seconds_sum")
+        and sample.labels.get("project") == project
+    )
+
+
+async def test_a_started_request_is_its_relay_with_its_connection_and_start() -> None:
+    """``try_start`` sends the head on the idle connection and returns the relay, which holds
+    that connection and the start it was given; its complete answer is accounted from that
+    start (the breaker and the upstream metrics); with no idle connection it is None."""
+    pool = UpstreamPool("127.0.0.1", 1, ssl_context=None, max_idle=1, idle_timeout=30.0,
+                        connect_timeout=1.0)  # fmt: skip
+    metrics = Metrics()
+    fwd = forwarder(Credentials("", ""), pool, metrics)
+    conn, transport = UpstreamConnection(pool), Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    pool._connections.add(conn)  # the pool's own, as if it had opened it
+    pool.release(conn, True)
+    client = HttpProtocol(_no_handler, 8192)
+    now = conn.idle_since
+    relay = fwd.try_start(client, b"GET /h/v2/ HTTP/1.1\r\n\r\n", False, IDENTITY, now,
+                          RELAY_PULL)  # fmt: skip
+    assert relay is not None and relay.conn is conn and relay.start == now
+    assert transport.written == [b"GET /h/v2/ HTTP/1.1\r\n\r\n"]
+    assert fwd.try_start(client, b"", False, IDENTITY, now, RELAY_PULL) is None  # none idle
+    breaker = Breaker(1, 1.0)
+    assert not fwd.finish_started(relay, "p", breaker, now + 0.25)  # no answer yet
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    assert relay.finished and relay.started and relay.status == 200
+    assert fwd.finish_started(relay, "p", breaker, now + 0.25)
+    assert metrics.upstream_counts() == {("p", "200"): 1}
+    assert _upstream_duration(metrics, "p") == pytest.approx(0.25)
+    assert pool.try_acquire(now) is conn  # released at the end of the response
+    fwd.close()

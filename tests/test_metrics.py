@@ -402,3 +402,21 @@ def test_two_workers_sum_in_one_endpoint(harbor: HarborEmulator) -> None:
             proc.wait(5)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_per_request_counters_render_as_before() -> None:
+    """The counters a request moves (compiled, C integers: ``metrics.Count``) read back as
+    ints and render, and snapshot, as the dictionary's counts do."""
+    m = metrics.Metrics()
+    m.fast_hits += 3
+    m.lookups[metrics.HIT] += 2
+    m.inflight += 2
+    m.inflight -= 1
+    assert (m.fast_hits, m.inflight) == (3, 1)
+    assert type(m.fast_hits) is int and type(m.inflight) is int
+    text = metrics.render(m.collect()).decode()
+    assert P + 'cache_lookups_total{result="hit"} 5.0\n' in text
+    assert P + "inflight_requests 1.0\n" in text
+    rows = metrics.parse_snapshot(metrics.snapshot(m.collect()))
+    merged = metrics.render(metrics.merge([rows]))
+    assert P.encode() + b'cache_lookups_total{result="hit"} 5.0\n' in merged

@@ -452,6 +452,42 @@ def test_a_mapped_project_no_longer_discovered_is_not_asked(
     assert harbor.count("ghcr", "/manifests/") == 0
 
 
+def test_fast_path_hits_alternating_between_projects_go_to_their_own(
+    make_router: Callable[..., RunningRouter], harbor: HarborEmulator, seeded: Seeded
+) -> None:
+    """The fast path keeps the last project and breaker it looked up by the mapped name: hits
+    that alternate between repositories mapped to two projects each go, on the fast path, to
+    their own project, and are accounted to its breaker."""
+    router = make_router()
+    images = [seeded.get("ghcr", "acme/tool"), seeded.get("quay", "coreos/etcd")]
+    for image in images:  # mapped
+        assert router.request("GET", manifest_path(image.repo, image.tag), accept(image))[0] == 200
+    handler = router.app.handler
+    assert handler is not None
+    before = handler.fast_starts
+    harbor.clear_log()
+    for _ in range(3):
+        for image in images:
+            status, _, body = router.request(
+                "GET", manifest_path(image.repo, image.tag), accept(image)
+            )
+            assert status == 200 and body == image.manifest
+    assert handler.fast_starts - before >= 5  # the first opens the pool's connection
+    assert harbor.count("ghcr", "/manifests/") == 3 and harbor.count("quay", "/manifests/") == 3
+    assert harbor.count("dockerhub", "/manifests/") == 0
+    # each hit's breaker is its project's: a success clears its own project's failure only
+    tool, etcd = images
+    for project in ("quay", "ghcr"):
+        harbor.set_fault(project, status=500, times=1)
+    assert router.request("GET", manifest_path(etcd.repo, etcd.tag), accept(etcd))[0] == 502
+    assert router.request("GET", manifest_path(tool.repo, tool.tag), accept(tool))[0] == 502
+    breakers = handler._breakers
+    assert (breakers.get("quay").failures, breakers.get("ghcr").failures) == (1, 1)
+    for image, failures in ((etcd, (0, 1)), (tool, (0, 0))):
+        assert router.request("GET", manifest_path(image.repo, image.tag), accept(image))[0] == 200
+        assert (breakers.get("quay").failures, breakers.get("ghcr").failures) == failures
+
+
 # -- 3.2 fan-out: which answer wins -----------------------------------------------------------
 
 
