@@ -589,7 +589,7 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         self._give_back(conn)
-        if self._waiters:
+        if len(self._waiters) != 0:  # (a length, not a truth test of a deque)
             self._wake()
         top = self._top
         if (not keep_alive or conn.closed or self._closed
