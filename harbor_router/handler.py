@@ -281,7 +281,9 @@ class RequestHandler(FastPath):
         relay = self._forwarder.try_start(
             client,
             self._forwarder.request_head(request, route, project),
-            head_only=request.method == "HEAD",
+            # a repository's route is a GET's or a HEAD's (routes.Router.parse): compiled, a GET
+            # is the interned "GET" itself, no string comparison
+            head_only=request.method != "GET",
             rewriter=rewriter,
             now=now,
             relay_status=CAPTURE_ALL if kind == TAGS else RELAY_PULL,

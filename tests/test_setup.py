@@ -1,5 +1,6 @@
-"""Objects the hit path makes by ``X.__new__(X)`` and ``setup`` (compiled, two C calls instead
-of the constructor's argument matching) are the ones their constructor makes."""
+"""Objects the hit path makes by ``X.__new__(X)`` and a set-up method (``Relay.setup``,
+``Request.scanned``; compiled, two C calls instead of the constructor's argument matching) are
+the ones their constructor makes."""
 
 from __future__ import annotations
 
