@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import bisect
 import contextlib
@@ -11,6 +12,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import ModuleType
 
 import httptools
@@ -33,6 +35,21 @@ def test_compiled_module_loaded_when_required() -> None:
         pytest.skip("HARBOR_ROUTER_REQUIRE_EXTENSIONS is not set")
     assert _wire.IMPLEMENTATION == "c"
     assert _wire.end_to_end.__module__ == "harbor_router._wire_c"
+
+
+def test_every_import_branch_of_wire_gives_every_name(wire: ModuleType) -> None:
+    """``_wire`` picks a twin in three places (no extensions, compiled, the fallback): each
+    imports every name it exports, and both twins have each one."""
+    tree = ast.parse(Path(_wire.__file__).read_text())
+    branches = [
+        {alias.name for alias in node.names}
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module in ("_wire_py", "_wire_c")
+    ]
+    exported = set(_wire.__all__) - {"IMPLEMENTATION", "Seconds"}
+    assert len(branches) == 3
+    assert all(names == exported for names in branches)
+    assert all(hasattr(wire, name) for name in exported)
 
 
 NAMES = {
