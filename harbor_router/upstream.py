@@ -163,15 +163,22 @@ class UpstreamConnection(asyncio.Protocol):
         """The socket has bytes, or its end, or an error."""
         try:
             data = read_from(self._fd)
+            if data is None:  # a wake-up with nothing to read
+                return
+            if data:
+                self.data_received(data)
+                return
         except OSError as exc:
             self._gone(exc)
             return
-        if data is None:  # a wake-up with nothing to read
+        except Exception as exc:  # a bug: reported, and the connection ends (as uvloop does)
+            assert self._loop is not None
+            self._loop.call_exception_handler(
+                {"message": "reading a response from Harbor failed", "exception": exc}
+            )
+            self._gone(exc)
             return
-        if data:
-            self.data_received(data)
-        else:
-            self._gone(None)  # Harbor closed the connection
+        self._gone(None)  # Harbor closed the connection
 
     def writable(self) -> None:
         """The socket takes more of the pending request head."""

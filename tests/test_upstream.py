@@ -489,6 +489,30 @@ async def test_a_paused_plain_connection_reads_nothing_until_resumed(pool_for) -
     assert recorder.done.result() == "complete" and recorder.body == b"later"
 
 
+class Broken(Recorder):
+    """A sink with a bug: it raises at the head."""
+
+    def on_scanned(self, scan: ResponseScan, data: bytes) -> bool:
+        raise RuntimeError("bug")
+
+
+async def test_an_error_reading_a_response_is_reported_and_ends_the_connection(pool_for) -> None:  # type: ignore[no-untyped-def]
+    pool, _ = await pool_for(lambda head: ok(b"x"))
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda loop, context: reported.append(context))
+    try:
+        conn = await pool.acquire()
+        recorder = Broken()
+        conn.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n", recorder, False)
+        await asyncio.wait_for(recorder.done, 5)
+    finally:
+        loop.set_exception_handler(None)
+    assert recorder.done.result() == "lost received_any=True"  # told, not left waiting
+    assert conn.closed and conn not in pool._connections
+    assert [type(context["exception"]) for context in reported] == [RuntimeError]
+
+
 async def test_harbor_closing_an_idle_plain_connection_is_seen_at_once() -> None:
     writers: list[asyncio.StreamWriter] = []
 
