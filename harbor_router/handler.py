@@ -116,14 +116,12 @@ class RequestHandler(FastPath):
         self._fast_set: ProjectSet | None = None
         self._fast_by_name: dict[str, tuple[Project, Rewriter]] = {}
         # the last name the fast path found in that table (by identity: the mapping hands out
-        # the name it holds) and what it found, while the table is the same
+        # the name it holds), what it found and the name's breaker (the breakers give the same
+        # one for a name as long as they live), while the table is the same
         self._fast_name: str | None = None
         self._fast_project: Project | None = None
         self._fast_rewriter: Rewriter | None = None
-        # the last name it asked the breakers about (by identity) and its breaker: the breakers
-        # give the same one for a name as long as they live
-        self._breaker_name: str | None = None
-        self._breaker: Breaker | None = None
+        self._fast_breaker: Breaker | None = None
         self._forwarder = forwarder
         self._resolver = resolver
         self._breakers = breakers
@@ -251,8 +249,10 @@ class RequestHandler(FastPath):
         if name is None:
             return None
         projects = self._discovery.projects
+        breaker: Breaker | None
         if name is self._fast_name and projects is self._fast_set:
             project, rewriter = self._fast_project, self._fast_rewriter
+            breaker = self._fast_breaker
         else:
             by_name = self._fast_by_name
             if projects is not self._fast_set:
@@ -261,16 +261,14 @@ class RequestHandler(FastPath):
                 project, rewriter = by_name[name]
             except KeyError:  # not discovered now
                 return None
+            breaker = self._breakers.get(name)
             self._fast_name, self._fast_project, self._fast_rewriter = name, project, rewriter
-        assert project is not None and rewriter is not None
+            self._fast_breaker = breaker
+        assert project is not None and rewriter is not None and breaker is not None
         if route.host != "":  # (compiled, a comparison is cheaper than a truth test)
             if project not in projects.for_host(route.host):
                 return None
             rewriter = _hint_rewriter(route, project)
-        breaker: Breaker | None = self._breaker
-        if name is not self._breaker_name or breaker is None:
-            breaker = self._breaker = self._breakers.get(name)
-            self._breaker_name = name
         if breaker.state is not CLOSED:
             return None
         allowed = self._auth_allowed

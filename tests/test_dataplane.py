@@ -32,6 +32,17 @@ def _generator() -> ModuleType:
 DATAPLANE = _generator()
 
 
+def declared(
+    source: str,
+    module: str,
+    classes: tuple[str, ...],
+    elsewhere: dict[str, ast.ClassDef] | None = None,
+) -> list[str]:
+    """The lines of the declarations the generator writes for ``source``, stripped."""
+    pxd = DATAPLANE._pxd(source, module, classes, elsewhere)
+    return [line.strip() for line in pxd.splitlines()]
+
+
 def test_compiled_data_plane_loaded_when_required() -> None:
     if os.environ.get("HARBOR_ROUTER_REQUIRE_EXTENSIONS", "") in ("", "0"):
         pytest.skip("HARBOR_ROUTER_REQUIRE_EXTENSIONS is not set")
@@ -152,8 +163,7 @@ def test_generator_types_attributes_and_declares_c_methods() -> None:
     the module it lives in, by its run-time name); plain methods are C-callable with their
     class-typed parameters; keyword-only, closure-making, async and decorated ones stay
     Python methods."""
-    pxd = DATAPLANE._pxd(GENERATOR_SOURCE, "relay", ("Relay",))
-    lines = {line.strip() for line in pxd.splitlines()}
+    lines = set(declared(GENERATOR_SOURCE, "relay", ("Relay",)))
     assert "from harbor_router.protocol cimport HttpProtocol" in lines
     assert "from harbor_router.headers cimport Rewriter" in lines
     assert "cdef public HttpProtocol _client" in lines
@@ -190,8 +200,7 @@ def test_generator_declares_a_data_plane_base_and_what_it_leaves_to_it() -> None
     base = ast.parse("class Sink:\n    def __init__(self) -> None:\n        self.seen = 0\n")
     elsewhere = {"Sink": base.body[0]}
     assert isinstance(elsewhere["Sink"], ast.ClassDef)
-    pxd = DATAPLANE._pxd(INHERITING_SOURCE, "relay", ("Relay",), elsewhere)
-    lines = [line.strip() for line in pxd.splitlines()]
+    lines = declared(INHERITING_SOURCE, "relay", ("Relay",), elsewhere)
     assert "from harbor_router.upstream cimport Sink" in lines
     assert "cdef class Relay(Sink):" in lines
     assert "cdef public object own" in lines and "cdef public object seen" not in lines
@@ -225,9 +234,7 @@ def test_generator_makes_bool_attributes_parameters_and_returns_c_values() -> No
     """What mypy holds to ``bool`` (the first assignment, ``__init__`` first, or an
     annotation) is a C ``bint``; anything first assigned otherwise stays an object, and so
     do ints and floats (boxing them for Python callers cost more than it saved)."""
-    lines = {
-        line.strip() for line in DATAPLANE._pxd(SCALAR_SOURCE, "upstream", ("Conn",)).splitlines()
-    }
+    lines = set(declared(SCALAR_SOURCE, "upstream", ("Conn",)))
     bints = {"closed", "given", "told", "one", "two", "quick"}
     objects = {"maybe", "count", "since", "pair", "other"}
     assert {f"cdef public bint {name}" for name in bints} <= lines
@@ -253,8 +260,7 @@ def test_generator_makes_seconds_c_doubles_where_annotated() -> None:
     """``Seconds`` (``_wire``'s alias of float for clock readings) makes an attribute,
     parameter, result or local a C double; a float (a literal, a ``float`` parameter) stays
     an object."""
-    pxd = DATAPLANE._pxd(SECONDS_SOURCE, "upstream", ("Pool",))
-    lines = [line.strip() for line in pxd.splitlines()]
+    lines = declared(SECONDS_SOURCE, "upstream", ("Pool",))
     assert {"cdef public double timeout", "cdef public double last"} <= set(lines)
     assert {"cdef public object since", "cdef public object given"} <= set(lines)
     at = lines.index("cpdef double take(self, double now, spare=*)")
@@ -279,9 +285,7 @@ def test_generator_makes_statuses_and_counts_c_ints_where_annotated() -> None:
     """``Status`` (``responses``' alias of int for an HTTP status) makes an attribute,
     parameter, result or local a C int, ``Count`` (``metrics``' alias of int for a counter) a
     C long long; an int (a literal, an ``int`` parameter) stays an object."""
-    lines = [
-        line.strip() for line in DATAPLANE._pxd(STATUS_SOURCE, "relay", ("Relay",)).splitlines()
-    ]
+    lines = declared(STATUS_SOURCE, "relay", ("Relay",))
     assert {"cdef public int status", "cdef public long long hits"} <= set(lines)
     assert {"cdef public object other", "cdef public object given"} <= set(lines)
     at = lines.index("cpdef int relays(self, int status, other)")
@@ -302,8 +306,7 @@ class Pool:
 def test_generator_types_the_locals_a_method_annotates() -> None:
     """A local annotated with a data plane class or bool is declared so
     (``@cython.locals``), its class cimported; other annotations stay the interpreter's."""
-    pxd = DATAPLANE._pxd(LOCALS_SOURCE, "upstream", ("Pool",))
-    lines = [line.strip() for line in pxd.splitlines()]
+    lines = declared(LOCALS_SOURCE, "upstream", ("Pool",))
     assert "import cython" in lines
     assert "from harbor_router.relay cimport Relay" in lines
     at = lines.index("cpdef take(self)")
@@ -369,8 +372,7 @@ def test_generator_types_attributes_with_a_hand_declared_type_and_cimports_it() 
         "        self._other = TTLCache(1, 1.0)\n"
         "        self._given = make()\n"
     )
-    pxd = DATAPLANE._pxd(source, "mapping", ("MappingCache",))
-    lines = {line.strip() for line in pxd.splitlines()}
+    lines = set(declared(source, "mapping", ("MappingCache",)))
     assert "from harbor_router._cache_c cimport Memo, TTLCache" in lines
     assert {"cdef public TTLCache _lru", "cdef public Memo _known", "cdef public TTLCache _other",
             "cdef public object _given"} <= lines  # fmt: skip
@@ -404,8 +406,7 @@ def test_generator_types_what_holds_a_wire_type_and_cimports_it() -> None:
         "    def take(self, scan: ResponseScan) -> None:\n"
         "        other: ResponseScan = scan\n"
     )
-    pxd = DATAPLANE._pxd(source, "upstream", ("Conn",))
-    lines = [line.strip() for line in pxd.splitlines()]
+    lines = declared(source, "upstream", ("Conn",))
     assert "from harbor_router._wire_c cimport ResponseScan, scan_response" in lines
     assert not any(line.startswith("from harbor_router._wire cimport") for line in lines)
     assert "cdef public ResponseScan _scan" in lines
