@@ -174,28 +174,35 @@ def wrk_scenario(
     return {"kind": "wrk", "median": summary, "ratios": ratios, "rounds": rounds}
 
 
+#: The workers scenario's ratios: name -> (numerator, denominator), both measured per round.
+WORKER_PAIRS = {
+    "w2/w1": ("router-w2", "router"),
+    "w2 batch/w1": ("router-w2-batch", "router"),
+    "nginx w2/w1": ("nginx-w2", "nginx"),
+    "nginx w2 batch/w1": ("nginx-w2-batch", "nginx"),
+}
+
+
 def workers_scenario(
     targets: Sequence[Server], args: argparse.Namespace, pinning: Pinning
 ) -> dict[str, Any]:
     """``WORKERS=2`` against ``WORKERS=1`` (and nginx's 2 workers against its 1, the reference),
     all on the one proxy CPU, at ``--connections`` and at twice as many. The two processes
     share that CPU, so each wakes up for about half the ready sockets a single process finds:
-    the fixed cost of a wakeup is shared by fewer requests, the more so the fewer connections.
-    The target is read at twice ``--connections``; both counts are reported."""
+    the fixed cost of a wakeup is shared by fewer requests, the more so the fewer connections;
+    and one waking up preempts the other in the middle of its batch. Both are measured again
+    with SCHED_BATCH (``SCHED_POLICY=batch``; nginx under ``chrt --batch``), which has no
+    wakeup preemption. The target is read at twice ``--connections``; both counts are
+    reported."""
     result: dict[str, Any] = {"by_connections": {}, "processes": {}}
     for target in targets:
         result["processes"][target.name] = len(target.cpu_pids())
     for connections in (args.connections, 2 * args.connections):
         run = wrk_scenario(targets, lambda t: MANIFEST_PATH, args, pinning, connections=connections)
         rounds = run["rounds"]
-        run["ratios"].update(
-            {
-                "w2/w1": paired_ratio(rounds, "router-w2", "router", "req_per_cpu_s"),
-                "w2/w1 rps": paired_ratio(rounds, "router-w2", "router", "rps"),
-                "nginx w2/w1": paired_ratio(rounds, "nginx-w2", "nginx", "req_per_cpu_s"),
-                "nginx w2/w1 rps": paired_ratio(rounds, "nginx-w2", "nginx", "rps"),
-            }
-        )
+        for key, (a, b) in WORKER_PAIRS.items():
+            run["ratios"][key] = paired_ratio(rounds, a, b, "req_per_cpu_s")
+            run["ratios"][f"{key} rps"] = paired_ratio(rounds, a, b, "rps")
         result["by_connections"][str(connections)] = run
     result["connections"] = 2 * args.connections
     result["ratios"] = result["by_connections"][str(2 * args.connections)]["ratios"]
@@ -425,12 +432,20 @@ def run(args: argparse.Namespace) -> int:
             aio.close()
             router2 = Router(upstream, pinning, workers=2, tree=args.router_tree)
             servers.append(router2)
+            batch = {"SCHED_POLICY": "batch"}
+            router2b = Router(upstream, pinning, workers=2, tree=args.router_tree, extra_env=batch)
+            servers.append(router2b)
             nginx2 = NginxProxy(tmp, upstream, pinning, workers=2)
             servers.append(nginx2)
-            warm([router2, nginx2], args, pinning)
-            if len(router2.cpu_pids()) < 3:
-                raise RuntimeError(f"WORKERS=2 router has pids {router2.cpu_pids()}")
-            scenarios["workers"] = workers_scenario([router, router2, nginx, nginx2], args, pinning)
+            nginx2b = NginxProxy(tmp, upstream, pinning, workers=2, batch=True)
+            servers.append(nginx2b)
+            warm([router2, router2b, nginx2, nginx2b], args, pinning)
+            for two in (router2, router2b):
+                if len(two.cpu_pids()) < 3:
+                    raise RuntimeError(f"{two.name} has pids {two.cpu_pids()}")
+            scenarios["workers"] = workers_scenario(
+                [router, router2, router2b, nginx, nginx2, nginx2b], args, pinning
+            )
     finally:
         for server in reversed(servers):
             try:

@@ -606,6 +606,7 @@ _LOG_LEVELS = {
     "error": "error",
 }
 _AUTH_MODES = {"none": "none", "header": "header", "harbor": "harbor"}
+_SCHED_POLICIES = {"inherit": "inherit", "other": "other", "batch": "batch"}
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("HARBOR_URL", Kind(_harbor_url, _show_text),
@@ -656,6 +657,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AUTH_CACHE_TTL", _DURATION_0,
              "AUTH_MODE=harbor: how long Harbor's pull decisions are remembered; 0 = off"),
     Variable("WORKERS", _INT_1, "worker processes sharing the listen port (SO_REUSEPORT)"),
+    Variable("SCHED_POLICY", Kind(_choice(_SCHED_POLICIES), _show_text),
+             "Linux scheduling policy of each serving process: inherit, other or batch"),
     Variable("CACHE_MAX_ENTRIES", _INT_1, "most entries in each worker's in-process cache"),
     Variable("PROJECT_PRIORITY", Kind(_project_list, _show_list),
              "comma-separated projects asked first, in this order"),
@@ -726,6 +729,7 @@ class Config:
     auth_mode: str = "header"
     auth_cache_ttl: float = 60.0
     workers: int = 1
+    sched_policy: str = "inherit"
     cache_max_entries: int = 500_000
     project_priority: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()

@@ -419,7 +419,32 @@ def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
+#: ``SCHED_POLICY`` -> the ``os`` module's name of the Linux policy; ``inherit`` sets none.
+SCHED_POLICIES: dict[str, str | None] = {
+    "inherit": None,
+    "other": "SCHED_OTHER",
+    "batch": "SCHED_BATCH",
+}
+
+
+def apply_sched_policy(policy: str) -> None:
+    """Give this process the ``SCHED_POLICY`` scheduling policy before it serves (the threads
+    it starts later inherit it). ``batch`` (SCHED_BATCH): the process never preempts the one
+    running on its CPU when it wakes up, so workers that share a CPU take turns at the end of
+    each other's batch of ready sockets instead of cutting it short; it also waits for any
+    other program's turn to end (docs/configuration.md has the measured effect of both). A
+    kernel that refuses is logged, and the process serves on with the policy it has."""
+    name = SCHED_POLICIES[policy]
+    if name is None:
+        return
+    try:
+        os.sched_setscheduler(0, getattr(os, name), os.sched_param(0))
+    except (AttributeError, OSError) as exc:  # not Linux, or refused
+        log.warning("cannot set the scheduling policy %s: %s", policy, exc)
+
+
 def _run_one(config: Config, reuse_port: bool, metrics_socket: str | None = None) -> None:
+    apply_sched_policy(config.sched_policy)
     _run_loop(serve(config, reuse_port=reuse_port, metrics_socket=metrics_socket))
 
 

@@ -33,6 +33,7 @@ from harbor_router.config import (
     parse_size,
     read_secret_file,
 )
+from harbor_router.server import SCHED_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "https://harbor.example.com"
@@ -524,6 +525,22 @@ def test_log_format() -> None:
     assert load(LOG_FORMAT="JSON").log_format == "json"
     assert load(LOG_FORMAT="pretty").log_format == "pretty"
     assert "pretty, json" in refused("LOG_FORMAT", "xml").reason
+
+
+def test_sched_policy() -> None:
+    assert load().sched_policy == "inherit"
+    assert load(SCHED_POLICY="batch").sched_policy == "batch"
+    assert load(SCHED_POLICY="Other").sched_policy == "other"
+    assert load(SCHED_POLICY="inherit").sched_policy == "inherit"
+    for text in ("fifo", "rr", "idle", "deadline", "normal"):  # real-time and idle: never
+        assert "inherit, other, batch" in refused("SCHED_POLICY", text).reason
+
+
+def test_sched_policy_table_names_real_policies() -> None:
+    for text in ("inherit", "other", "batch"):
+        assert load(SCHED_POLICY=text).sched_policy in SCHED_POLICIES
+    if hasattr(os, "SCHED_BATCH"):
+        assert all(name is None or hasattr(os, name) for name in SCHED_POLICIES.values())
 
 
 def test_auth_mode() -> None:

@@ -162,8 +162,10 @@ def markdown(results: dict[str, Any], floors: dict[str, float]) -> str:
             "",
             "nginx with one and two workers (`reuseport`) is the reference, in the same rounds."
             " Two processes on one CPU each wake up for about half the ready sockets one"
-            " process finds, so the fixed cost of a wakeup is shared by fewer requests; the"
-            f" target is read at {w['connections']} connections.",
+            " process finds, so the fixed cost of a wakeup is shared by fewer requests, and"
+            " one waking up preempts the other in the middle of its batch. `-batch`: the same"
+            " with SCHED_BATCH (`SCHED_POLICY=batch`; nginx under `chrt --batch 0`), which does"
+            f" not preempt on wakeup. The target is read at {w['connections']} connections.",
             "",
             "| connections | proxy | processes | req/CPU-s | req/s | p99 ms |",
             "|---:|---|---:|---:|---:|---:|",
@@ -179,8 +181,11 @@ def markdown(results: dict[str, Any], floors: dict[str, float]) -> str:
             r = run["ratios"]
             lines.append(
                 f"- {connections} connections: router WORKERS=2 / WORKERS=1 req/CPU-s"
-                f" **{r['w2/w1']:.2f}** (req/s {r['w2/w1 rps']:.2f}); nginx 2 / 1 workers"
-                f" {r['nginx w2/w1']:.2f} (req/s {r['nginx w2/w1 rps']:.2f})"
+                f" **{r['w2/w1']:.2f}** (req/s {r['w2/w1 rps']:.2f}), with SCHED_POLICY=batch"
+                f" **{r['w2 batch/w1']:.2f}** (req/s {r['w2 batch/w1 rps']:.2f}); nginx 2 / 1"
+                f" workers {r['nginx w2/w1']:.2f} (req/s {r['nginx w2/w1 rps']:.2f}), under"
+                f" SCHED_BATCH {r['nginx w2 batch/w1']:.2f}"
+                f" (req/s {r['nginx w2 batch/w1 rps']:.2f})"
             )
     lines += ["", "## Gate floors (`make bench-gate`, manifest GET req/CPU-s)", ""]
     if "manifest_get" in s:

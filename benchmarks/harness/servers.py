@@ -243,12 +243,18 @@ def write_upstream_tree(root: Path, blob_size: int, extra_repos: Sequence[str] =
 
 
 class Nginx(Server):
-    def __init__(self, root: Path, name: str, conf: str, pinning: Pinning, role: str) -> None:
+    def __init__(
+        self, root: Path, name: str, conf: str, pinning: Pinning, role: str, batch: bool = False
+    ) -> None:
+        """``batch``: started under ``chrt --batch 0`` (SCHED_BATCH, inherited by its workers),
+        the policy the router's ``SCHED_POLICY=batch`` sets."""
         self.name = name
         port = free_port()
         path = root / f"{name}.conf"
         path.write_text(conf.format(root=root, tmp=root / "tmp", port=port, **self._extra()))
         cmd = ["nginx", "-p", str(root), "-e", str(root / f"{name}-error.log"), "-c", str(path)]
+        if batch:
+            cmd = ["chrt", "--batch", "0", *cmd]
         proc = _popen(pinning.wrap(cmd, role=role))
         super().__init__(proc, port)
         wait_port(port, proc)
@@ -269,16 +275,23 @@ class Upstream(Nginx):
 
 
 class NginxProxy(Nginx):
-    def __init__(self, root: Path, upstream: Upstream, pinning: Pinning, workers: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        upstream: Upstream,
+        pinning: Pinning,
+        workers: int = 1,
+        batch: bool = False,
+    ) -> None:
         """``workers`` > 1: that many worker processes, each with its own listening socket
-        (``reuseport``), the way the router's workers share a port."""
+        (``reuseport``), the way the router's workers share a port. ``batch``: SCHED_BATCH."""
         self._upstream_port = upstream.port
-        name = "nginx" if workers == 1 else f"nginx-w{workers}"
+        name = ("nginx" if workers == 1 else f"nginx-w{workers}") + ("-batch" if batch else "")
         conf = PROXY_CONF.replace("{root}/proxy.pid", f"{{root}}/{name}.pid")
         if workers > 1:
             conf = conf.replace("worker_processes 1;", f"worker_processes {workers};")
             conf = conf.replace("backlog=4096;", "backlog=4096 reuseport;")
-        super().__init__(root, name, conf, pinning, "proxy")
+        super().__init__(root, name, conf, pinning, "proxy", batch=batch)
 
     def _extra(self) -> dict[str, object]:
         return {"upstream_port": self._upstream_port}
@@ -321,6 +334,8 @@ class Router(Server):
         (the soak's cache TTLs and timeouts). ``command``: what runs instead of ``python -m
         harbor_router``, with the same environment (a benchmark's own launcher)."""
         self.name = "router" if workers == 1 else f"router-w{workers}"
+        if (extra_env or {}).get("SCHED_POLICY") == "batch":
+            self.name += "-batch"
         port = free_port()
         self.metrics_port = free_port()
         env = {
