@@ -680,6 +680,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HEADER_TIMEOUT", _DURATION,
              "time to receive a complete request head (408 and close after it)"),
     Variable("KEEPALIVE_TIMEOUT", _DURATION, "an idle client connection is closed after this"),
+    Variable("CLIENT_SEND_TIMEOUT", _DURATION,
+             "a client that takes nothing of its response for this long is cut off"),
     Variable("MAX_CONNECTIONS", _INT_1,
              "most client connections per worker (503 and close beyond it)"),
     Variable("UPSTREAM_READ_TIMEOUT", _DURATION,
@@ -743,6 +745,7 @@ class Config:
     max_url_bytes: int = 8 * 1024
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
+    client_send_timeout: float = 60.0
     max_connections: int = 10_000
     upstream_read_timeout: float = 60.0
     max_upstream_connections: int = 1024

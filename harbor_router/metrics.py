@@ -121,7 +121,8 @@ LOOKUP_RESULTS: Final = (HIT, STALE, REDIS_HIT, MISS, NEGATIVE)
 
 # Why the router closed a client connection on its own (connections_closed_total{reason}).
 HEADER_TIMEOUT, KEEPALIVE_TIMEOUT = "header_timeout", "keepalive_timeout"
-CLOSE_REASONS: Final = (HEADER_TIMEOUT, KEEPALIVE_TIMEOUT)
+SEND_TIMEOUT = "send_timeout"
+CLOSE_REASONS: Final = (HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, SEND_TIMEOUT)
 
 Histogram = list[float]
 

@@ -17,10 +17,14 @@ A request head that comes whole in one read, between requests, and is of the pla
 (``_wire.scan_request``: a GET or HEAD without a body, within the limits) is read by one
 compiled scan instead of the parser; everything else, and every error, is the parser's.
 
-Limits (``MAX_HEADERS``, ``MAX_URL_BYTES``) are checked in the parser callbacks; the two
-timeouts (``HEADER_TIMEOUT``, ``KEEPALIVE_TIMEOUT``) are not timers per request but one periodic
-sweep over every connection (:class:`Connections`): a request costs two timestamps, and a
-connection is judged a few times per timeout, which is as precise as a slowloris defence needs.
+Limits (``MAX_HEADERS``, ``MAX_URL_BYTES``) are checked in the parser callbacks; the three
+timeouts (``HEADER_TIMEOUT``, ``KEEPALIVE_TIMEOUT``, ``CLIENT_SEND_TIMEOUT``) are not timers per
+request but one periodic sweep over every connection (:class:`Connections`): a request costs
+two timestamps, and a connection is judged a few times per timeout, which is as precise as a
+slowloris defence needs. ``CLIENT_SEND_TIMEOUT`` judges a connection only while it is the
+client's turn (the transport's writing paused, or a splice waiting for the client) and cuts it
+off once nothing moved for that long: a client that stops reading cannot hold its upstream
+connection, nor the buffered rest of its response, for good.
 The same registry of connections enforces ``MAX_CONNECTIONS`` and drains them on shutdown.
 A refusal at the limit and a close by a timeout are counted where they happen
 (``Metrics.connections_rejected``, ``Metrics.connections_closed``): nothing per request.
@@ -46,12 +50,13 @@ from .metrics import (
     KEEPALIVE_TIMEOUT,
     KIND_TYPES,
     OTHER_KIND,
+    SEND_TIMEOUT,
     Count,
     Metrics,
 )
 from .responses import Status
 from .routes import ALLOW_HEADER, BLOB, PULL_METHODS
-from .splice import plain_fd
+from .splice import plain_fd, unsent
 
 if TYPE_CHECKING:
     from .breaker import Breaker
@@ -90,6 +95,7 @@ class Connections:
         "max_connections",
         "max_headers",
         "max_url_bytes",
+        "send_timeout",
     )
 
     def __init__(
@@ -100,6 +106,7 @@ class Connections:
         max_url_bytes: int = 8192,
         header_timeout: float = 10.0,
         keepalive_timeout: float = 75.0,
+        send_timeout: float = 60.0,
     ) -> None:
         self.active: set[HttpProtocol] = set()
         self.draining = False
@@ -108,7 +115,10 @@ class Connections:
         self.max_url_bytes = max_url_bytes
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
-        self.interval = min(MAX_SWEEP_INTERVAL, header_timeout / 4, keepalive_timeout / 4)
+        self.send_timeout = send_timeout
+        self.interval = min(
+            MAX_SWEEP_INTERVAL, header_timeout / 4, keepalive_timeout / 4, send_timeout / 4
+        )
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -267,6 +277,8 @@ class HttpProtocol(asyncio.Protocol):
         "_scan",
         "_sent",
         "_spliced",
+        "_stall_mark",
+        "_stall_since",
         "_status",
         "_task",
         "_url",
@@ -317,6 +329,10 @@ class HttpProtocol(asyncio.Protocol):
         self._in_headers = False
         self._head_since = 0.0  # when the pending request head began (0: none pending)
         self._idle_since = 0.0  # when a sweep first saw the connection idle (0: not idle)
+        # when a sweep first saw the client taking nothing of its response (0: not seen), and
+        # what had moved then (the relay's progress, the transport's buffered bytes)
+        self._stall_since = 0.0
+        self._stall_mark: object = None
         self._broken = False
         self.closing = False
         self.http11 = True
@@ -398,6 +414,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused_writing = False
+        self._stall_since = 0.0
         if self._relay is not None:
             self._relay.resume()
         drain = self._drain
@@ -676,9 +693,16 @@ class HttpProtocol(asyncio.Protocol):
                     or self._in_headers)  # fmt: skip
 
     def check_time(self, now: float) -> None:
-        """The sweep's look at this connection: an overdue head, or idle for too long."""
+        """The sweep's look at this connection: a client that takes nothing of its response,
+        an overdue head, or idle for too long."""
         if self.closing or self._broken:
             return
+        relay = self._relay
+        if self._paused_writing or (relay is not None and relay.client_turn()):
+            if self._send_stalled(now, relay):
+                return
+        else:
+            self._stall_since = 0.0
         if self._task is not None or self._fast is not None or self._queue:
             self._idle_since = 0.0
             return
@@ -698,6 +722,27 @@ class HttpProtocol(asyncio.Protocol):
         elif now - self._idle_since > conns.keepalive_timeout:
             self._metrics.connections_closed[KEEPALIVE_TIMEOUT] += 1
             self.close()
+
+    def _send_stalled(self, now: float, relay: Relay | None) -> bool:
+        """The client's turn: cut it off (True) once nothing moved for CLIENT_SEND_TIMEOUT:
+        the client acknowledged nothing of the socket's send queue, the transport's buffer
+        and the relay (its splice) stood still."""
+        transport = self.transport
+        if transport is None:
+            return False
+        progress = None if relay is None else relay.progress()
+        mark = (unsent(self._fd), transport.get_write_buffer_size(), progress)
+        if not self._stall_since or mark != self._stall_mark:
+            self._stall_since = now
+            self._stall_mark = mark
+            return False
+        if now - self._stall_since <= self._conns.send_timeout:
+            return False
+        self._metrics.connections_closed[SEND_TIMEOUT] += 1
+        self._stall_mark = None
+        self.closing = True
+        transport.abort()  # its buffer is dropped: the client has taken nothing of it
+        return True
 
     def close(self) -> None:
         if not self.closing:

@@ -485,6 +485,13 @@ class Relay(Sink):
             return job.waits_for_src
         return not self.conn.paused
 
+    def client_turn(self) -> bool:
+        """Is it the client's turn only: a splice with bytes for it in its pipe, or waiting for
+        the client's buffer to flush first (the copy path's turn is the client protocol's
+        paused writing)."""
+        job = self._splice
+        return job is not None and not job.waits_for_src
+
     def stall(self, timeout: float) -> None:
         """Harbor sent nothing for ``timeout``: drop the connection, fail the response."""
         if self.finished:

@@ -105,6 +105,7 @@ class App:
             max_url_bytes=config.max_url_bytes,
             header_timeout=config.header_timeout,
             keepalive_timeout=config.keepalive_timeout,
+            send_timeout=config.client_send_timeout,
         )
         self._background: set[asyncio.Task[None]] = set()
 

@@ -27,6 +27,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import sys
+import termios
 from collections.abc import Callable
 
 AVAILABLE = hasattr(os, "splice")
@@ -46,6 +48,17 @@ def plain_fd(transport: asyncio.BaseTransport | None) -> int:
         return -1
     sock = transport.get_extra_info("socket")
     return -1 if sock is None else int(sock.fileno())
+
+
+def unsent(fd: int) -> int:
+    """Bytes in the send queue of the socket ``fd`` that its peer has not acknowledged
+    (``SIOCOUTQ``); -1 when the kernel cannot tell (``fd`` -1, not a TCP socket)."""
+    if fd < 0:
+        return -1
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder)
+    except OSError:
+        return -1
 
 
 class SpliceStats:

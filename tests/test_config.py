@@ -304,6 +304,7 @@ DURATION_VARIABLES = [
     ("STALE_WHILE_REVALIDATE", "stale_while_revalidate", True),
     ("HEADER_TIMEOUT", "header_timeout", False),
     ("KEEPALIVE_TIMEOUT", "keepalive_timeout", False),
+    ("CLIENT_SEND_TIMEOUT", "client_send_timeout", False),
     ("SHUTDOWN_GRACE", "shutdown_grace", True),
 ]
 

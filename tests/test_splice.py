@@ -10,6 +10,7 @@ taken (``Forwarder.splice_stats``), so a silent fallback to copying would fail t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import json
@@ -32,7 +33,7 @@ from support_tools import free_port, kernel_tcp_buffering
 
 from harbor_router import splice
 from harbor_router.relay import SPLICE_MIN_BYTES
-from harbor_router.splice import Splice, SpliceStats
+from harbor_router.splice import Splice, SpliceStats, unsent
 
 pytestmark = pytest.mark.skipif(not splice.AVAILABLE, reason="os.splice is Linux-only")
 
@@ -584,3 +585,40 @@ def test_emulator_layer_is_spliced(
     assert settled(router, 1)  # counted once the router's completion callback ran
     spliced = stats(router)
     assert 0 < spliced.bytes <= len(body)
+
+
+def test_unsent_counts_what_the_peer_has_not_acknowledged() -> None:
+    """``unsent`` (CLIENT_SEND_TIMEOUT's measure of a client's progress): 0 once the peer
+    acknowledged everything, the queued bytes while its receive buffer is full, -1 for what
+    is not a TCP socket."""
+    assert unsent(-1) == -1
+    r, w = os.pipe()
+    try:
+        assert unsent(r) == -1 and unsent(w) == -1
+    finally:
+        os.close(r)
+        os.close(w)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.create_connection(server.getsockname())
+        receiver, _ = server.accept()
+        with sender, receiver:
+            sender.sendall(b"x" * 1000)
+            assert receiver.recv(1000, socket.MSG_WAITALL) == b"x" * 1000
+            deadline = time.monotonic() + 5
+            while unsent(sender.fileno()) != 0:  # the acknowledgement is on its way
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            sender.setblocking(False)
+            queued = 0
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    queued += sender.send(b"y" * 65536)
+            time.sleep(0.1)
+            left = unsent(sender.fileno())
+            assert 0 < left <= queued  # the receiver reads nothing: most of it waits
+            got = 0
+            while got < queued:  # the receiver takes it all: every byte is acknowledged
+                got += len(receiver.recv(1 << 20))
+            while unsent(sender.fileno()) != 0:
+                assert time.monotonic() < deadline + 5
+                time.sleep(0.01)
