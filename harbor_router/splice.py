@@ -35,6 +35,9 @@ AVAILABLE = hasattr(os, "splice")
 PIPE_SIZE = 1024 * 1024  # the kernel's default cap for unprivileged F_SETPIPE_SZ
 _BUDGET = 4 * PIPE_SIZE
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+# SPLICE_F_MORE is MSG_MORE: the kernel may hold a partial segment back for what follows. The
+# body's last bytes go without it, or their tail waits for the next ACK, and with nothing in
+# flight for a persist-timer probe (200 ms).
 _OUT_FLAGS = _FLAGS | getattr(os, "SPLICE_F_MORE", 4)
 _UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF})
 
@@ -199,8 +202,10 @@ class Splice:
                         progressed = True
                 in_pipe = self._in_pipe
                 if in_pipe:
-                    try:
-                        n = splice(pipe_r, dst, in_pipe, flags=_OUT_FLAGS)
+                    try:  # "more to come" only while some of the body is still upstream
+                        n = splice(
+                            pipe_r, dst, in_pipe, flags=_OUT_FLAGS if self._remaining else _FLAGS
+                        )
                     except BlockingIOError:
                         pass
                     except OSError as exc:

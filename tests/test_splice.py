@@ -622,3 +622,35 @@ def test_unsent_counts_what_the_peer_has_not_acknowledged() -> None:
             while unsent(sender.fileno()) != 0:
                 assert time.monotonic() < deadline + 5
                 time.sleep(0.01)
+
+
+def test_the_last_bytes_of_a_body_go_without_splice_f_more(
+    splice_router: Callable[[str], RunningRouter],
+    upstream: ScriptedHarbor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPLICE_F_MORE (MSG_MORE) on every move out of the pipe but those made once the whole
+    body has left Harbor: with it, the kernel held the tail back until the next ACK, and with
+    none in flight for a persist-timer probe, 200 ms (about one spliced pull in fifty)."""
+    real = os.splice
+    moves: list[tuple[bool, int]] = []  # (SPLICE_F_MORE given, bytes moved) out of the pipe
+
+    def recording(src: int, dst: int, count: int, *args: object, **kwargs: object) -> int:
+        n = real(src, dst, count, *args, **kwargs)  # type: ignore[arg-type]
+        if stat.S_ISFIFO(os.fstat(src).st_mode) and n > 0:
+            flags = int(kwargs.get("flags", args[2] if len(args) > 2 else 0))  # type: ignore[call-overload]
+            moves.append((bool(flags & os.SPLICE_F_MORE), n))
+        return n
+
+    monkeypatch.setattr(os, "splice", recording)
+    blob = Blob(8 * MiB, first=5000)
+    digest = upstream.add(blob)
+    router = splice_router("splice")
+    with connect(router) as sock:
+        sock.sendall(get(digest))
+        assert Reader(sock).response() == (200, sha(blob), blob.size)
+    assert stats(router).responses == 1
+    spliced = sum(n for _, n in moves)  # all but what came with the head (one read at most)
+    assert blob.size - 256 * 1024 <= spliced < blob.size
+    assert not moves[-1][0], moves[-4:]  # the tail: pushed out at once
+    assert any(more for more, _ in moves), "no move said more was to come"
