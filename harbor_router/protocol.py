@@ -330,7 +330,8 @@ class HttpProtocol(asyncio.Protocol):
         self._head_since = 0.0  # when the pending request head began (0: none pending)
         self._idle_since = 0.0  # when a sweep first saw the connection idle (0: not idle)
         # when a sweep first saw the client taking nothing of its response (0: not seen), and
-        # what had moved then (the relay's progress, the transport's buffered bytes)
+        # where things stood then (the socket's unacknowledged bytes, the transport's buffered
+        # ones, the relay's progress)
         self._stall_since = 0.0
         self._stall_mark: object = None
         self._broken = False
