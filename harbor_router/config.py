@@ -606,7 +606,12 @@ _LOG_LEVELS = {
     "error": "error",
 }
 _AUTH_MODES = {"none": "none", "header": "header", "harbor": "harbor"}
-_SCHED_POLICIES = {"inherit": "inherit", "other": "other", "batch": "batch"}
+#: ``SCHED_POLICY`` -> the ``os`` module's name of the Linux policy it sets (``inherit``: none)
+SCHED_POLICIES: dict[str, str | None] = {
+    "inherit": None,
+    "other": "SCHED_OTHER",
+    "batch": "SCHED_BATCH",
+}
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("HARBOR_URL", Kind(_harbor_url, _show_text),
@@ -657,7 +662,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AUTH_CACHE_TTL", _DURATION_0,
              "AUTH_MODE=harbor: how long Harbor's pull decisions are remembered; 0 = off"),
     Variable("WORKERS", _INT_1, "worker processes sharing the listen port (SO_REUSEPORT)"),
-    Variable("SCHED_POLICY", Kind(_choice(_SCHED_POLICIES), _show_text),
+    Variable("SCHED_POLICY", Kind(_choice({name: name for name in SCHED_POLICIES}), _show_text),
              "Linux scheduling policy of each serving process: inherit, other or batch"),
     Variable("CACHE_MAX_ENTRIES", _INT_1, "most entries in each worker's in-process cache"),
     Variable("PROJECT_PRIORITY", Kind(_project_list, _show_list),

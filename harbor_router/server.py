@@ -31,7 +31,7 @@ from . import DATAPLANE, __version__, _cache, _wire, logs, routes
 from .admin import Admin, Aggregator
 from .auth import HARBOR, HEADER, ChallengeCache, Credentials, HarborAuth
 from .breaker import OPEN, Breakers
-from .config import Config
+from .config import SCHED_POLICIES, Config
 from .discovery import Discovery
 from .forwarding import Forwarder
 from .handler import RequestHandler
@@ -418,14 +418,6 @@ def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
         asyncio.run(coro)
     else:
         uvloop.run(coro)
-
-
-#: ``SCHED_POLICY`` -> the ``os`` module's name of the Linux policy; ``inherit`` sets none.
-SCHED_POLICIES: dict[str, str | None] = {
-    "inherit": None,
-    "other": "SCHED_OTHER",
-    "batch": "SCHED_BATCH",
-}
 
 
 def apply_sched_policy(policy: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 from harbor_router import __version__
 from harbor_router.cli import main
 from harbor_router.config import (
+    SCHED_POLICIES,
     SECRET_VARIABLES,
     VARIABLES,
     Address,
@@ -33,7 +34,6 @@ from harbor_router.config import (
     parse_size,
     read_secret_file,
 )
-from harbor_router.server import SCHED_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "https://harbor.example.com"
@@ -539,7 +539,8 @@ def test_sched_policy() -> None:
 
 def test_sched_policy_table_names_real_policies() -> None:
     for text in ("inherit", "other", "batch"):
-        assert load(SCHED_POLICY=text).sched_policy in SCHED_POLICIES
+        assert load(SCHED_POLICY=text).sched_policy == text
+    assert set(SCHED_POLICIES) == {"inherit", "other", "batch"}
     if hasattr(os, "SCHED_BATCH"):
         assert all(name is None or hasattr(os, name) for name in SCHED_POLICIES.values())
 

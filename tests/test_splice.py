@@ -494,6 +494,10 @@ def test_no_descriptor_leak_and_no_busy_loop(
 # runtime fallback
 
 
+def _is_pipe(fd: int) -> bool:
+    return stat.S_ISFIFO(os.fstat(fd).st_mode)
+
+
 @pytest.mark.parametrize("fail", ["in", "out"])
 def test_refused_splice_falls_back_to_copy(
     splice_router: Callable[[str], RunningRouter],
@@ -507,8 +511,7 @@ def test_refused_splice_falls_back_to_copy(
     refused: list[str] = []
 
     def refusing(src: int, dst: int, count: int, *args: object, **kwargs: object) -> int:
-        into_pipe = stat.S_ISFIFO(os.fstat(dst).st_mode)
-        if into_pipe == (fail == "in"):
+        if _is_pipe(dst) == (fail == "in"):
             refused.append(fail)
             raise OSError(errno.EINVAL, "refused by the test")
         return real(src, dst, count, *args, **kwargs)  # type: ignore[arg-type]
@@ -635,10 +638,9 @@ def test_the_last_bytes_of_a_body_go_without_splice_f_more(
     real = os.splice
     moves: list[tuple[bool, int]] = []  # (SPLICE_F_MORE given, bytes moved) out of the pipe
 
-    def recording(src: int, dst: int, count: int, *args: object, **kwargs: object) -> int:
-        n = real(src, dst, count, *args, **kwargs)  # type: ignore[arg-type]
-        if stat.S_ISFIFO(os.fstat(src).st_mode) and n > 0:
-            flags = int(kwargs.get("flags", args[2] if len(args) > 2 else 0))  # type: ignore[call-overload]
+    def recording(src: int, dst: int, count: int, *, flags: int = 0) -> int:
+        n = real(src, dst, count, flags=flags)  # the relay passes only flags
+        if n > 0 and _is_pipe(src):
             moves.append((bool(flags & os.SPLICE_F_MORE), n))
         return n
 
