@@ -329,7 +329,10 @@ class UpstreamConnection(asyncio.Protocol):
             loop.add_writer(self._fd, self.writable)
 
     def pause_reading(self) -> None:
-        if self.closed:
+        # Only a response in progress is paused. The one that just ended may still ask: its
+        # sink's last write (``on_complete``, after the release to the pool) can fill the
+        # client's buffer, and that client's back-pressure must not stop the next borrower.
+        if self.closed or self._sink is None:
             return
         if self._sock is not None:
             assert self._loop is not None

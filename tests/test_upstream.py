@@ -489,6 +489,34 @@ async def test_a_paused_plain_connection_reads_nothing_until_resumed(pool_for) -
     assert recorder.done.result() == "complete" and recorder.body == b"later"
 
 
+class PausedAtTheEnd(Recorder):
+    """A sink whose last write fills the client's buffer: as a relay's ``on_complete`` does when
+    the client protocol's ``pause_writing`` comes from that write and pauses the upstream."""
+
+    conn: UpstreamConnection | None = None
+
+    def on_complete(self) -> None:
+        assert self.conn is not None
+        self.conn.pause_reading()
+        super().on_complete()
+
+
+async def test_a_pause_after_the_end_leaves_the_pooled_connection_reading(pool_for) -> None:  # type: ignore[no-untyped-def]
+    # The connection is back in the pool before the sink's last write: a pause then is for a
+    # response that is over, and must not leave the next borrower waiting for its head.
+    pool, server = await pool_for(lambda head: ok(b"x" * 1000))
+    conn = await pool.acquire()
+    PausedAtTheEnd.conn = conn
+    first = await exchange(conn, sink=PausedAtTheEnd)
+    assert first.done.result() == "complete" and len(first.body) == 1000
+    assert not conn.paused and pool.idle_count == 1
+    again = await pool.acquire()
+    assert again is conn
+    second = await exchange(again)
+    assert (second.done.result(), second.body) == ("complete", b"x" * 1000)
+    assert server.connections == 1
+
+
 class Broken(Recorder):
     """A sink with a bug: it raises at the head."""
 
