@@ -542,12 +542,13 @@ cdef enum:
 # the header names the scans tell apart, and what each is to them: the hop-by-hop ones, the
 # framing, the rewritten ones, and the request names clients send on every pull (a request's
 # known names are handed out as one object each: their hash is computed once, and dictionary
-# lookups by them compare identity first)
+# lookups by them compare identity first); _REFUSE: the parser's to read (it takes
+# Proxy-Connection for Connection, see the twin)
 _KNOWN = sorted([
     (b"content-length", _LENGTH), (b"transfer-encoding", _REFUSE), (b"close", _REFUSE),
     (b"connection", _CONNECTION), (b"location", _REWRITE), (b"link", _REWRITE),
     (b"upgrade", _UPGRADE), (b"keep-alive", _HOP_LINE), (b"proxy-authenticate", _HOP_LINE),
-    (b"proxy-authorization", _HOP_LINE), (b"proxy-connection", _HOP_LINE), (b"te", _HOP_LINE),
+    (b"proxy-authorization", _HOP_LINE), (b"proxy-connection", _REFUSE), (b"te", _HOP_LINE),
     (b"trailer", _HOP_LINE), (b"trailers", _HOP_LINE), (b"host", _OTHER), (b"accept", _OTHER),
     (b"user-agent", _OTHER), (b"range", _OTHER), (b"if-range", _OTHER),
     (b"if-none-match", _OTHER), (b"x-forwarded-for", _OTHER), (b"authorization", _OTHER),

@@ -37,6 +37,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 _REWRITTEN = frozenset({b"location", b"link"})
+# header names whose heads the scans leave to the parser, which reads them its own way (it
+# takes Proxy-Connection for Connection: the scans would keep alive what it closes)
+_PARSER_JUDGES = frozenset({b"transfer-encoding", b"close", b"proxy-connection"})
+# and of a request's, a body's length and an upgrade too
+_REQUEST_DECLINED = _PARSER_JUDGES | {b"content-length", b"upgrade"}
 _PLAIN_CONNECTION = {
     b"keep-alive": frozenset({b"keep-alive"}),
     b"close": frozenset({b"close"}),
@@ -234,7 +239,7 @@ def _scan_head(data: bytes) -> tuple[int, int, list[tuple[bytes, bytes]], bool, 
             if length >= 0 or not value.isdigit() or len(value) > 18:
                 return None
             length = int(value)
-        elif lower == b"transfer-encoding" or lower == b"close":
+        elif lower in _PARSER_JUDGES:
             return None
         elif lower == b"connection":
             token = value.lower()
@@ -349,7 +354,7 @@ def scan_request(
     if plain is None:
         return False
     for name, value, lower in plain:
-        if lower in (b"content-length", b"transfer-encoding", b"close", b"upgrade"):
+        if lower in _REQUEST_DECLINED:
             return False
         if lower == b"connection":
             token = value.lower()

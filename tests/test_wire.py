@@ -263,6 +263,8 @@ SCAN_REFUSED = {
     "chunked": MANIFEST_RESPONSE.replace(b"Server: nginx", b"Transfer-Encoding: chunked"),
     "connection list": MANIFEST_RESPONSE.replace(b"keep-alive\r\n", b"keep-alive, Server\r\n"),
     "header named close": MANIFEST_RESPONSE.replace(b"Server", b"Close"),
+    # the parser takes it for Connection: closes the connection where the scan would not
+    "proxy-connection": MANIFEST_RESPONSE.replace(b"Server: nginx", b"Proxy-Connection: close"),
     "folded": MANIFEST_RESPONSE.replace(b"Server: nginx", b"Server: nginx\r\n x"),
     "space before colon": MANIFEST_RESPONSE.replace(b"Server:", b"Server :"),
     "empty value": MANIFEST_RESPONSE.replace(b"Server: nginx", b"Server:"),
@@ -360,7 +362,7 @@ class _Parsed:
 
 _NAMES = st.sampled_from([b"Content-Length", b"Transfer-Encoding", b"Connection",
     b"Keep-Alive", b"Location", b"link", b"TE", b"Upgrade", b"X-A", b"Close", b"Server",
-    b"Docker-Content-Digest", b"ETag"])  # fmt: skip
+    b"Docker-Content-Digest", b"ETag", b"Proxy-Connection"])  # fmt: skip
 _VALUE_SAMPLES = [b"2", b"close", b"keep-alive", b"Keep-Alive", b"chunked", b"/v2/p/a", b"a b",
                   b"\x80x", b'"sha256:aa"']  # fmt: skip
 _VALUES = st.one_of(st.sampled_from(_VALUE_SAMPLES), st.binary(min_size=1, max_size=4))
@@ -491,6 +493,7 @@ REQUEST_SCAN_REFUSED = {
     "content-length": PULL.replace(b"Host", b"Content-Length: 0\r\nHost"),
     "chunked": PULL.replace(b"Host", b"Transfer-Encoding: chunked\r\nHost"),
     "upgrade": PULL.replace(b"Host", b"Upgrade: h2c\r\nHost"),
+    "proxy-connection": PULL.replace(b"Host", b"Proxy-Connection: close\r\nHost"),
     "connection list": PULL.replace(b"Keep-Alive", b"Keep-Alive, Upgrade"),
     "keep-alive and close": PULL.replace(b"Host", b"Connection: close\r\nHost"),
     "folded": PULL.replace(b"skopeo", b"skopeo\r\n x"),
@@ -565,7 +568,8 @@ class _ParsedRequest:
 _REQUEST_LINES = st.sampled_from([b"GET", b"HEAD", b"POST", b"GET "])
 _TARGET_BYTES = st.binary(max_size=6).map(lambda b: b.replace(b"\r\n", b""))
 _REQUEST_NAMES = st.sampled_from([b"Host", b"Accept", b"Connection", b"Content-Length",
-    b"Transfer-Encoding", b"Upgrade", b"X-A", b"close", b"Keep-Alive"])  # fmt: skip
+    b"Transfer-Encoding", b"Upgrade", b"X-A", b"close", b"Keep-Alive",
+    b"Proxy-Connection"])  # fmt: skip
 _REQUEST_VALUES = st.one_of(
     st.sampled_from([b"close", b"keep-alive", b"Upgrade", b"0", b"a, b", b"h2c"]),
     st.binary(min_size=1, max_size=4),
@@ -710,7 +714,8 @@ def test_compiled_scans_agree_on_names_near_the_ones_they_know(name: bytes) -> N
 
 
 def test_scan_response_leaves_every_hop_by_hop_line_out_of_the_block(wire: ModuleType) -> None:
-    for name in sorted(_wire_py.HOP_BY_HOP - {b"connection", b"transfer-encoding"}):
+    for name in sorted(_wire_py.HOP_BY_HOP - {b"connection", b"transfer-encoding",
+                                               b"proxy-connection"}):  # fmt: skip
         response = MANIFEST_RESPONSE.replace(b"Server: nginx", name.title() + b": x")
         scanned = _scan_response(wire, response, False)
         assert scanned is not None and name.title() not in scanned[1], name
