@@ -1,7 +1,7 @@
 """Instructions per cache hit, counted by callgrind: an A/B measure that a busy machine cannot blur.
 
     .venv/bin/python benchmarks/instructions_hit.py [--requests 2000] [--tree DIR ...]
-        [--auth-mode none|harbor] [--credentials] [--cold [--answering PROJECT]]
+        [--auth-mode none|harbor] [--credentials] [--cold [--answering PROJECT]] [--tags]
 
 Requests per CPU-second (``loadtest.py``) is the figure the targets are set in, but on a shared
 2-core machine two runs of the same tree can differ by 30 %. callgrind counts the instructions
@@ -22,6 +22,9 @@ repository names, each a fan-out over the static Harbor's 50 projects of which o
 Harbor's order (``p49``) has the image; the warm-up is 100 such misses too (every project's
 connections open, every code path taken once). ``--answering p00`` puts the images in the first
 project instead: the answer is known at once, and the other 49 are still on their way.
+
+``--tags`` counts tags/list cache hits instead of manifest ones (the tag list is captured and
+written with its name rewritten, not relayed).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from harness.system import free_port, plan_pinning, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = f"/v2/{PREFIX}/{REPO}/manifests/{TAG}"
+TAGS_PATH = f"/v2/{PREFIX}/{REPO}/tags/list"
 BASIC = "Basic " + base64.b64encode(b"bench-user:bench-password-0123456789").decode()
 
 
@@ -89,6 +93,7 @@ def count(
     auth_mode: str = "none",
     credentials: bool = False,
     cold: bool = False,
+    tags: bool = False,
 ) -> float:
     port = free_port()
     out = root / f"callgrind.{os.getpid()}.{port}"
@@ -120,7 +125,9 @@ def count(
         warm = 100 if cold else 200
 
         def path(i: int) -> str:  # a cold miss: a name nobody asked for before
-            return f"/v2/{PREFIX}/cold-i{i:07d}/manifests/latest" if cold else PATH
+            if cold:
+                return f"/v2/{PREFIX}/cold-i{i:07d}/manifests/latest"
+            return TAGS_PATH if tags else PATH
 
         for i in range(warm):  # warm: mapping, pool, caches
             status, _, _ = clients[i % connections].request("GET", path(i), headers)
@@ -160,9 +167,12 @@ def main() -> int:
     parser.add_argument(
         "--answering", default=COLD_PROJECT, help="the project with the cold images (--cold)"
     )
+    parser.add_argument("--tags", action="store_true", help="tags/list hits, not manifest ones")
     args = parser.parse_args()
     requests = args.requests or (300 if args.cold else 2000)
     what = f"cold miss ({PROJECTS} projects, {args.answering})" if args.cold else "cache hit"
+    if args.tags and not args.cold:
+        what = "tags/list cache hit"
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     with tempfile.TemporaryDirectory(prefix="hr-instr-") as tmp:
         root = Path(tmp)
@@ -179,6 +189,7 @@ def main() -> int:
                     args.auth_mode,
                     args.credentials,
                     args.cold,
+                    args.tags,
                 )
                 print(
                     f"{per:12,.0f} instructions per {what}  {tree}  AUTH_MODE={args.auth_mode}",

@@ -43,7 +43,7 @@ from .metrics import HIT, MISS, NEGATIVE, REDIS_HIT, Metrics
 from .metrics import STALE as STALE_HIT
 from .projects import Project, ProjectSet
 from .protocol import FastPath, HttpProtocol, Request
-from .relay import CAPTURE_ALL, RELAY_ALL, RELAY_PULL, Relay
+from .relay import CAPTURE_ALL, RELAY_ALL, RELAY_PULL, RENAME_TAGS, Relay
 from .resolver import NOT_FOUND_ERRORS, Resolver, Winner, definite_not_found
 from .routes import TAGS
 from .tiers import Tiers
@@ -237,8 +237,11 @@ class RequestHandler(FastPath):
         except errors.RegistryError:
             return None
         kind = route.kind
-        if not _FAST_KIND[kind] and not (kind == TAGS and request.method == "GET"):
-            return None
+        tags: bool = False  # a tag list's GET, renamed (compiled, C truth tests from here on)
+        if not _FAST_KIND[kind]:
+            if kind != TAGS or request.method != "GET":
+                return None
+            tags = True
         if self._auth_header and request.header(b"authorization") is None:
             return None
         tiers = self._tiers
@@ -284,10 +287,12 @@ class RequestHandler(FastPath):
             head_only=request.method != "GET",
             rewriter=rewriter,
             now=now,
-            relay_status=CAPTURE_ALL if kind == TAGS else RELAY_PULL,
+            relay_status=RENAME_TAGS if tags else RELAY_PULL,
         )
         if relay is None:
             return None
+        if tags:  # (its answer is read on a later loop turn)
+            relay.tag_name = responses.json_string(f"{self._proxy_project}/{route.name}")
         request.kind = kind
         request.cache = HIT
         request.project = name
@@ -306,9 +311,11 @@ class RequestHandler(FastPath):
         """The fast path's relay is done: True when it was a complete answer (accounted)."""
         relay, breaker = request.fast, request.fast_breaker
         assert relay is not None and breaker is not None
-        if request.kind != TAGS:  # fast() set it, and request.project, from the route
+        # fast() set request.kind, and request.project, from the route; a tag list the relay
+        # renamed itself is written too
+        if request.kind != TAGS or relay.started:
             return self._forwarder.finish_started(relay, request.project, breaker, now)
-        # a tag list is captured, then written with its name rewritten
+        # any other tag list is captured, then written with its name rewritten
         if not relay.finished or relay.error is not None or relay.status != 200:
             return False  # translated, or asked elsewhere, by resume()
         project = request.fast_project

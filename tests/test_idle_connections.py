@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import support_tools
 from conftest import Seeded, SeedImage
 from router_runner import RunningRouter
 from test_metrics import P, parse, value
@@ -53,24 +54,7 @@ def connect(router: RunningRouter, timeout: float = 10.0) -> socket.socket:
 
 def read_response(sock: socket.socket, head_only: bool = False) -> tuple[int, bytes, bytes]:
     """(status, head, body) of one response with a Content-Length body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before a response head: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, field = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(field)
-    if head_only:
-        length = 0
-    while len(body) < length:
-        chunk = sock.recv(1 << 20)
-        assert chunk, "truncated body"
-        body += chunk
-    assert len(body) == length, "more bytes than the response had"
+    head, body = support_tools.read_response(sock, head_only)
     return int(head.split(b" ", 2)[1]), head, body
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support_tools import free_port
+from support_tools import free_port, read_response
 from test_streaming import BLOB_SIZE, CHUNK, DIGEST, BigBlobHarbor
 
 pytestmark = pytest.mark.integration
@@ -35,21 +35,7 @@ def _connect(port: int) -> socket.socket:
 
 def _response(sock: socket.socket) -> bytes:
     """One whole response with a Content-Length body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk
-        body += chunk
+    head, body = read_response(sock)
     return head + b"\r\n\r\n" + body
 
 

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import socket
-import socketserver
 import stat
 import struct
 import threading
@@ -29,7 +28,7 @@ import pytest
 import uvloop
 from conftest import Seeded
 from router_runner import RunningRouter, router_config
-from support_tools import free_port, kernel_tcp_buffering
+from support_tools import LoopbackServer, free_port, kernel_tcp_buffering, request_heads
 
 from harbor_router import splice
 from harbor_router.relay import SPLICE_MIN_BYTES
@@ -73,28 +72,15 @@ class ScriptedHarbor:
         self.connections = 0
         self.closed_early: list[int] = []  # connections whose client vanished mid-body
         self._lock = threading.Lock()
-        harbor = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                harbor._serve(self.request)
-
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = LoopbackServer(self._serve)
+        self.port = self._server.port
 
     def start(self) -> ScriptedHarbor:
-        self._thread.start()
+        self._server.start()
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._server.close()
 
     def add(self, blob: Blob) -> str:
         digest = digest_of(len(self.blobs) + 1)
@@ -106,15 +92,8 @@ class ScriptedHarbor:
             self.connections += 1
             number = self.connections
         sock.settimeout(30)
-        buffer = b""
         try:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
+            for head in request_heads(sock):
                 method, target = head.split(b" ", 2)[:2]
                 if not self._answer(sock, number, method, target.decode()):
                     return
