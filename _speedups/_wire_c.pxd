@@ -48,6 +48,7 @@ cpdef valid_digest(str digest)
 cpdef end_to_end(list headers, bytes needle, bytes replacement)
 cpdef build_head(bytes status_line, headers, bytes extra, long content_length, bint close)
 cpdef whole_response(bytes status_line, bytes block, bytes added, bint close, bytes data, Py_ssize_t body_at)
+cpdef renamed_tag_response(bytes status_line, bytes block, bytes added, bint close, bytes data, Py_ssize_t body_at, str name)
 cpdef bint scan_response(bytes data, bint head_only, ResponseScan scan) except -1
 cpdef head_fields(bytes data)
 cpdef bint scan_request(bytes data, Py_ssize_t max_bytes, Py_ssize_t max_url, Py_ssize_t max_fields, RequestScan scan) except -1

@@ -255,7 +255,14 @@ cpdef whole_response(bytes status_line, bytes block, bytes added, bint close, by
     memcpy(out, PyBytes_AS_STRING(status_line), PyBytes_GET_SIZE(status_line))
     at = PyBytes_GET_SIZE(status_line)
     memcpy(out + at, PyBytes_AS_STRING(block), PyBytes_GET_SIZE(block))
-    at += PyBytes_GET_SIZE(block)
+    at = _head_end(out, at + PyBytes_GET_SIZE(block), added, close)
+    memcpy(out + at, PyBytes_AS_STRING(data) + body_at, n - body_at)
+    return whole
+
+
+cdef inline Py_ssize_t _head_end(char* out, Py_ssize_t at, bytes added, bint close) noexcept:
+    """A head's end written at ``out + at``: the ``added`` lines, ``Connection: close`` when
+    ``close``, the blank line; where the body goes."""
     memcpy(out + at, PyBytes_AS_STRING(added), PyBytes_GET_SIZE(added))
     at += PyBytes_GET_SIZE(added)
     if close:
@@ -263,7 +270,91 @@ cpdef whole_response(bytes status_line, bytes block, bytes added, bint close, by
         at += 19
     out[at] = 13
     out[at + 1] = 10
-    memcpy(out + at + 2, PyBytes_AS_STRING(data) + body_at, n - body_at)
+    return at + 2
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+
+
+cdef Py_ssize_t _decimal(char* out, Py_ssize_t value) noexcept:
+    """The decimal digits of ``value`` (not negative) written at ``out``: how many."""
+    cdef char digits[24]
+    cdef Py_ssize_t n = 0, i
+    while True:
+        digits[n] = <char>(48 + value % 10)
+        value //= 10
+        n += 1
+        if value == 0:
+            break
+    for i in range(n):
+        out[i] = digits[n - 1 - i]
+    return n
+
+
+cpdef renamed_tag_response(bytes status_line, bytes block, bytes added, bint close, bytes data,
+                           Py_ssize_t body_at, str name):
+    """A scanned tag list renamed for the client, head and body in one bytes, or None (see
+    the twin)."""
+    if (status_line is None or block is None or added is None or data is None
+            or name is None):
+        raise TypeError("the status line, the lines and the response are bytes, the name str")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if body_at < 0 or body_at > n:
+        raise ValueError("the body starts inside the response")
+    if not PyUnicode_IS_ASCII(name):
+        return None
+    cdef Py_ssize_t name_n = PyUnicode_GET_LENGTH(name), i
+    cdef const unsigned char* name_p = <const unsigned char*>PyUnicode_DATA(name)
+    cdef unsigned char c
+    for i in range(name_n):
+        c = name_p[i]
+        if c < 32 or c > 126 or c == 34 or c == 92:  # not printable, '"', '\\'
+            return None
+    cdef const char* p = PyBytes_AS_STRING(data) + body_at
+    cdef Py_ssize_t length = n - body_at, end = 9
+    if length < 9 or memcmp(p, b'{"name":"', 9) != 0:
+        return None
+    while True:  # the name's closing quote, and no backslash before it
+        if end >= length or p[end] == 92:
+            return None
+        if p[end] == 34:
+            break
+        end += 1
+    cdef char old[48]
+    memcpy(old, b"Content-Length: ", 16)
+    cdef Py_ssize_t old_n = 16 + _decimal(old + 16, length)
+    cdef const char* b = PyBytes_AS_STRING(block)
+    cdef Py_ssize_t block_n = PyBytes_GET_SIZE(block), at = 0, line_end
+    while True:  # the first line that is exactly the old length's
+        line_end = at
+        while line_end + 1 < block_n and not (b[line_end] == 13 and b[line_end + 1] == 10):
+            line_end += 1
+        if line_end + 1 >= block_n:
+            return None
+        if line_end - at == old_n and memcmp(b + at, old, old_n) == 0:
+            break
+        at = line_end + 2
+    cdef Py_ssize_t body_n = 9 + name_n + length - end
+    cdef char digits[24]
+    cdef Py_ssize_t digits_n = _decimal(digits, body_n)
+    cdef Py_ssize_t size = (PyBytes_GET_SIZE(status_line) + at + 16 + digits_n + block_n - line_end
+                            + PyBytes_GET_SIZE(added) + (19 if close else 0) + 2 + body_n)
+    cdef bytes whole = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* out = PyBytes_AS_STRING(whole)
+    memcpy(out, PyBytes_AS_STRING(status_line), PyBytes_GET_SIZE(status_line))
+    cdef Py_ssize_t w = PyBytes_GET_SIZE(status_line)
+    memcpy(out + w, b, at)
+    w += at
+    memcpy(out + w, b"Content-Length: ", 16)
+    w += 16
+    memcpy(out + w, digits, digits_n)
+    w += digits_n
+    memcpy(out + w, b + line_end, block_n - line_end)
+    w = _head_end(out, w + block_n - line_end, added, close)
+    memcpy(out + w, b'{"name":"', 9)
+    memcpy(out + w + 9, name_p, name_n)
+    memcpy(out + w + 9 + name_n, p + end, length - end)
     return whole
 
 

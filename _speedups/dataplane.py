@@ -53,7 +53,8 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "responses": ("status_line",),
     "breaker": ("is_failure",),
     "_wire": ("valid_name", "valid_tag", "valid_digest", "end_to_end", "build_head",
-              "scan_response", "whole_response", "head_fields", "scan_request", "forward_head",
+              "scan_response", "whole_response", "renamed_tag_response", "head_fields",
+              "scan_request", "forward_head",
               "observe", "write_to", "count_request", "count_upstream", "count_answer",
               "perf_counter", "read_from", "send_to"),
 }  # fmt: skip

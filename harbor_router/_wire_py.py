@@ -141,6 +141,52 @@ def whole_response(
     return b"".join((status_line, block, added, ending, data[body_at:]))
 
 
+_TAGS_FIRST = b'{"name":"'
+
+
+def renamed_tag_response(
+    status_line: bytes,
+    block: bytes,
+    added: bytes,
+    close: bool,
+    data: bytes,
+    body_at: int,
+    name: str,
+) -> bytes | None:
+    """:func:`whole_response` of a scanned tag list, its ``name`` replaced by ``name`` and its
+    length by the new body's; None when there is nothing this renames: the body,
+    ``data[body_at:]``, must begin the way distribution writes it (``{"name":"`` and a name
+    without a backslash), ``name`` be printable ASCII without ``"`` or ``\\`` (written as it
+    is), and one of ``block``'s lines be exactly ``Content-Length: <the body's length>`` (the
+    first such is the one rewritten)."""
+    parts = (status_line, block, added, data)
+    if not all(isinstance(part, bytes) for part in parts) or not isinstance(name, str):
+        raise TypeError("the status line, the lines and the response are bytes, the name str")
+    if not 0 <= body_at <= len(data):
+        raise ValueError("the body starts inside the response")
+    if not (name.isascii() and name.isprintable()) or '"' in name or "\\" in name:
+        return None
+    if not data.startswith(_TAGS_FIRST, body_at):
+        return None
+    start = body_at + len(_TAGS_FIRST)
+    end = data.find(b'"', start)
+    if end < 0 or data.find(b"\\", start, end) >= 0:
+        return None
+    old = b"Content-Length: %d" % (len(data) - body_at)
+    at = 0
+    while True:
+        line_end = block.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        if block[at:line_end] == old:
+            break
+        at = line_end + 2
+    body = _TAGS_FIRST + name.encode() + data[end:]
+    lines = b"%bContent-Length: %d%b" % (block[:at], len(body), block[line_end:])
+    ending = b"Connection: close\r\n\r\n" if close else b"\r\n"
+    return b"".join((status_line, lines, added, ending, body))
+
+
 class ForwardLines:
     """The client request headers :func:`forward_head` passes on: each one's line start
     (``Name: ``) by its lowercased name (bytes both)."""

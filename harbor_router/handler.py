@@ -109,6 +109,7 @@ class RequestHandler(FastPath):
     ) -> None:
         self._router = router
         self._proxy_project = proxy_project
+        self._proxy_prefix = proxy_project + "/"  # of the client's repository names
         self._tiers = tiers
         self._discovery = discovery
         # the fast path's table of the discovered projects: name → (project, its rewriter),
@@ -292,7 +293,7 @@ class RequestHandler(FastPath):
         if relay is None:
             return None
         if tags:  # (its answer is read on a later loop turn)
-            relay.tag_name = responses.json_string(f"{self._proxy_project}/{route.name}")
+            relay.tag_name = self._proxy_prefix + route.name
         request.kind = kind
         request.cache = HIT
         request.project = name

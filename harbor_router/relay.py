@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from . import responses, splice
-from ._wire import ResponseScan, Seconds, head_fields, whole_response
+from ._wire import ResponseScan, Seconds, head_fields, renamed_tag_response, whole_response
 from .headers import Rewriter
-from .responses import Status, renamed_tag_list, status_line
+from .responses import Status, status_line
 from .splice import Splice, SpliceStats
 from .upstream import Sink, UpstreamConnection, UpstreamError, UpstreamPool
 
@@ -52,7 +52,7 @@ NO_HEADERS: Final[Sequence[tuple[bytes, bytes]]] = ()
 # RELAY_PULL, those a pull passes through as Harbor sent them (the rest are translated,
 # DESIGN §3.2); CAPTURE_ALL, none; RELAY_ALL, every one; RENAME_TAGS, a tag list's 200 that
 # came whole in one read, in the plain form, written with the relay's ``tag_name`` in it
-# (``responses.renamed_tag_list``), and nothing else (the rest are captured, for the handler
+# (``_wire.renamed_tag_response``), and nothing else (the rest are captured, for the handler
 # to rename).
 RELAY_PULL, CAPTURE_ALL, RELAY_ALL, RENAME_TAGS = 0, 1, 2, 3
 
@@ -297,8 +297,8 @@ class Relay(Sink):
         self._splice: Splice | None = None
         self._length = 0
         self._early = 0  # body bytes that came with the head (relayed by the copy path)
-        # RENAME_TAGS: the client's name for the repository, a JSON string (set once sent)
-        self.tag_name = b""
+        # RENAME_TAGS: the client's name for the repository (set once the request is sent)
+        self.tag_name = ""
 
     def arm_timeout(self, deadlines: HeadDeadlines, seconds: float) -> None:
         """Fail with :class:`HeadTimeout` unless the response head arrives in time."""
@@ -418,25 +418,20 @@ class Relay(Sink):
         """:meth:`on_scanned` of a tag list (RENAME_TAGS): a 200 in the plain form, its
         ``Content-Length`` line as Harbor writes it, goes out renamed (True); anything else
         is captured as before (False)."""
-        block, body_at, client = scan.block, scan.body_at, self._client
-        if scan.status != 200 or block is None or client.closing or not self.tag_name:
+        block, client = scan.block, self._client
+        if scan.status != 200 or block is None or client.closing or self.tag_name == "":
             return False
-        body = renamed_tag_list(data[body_at:], self.tag_name)
-        if body is None:
+        whole = renamed_tag_response(status_line(200), block, self._rewriter.lines,
+                                     not client.keep_alive, data, scan.body_at,
+                                     self.tag_name)  # fmt: skip
+        if whole is None:
             return False
-        line = b"Content-Length: %d\r\n" % (len(data) - body_at)
-        at = block.find(line)
-        if at < 0 or (at != 0 and block[at - 2 : at] != b"\r\n"):
-            return False
-        block = b"%bContent-Length: %d\r\n%b" % (block[:at], len(body), block[at + len(line) :])
         if self._deadlines is not None:
             self._disarm()
         self.status = 200
         self.mode = RAW
         self.started = True
         client.begin_response(self)
-        whole = whole_response(status_line(200), block, self._rewriter.lines,
-                               not client.keep_alive, body, 0)  # fmt: skip
         client.write_response(whole, 200)
         return True
 

@@ -76,14 +76,26 @@ def write_tags(
     client.write(out if request.method == "HEAD" else out + body)
 
 
+_NAME_FIRST = b'{"name":"'
+
+
+def _json_string(text: str) -> bytes:
+    """``json.dumps(text)``, encoded; a repository name (printable ASCII, no quote or
+    backslash: what the routes let through) is only quoted."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return b'"' + text.encode() + b'"'
+    return json.dumps(text).encode()
+
+
 def renamed_tags(body: bytes, client_name: str, project: str) -> bytes:
     """A tag list with its ``name`` replaced by ``client_name``. A list that begins the way
-    distribution writes it has the name replaced in place and the rest passed on as Harbor
-    sent it, like any relayed body (``responses.renamed_tag_list``); any other is parsed and
-    written again (an invalid one is Harbor's fault: 502)."""
-    renamed = responses.renamed_tag_list(body, responses.json_string(client_name))
-    if renamed is not None:
-        return renamed
+    distribution writes it (``{"name":"`` and a name without escapes) has the name replaced
+    in place and the rest passed on as Harbor sent it, like any relayed body; any other is
+    parsed and written again (an invalid one is Harbor's fault: 502)."""
+    if body.startswith(_NAME_FIRST):
+        end = body.find(b'"', len(_NAME_FIRST))
+        if end > 0 and b"\\" not in body[len(_NAME_FIRST) : end]:
+            return b'{"name":' + _json_string(client_name) + body[end + 1 :]
     try:
         data = json.loads(body)
     except ValueError:

@@ -35,29 +35,6 @@ def status_line(status: Status) -> bytes:
     return b"HTTP/1.1 %d Unknown\r\n" % status
 
 
-_NAME_FIRST: Final = b'{"name":"'
-
-
-def json_string(text: str) -> bytes:
-    """``json.dumps(text)``, encoded; a repository name (printable ASCII, no quote or
-    backslash: what the routes let through) is only quoted."""
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return b'"' + text.encode() + b'"'
-    return json.dumps(text).encode()
-
-
-def renamed_tag_list(body: bytes, name: bytes) -> bytes | None:
-    """A tag list that begins the way distribution writes it (``{"name":"`` and a name
-    without escapes) with that name replaced by ``name`` (a JSON string, :func:`json_string`)
-    and the rest as Harbor sent it; None for any other (``replies.renamed_tags`` parses it)."""
-    if not body.startswith(_NAME_FIRST):
-        return None
-    end = body.find(b'"', 9)
-    if end < 0 or body.find(b"\\", 9, end) >= 0:
-        return None
-    return b'{"name":' + name + body[end + 1 :]
-
-
 def error_body(code: str, message: str, detail: object = None) -> bytes:
     entry: dict[str, object] = {"code": code, "message": message}
     if detail is not None:

@@ -322,6 +322,112 @@ def test_whole_response_is_the_head_build_head_joins_and_the_body(
             wire.whole_response(b"S\r\n", b"", b"", False, b"abc", body_at)
 
 
+TAG_LIST = b'{"name":"hub/team/app","tags":["1.0"]}'
+TAG_BLOCK = b"Content-Type: application/json\r\nContent-Length: 38\r\nX-A: b\r\n"
+STATUS_200 = b"HTTP/1.1 200 OK\r\n"
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_renamed_tag_response_is_the_whole_response_with_the_name_and_length_replaced(
+    wire: ModuleType, close: bool
+) -> None:
+    renamed = b'{"name":"proxy/team/app","tags":["1.0"]}'
+    for added in (b"", b"OCI-Namespace: docker.io\r\n"):
+        for data, body_at in ((TAG_LIST, 0), (b"HEAD" + TAG_LIST, 4)):
+            got = wire.renamed_tag_response(STATUS_200, TAG_BLOCK, added, close, data, body_at,
+                                            "proxy/team/app")  # fmt: skip
+            block = TAG_BLOCK.replace(b"Length: 38", b"Length: %d" % len(renamed))
+            assert got == wire.whole_response(STATUS_200, block, added, close, renamed, 0)
+    # the length line anywhere among the lines, alone, with a name of any printable length
+    for block in (b"Content-Length: 38\r\n", b"A: b\r\nContent-Length: 38\r\n"):
+        for name in ("p/" + "x" * 200, "p/a b!~"):
+            got = wire.renamed_tag_response(STATUS_200, block, b"", close, TAG_LIST, 0, name)
+            body = b'{"name":"%b"' % name.encode() + TAG_LIST[len(b'{"name":"hub/team/app"') :]
+            new = block.replace(b"38", b"%d" % len(body))
+            assert got == wire.whole_response(STATUS_200, new, b"", close, body, 0)
+    # the first line that is exactly the old length's is the one rewritten
+    twice = b"X: Content-Length: 38\r\nContent-Length: 38\r\nContent-Length: 38\r\n"
+    got = wire.renamed_tag_response(STATUS_200, twice, b"", False, TAG_LIST, 0, "p/x")
+    length = len(b'{"name":"p/x","tags":["1.0"]}')
+    assert got is not None and b"\r\nContent-Length: %d\r\nContent-Length: 38\r\n" % length in got
+    assert got.startswith(STATUS_200 + b"X: Content-Length: 38\r\n")
+
+
+RENAME_REFUSED: dict[str, tuple[bytes, bytes, str]] = {  # (block, body, name)
+    "another layout": (TAG_BLOCK, b'{ "name":"hub/team/app"}' + b" " * 14, "p/x"),
+    "an escaped name": (TAG_BLOCK, b'{"name":"hub\\/team/app","tags":[]}    ', "p/x"),
+    "no closing quote": (TAG_BLOCK, b'{"name":"hub/team/app' + b" " * 17, "p/x"),
+    "a short body": (b"Content-Length: 8\r\n", b'{"name":', "p/x"),
+    "no length line": (b"Content-Type: application/json\r\n", TAG_LIST, "p/x"),
+    "another length": (TAG_BLOCK.replace(b"38", b"37"), TAG_LIST, "p/x"),
+    "the length written otherwise": (
+        TAG_BLOCK.replace(b"Content-Length", b"content-length"),
+        TAG_LIST,
+        "p/x",
+    ),
+    "the length inside another line": (b"X: Content-Length: 38\r\n", TAG_LIST, "p/x"),
+    "a length line without its CRLF": (b"Content-Length: 38", TAG_LIST, "p/x"),
+    "a quote in the name": (TAG_BLOCK, TAG_LIST, 'p/"x'),
+    "a backslash in the name": (TAG_BLOCK, TAG_LIST, "p/\\x"),
+    "a control byte in the name": (TAG_BLOCK, TAG_LIST, "p/\tx"),
+    "DEL in the name": (TAG_BLOCK, TAG_LIST, "p/\x7fx"),
+    "a non-ASCII name": (TAG_BLOCK, TAG_LIST, "p/é"),
+}
+
+
+@pytest.mark.parametrize("case", RENAME_REFUSED)
+def test_renamed_tag_response_leaves_every_other_tag_list_to_the_handler(
+    wire: ModuleType, case: str
+) -> None:
+    block, body, name = RENAME_REFUSED[case]
+    if case != "another length":
+        assert b"Content-Length: %d" % len(body) in block or "length" in case, case
+    assert wire.renamed_tag_response(STATUS_200, block, b"", False, body, 0, name) is None
+
+
+def test_renamed_tag_response_refuses_what_whole_response_refuses(wire: ModuleType) -> None:
+    for body_at in (-1, len(TAG_LIST) + 1):
+        with pytest.raises(ValueError):
+            wire.renamed_tag_response(STATUS_200, TAG_BLOCK, b"", False, TAG_LIST, body_at, "p")
+    for wrong in ((None, TAG_LIST, "p"), (TAG_BLOCK, None, "p"), (TAG_BLOCK, TAG_LIST, None),
+                  (TAG_BLOCK, TAG_LIST, b"p")):  # fmt: skip
+        block, data, name = wrong
+        with pytest.raises(TypeError):
+            wire.renamed_tag_response(STATUS_200, block, b"", False, data, 0, name)
+
+
+@settings(max_examples=3000, derandomize=True, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"Content-Length: 38",
+                b"Content-Length: 37",
+                b"X: y",
+                b"A:",
+                b"Content-Length: 0",
+                b"Content-Length: 38 ",
+            ]
+        ),
+        max_size=4,
+    ),
+    st.booleans(),
+    st.binary(max_size=40)
+    | st.sampled_from([TAG_LIST, TAG_LIST.replace(b"hub", b"h\\b"), b'{"name":"', b'{"name":""}']),
+    st.integers(0, 3),
+    st.text(max_size=6) | st.sampled_from(["proxy/a", "p/x y", ""]),
+)
+def test_compiled_renamed_tag_response_agrees_with_the_twin(
+    lines: list[bytes], crlf_last: bool, body: bytes, body_at: int, name: str
+) -> None:
+    compiled = pytest.importorskip("harbor_router._wire_c")
+    block = b"\r\n".join(lines) + (b"\r\n" if lines and crlf_last else b"")
+    data = b"HEAD"[:body_at] + body
+    body_at = min(body_at, len(data))
+    args = (STATUS_200, block, b"Y: z\r\n", crlf_last, data, body_at, name)
+    assert compiled.renamed_tag_response(*args) == _wire_py.renamed_tag_response(*args)
+
+
 def test_scan_response_reads_up_to_64_header_lines(wire: ModuleType) -> None:
     for count in (63, 64, 65):
         response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X: y\r\n" * (count - 1) + b"\r\n"
