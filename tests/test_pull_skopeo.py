@@ -147,6 +147,32 @@ def test_copy_through_router(
     assert harbor.count(project, f"/manifests/{image.digest}") >= 1
 
 
+def test_list_tags_through_router(
+    router: RunningRouter,
+    seeded: Seeded,
+    skopeo: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """skopeo list-tags: the fan-out maps the repository, then hits answer it (the last ones
+    renamed by the relay on the fast path)."""
+    image = seeded.get("quay", "coreos/etcd")
+    handler = router.app.handler
+    assert handler is not None
+    before = handler.fast_starts
+    for _ in range(4):
+        result = skopeo(
+            "list-tags",
+            "--retry-times=0",
+            "--tls-verify=false",
+            "--no-creds",
+            f"docker://{router.address}/proxy/{image.repo}",
+        )
+        assert result.returncode == 0, result.stderr
+        listed = json.loads(result.stdout)
+        assert listed["Repository"] == f"{router.address}/proxy/{image.repo}"
+        assert listed["Tags"] == [image.tag]
+    assert handler.fast_starts > before
+
+
 def test_copy_one_segment_docker_hub_name(
     router: RunningRouter,
     seeded: Seeded,
