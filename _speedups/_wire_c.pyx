@@ -183,7 +183,6 @@ cpdef build_head(bytes status_line, headers, bytes extra, long content_length, b
         raise TypeError("the status line and the extra lines are bytes")
     cdef Py_ssize_t size = PyBytes_GET_SIZE(status_line) + PyBytes_GET_SIZE(extra) + 2, at
     cdef Py_ssize_t digits = 0, fields_end
-    cdef unsigned long rest
     cdef char number[24]
     cdef bytes name, value, head
     cdef char* out
@@ -195,13 +194,7 @@ cpdef build_head(bytes status_line, headers, bytes extra, long content_length, b
         size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
     fields_end = size - PyBytes_GET_SIZE(extra) - 2
     if content_length >= 0:
-        rest = <unsigned long>content_length
-        while True:
-            digits += 1
-            number[24 - digits] = <char>(48 + rest % 10)
-            rest //= 10
-            if rest == 0:
-                break
+        digits = _decimal(number, content_length)
         size += 18 + digits
     if close:
         size += 19
@@ -227,7 +220,7 @@ cpdef build_head(bytes status_line, headers, bytes extra, long content_length, b
     at += PyBytes_GET_SIZE(extra)
     if content_length >= 0:
         memcpy(out + at, b"Content-Length: ", 16)
-        memcpy(out + at + 16, number + 24 - digits, digits)
+        memcpy(out + at + 16, number, digits)
         at += 16 + digits
         out[at] = 13
         out[at + 1] = 10

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import support_tools
 from conftest import Seeded
 from harbor_emulator import HarborEmulator
 from router_runner import RunningRouter
@@ -29,22 +30,12 @@ def connect(router: RunningRouter, timeout: float = 5.0) -> socket.socket:
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """One response with a Content-Length body (every answer of the router to GET /v2/)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before a response head: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, body = support_tools.read_response(sock)
     lines = head.decode("latin-1").split("\r\n")
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "truncated body"
-        body += chunk
     return int(lines[0].split(" ")[1]), headers, body
 
 
